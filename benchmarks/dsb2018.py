@@ -1,0 +1,122 @@
+"""DSB2018 nuclei: train from scratch for a wall-clock budget, evaluate on val (maxDets 1/10/500).
+
+Prints mask AP, AP50, AP75, Boundary AP, box AP, training images/s and inference
+s/image, and ranks the run against the peers measured on this machine (numbers
+from the project's issue tracker, same split, same evaluator settings).
+
+    python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --budget-min 30
+    python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --set roi_pooler=pool
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+import instseg
+from instseg.models.build import count_parameters
+
+# Peers trained from scratch on this 2-core machine, predicted on val at full resolution,
+# scored with faster-coco-eval at maxDets 1/10/500.
+PEERS = {
+    "ultralytics YOLOv8n-seg (31 min, imgsz 512, batch 8)": 0.317,
+    "Cellpose 3 (27 min, 1 thread)": 0.496,
+}
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mask_rcnn")
+    parser.add_argument("--preset", default="nuclei")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--budget-min", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="model or training config fields, values in YAML syntax",
+    )
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        print(f"{args.data}: DSB2018 not found (expected ../shared/data/dsb2018)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    model_fields = {f for f in instseg.models.build.family(args.model).config.__dataclass_fields__}
+    model_options = {k: v for k, v in overrides.items() if k in model_fields}
+    train_options = {
+        "batch_size": 4,
+        "lr": 5e-4,
+        "warmup_steps": 30,
+        "crop_size": 256,
+        "scale_range": (0.8, 1.25),
+        "vflip": True,
+        "color_jitter": 0.1,
+        "workers": 1,
+        "threads": 2,
+        "eval_max_dets": (1, 10, 500),
+        "checkpoint_every": 100,
+        "log_every": 10,
+        "steps": 10**9,
+        **{k: v for k, v in overrides.items() if k not in model_fields},
+    }
+    tag = "-".join([args.model, args.preset, *[f"{k}={v}" for k, v in overrides.items()]])
+    out = args.out or Path("runs/bench") / time.strftime(f"dsb2018-{tag}-%Y%m%d-%H%M%S")
+    started = time.strftime("%Y-%m-%d %H:%M")
+    result = instseg.train(
+        args.model,
+        args.data,
+        preset=args.preset,
+        model_options=model_options,
+        out=str(out),
+        time_budget_s=args.budget_min * 60,
+        **train_options,
+    )
+    summary = json.loads((out / "train_summary.json").read_text())
+    predictor = instseg.load(result.checkpoint, device="cpu")
+    segm, boundary, bbox = (result.metrics[k] for k in ("segm", "boundary", "bbox"))
+    row = {
+        "date": started,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "model": args.model,
+        "preset": args.preset,
+        "overrides": overrides,
+        "budget_min": args.budget_min,
+        "steps": result.steps,
+        "train_images_per_s": summary["train_images_per_s"],
+        "infer_s_per_image": result.seconds_per_image,
+        "params_M": count_parameters(predictor.model) / 1e6,
+        "mask_AP": segm["AP"],
+        "mask_AP50": segm["AP50"],
+        "mask_AP75": segm["AP75"],
+        "boundary_AP": boundary["AP"],
+        "box_AP": bbox["AP"],
+        "out": str(out),
+    }
+    (out / "benchmark.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps(row, indent=2))
+    print("\n| run | val mask AP | AP50 | AP75 | Boundary AP | box AP | train img/s | infer s/img |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| instseg {tag} | {segm['AP']:.3f} | {segm['AP50']:.3f} | {segm['AP75']:.3f} "
+        f"| {boundary['AP']:.3f} "
+        f"| {bbox['AP']:.3f} | {row['train_images_per_s']} | {row['infer_s_per_image']:.2f} |"
+    )
+    for name, ap in PEERS.items():
+        print(f"| {name} | {ap:.3f} | | | | | | |  ratio instseg/peer = {segm['AP'] / ap:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

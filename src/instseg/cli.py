@@ -1,0 +1,192 @@
+"""``instseg <command>``: demo, train, eval, predict.
+
+Training flags are generated from the config dataclasses: every field of
+``TrainConfig`` and of the chosen family's config is a ``--flag``, and
+``--config FILE.yaml`` takes the same fields; flags win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from instseg.errors import InstsegError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instseg", description="Instance segmentation: train, evaluate, predict."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train, evaluate and show a small model on the bundled nuclei")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    demo.add_argument("--device", default="auto")
+
+    train = sub.add_parser(
+        "train", help="train a model on COCO-format data (see `instseg train --model M -h`)", add_help=False
+    )
+    train.add_argument("--model", default="mask_rcnn")
+    train.add_argument("--preset", default="default")
+    train.add_argument("--config", help="YAML file of config fields")
+    train.add_argument("--resume", help="checkpoint directory to continue from (e.g. OUT/last)")
+    train.add_argument("-h", "--help", action="store_true")
+
+    ev = sub.add_parser("eval", help="COCO mask/box/Boundary AP of a checkpoint on a COCO dataset")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", required=True, help="COCO JSON or dataset folder")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--images", help="image folder, when it cannot be guessed")
+    ev.add_argument("--max-dets", type=int, nargs="+", default=[1, 10, 100])
+    ev.add_argument("--no-boundary", action="store_true", help="skip Boundary AP")
+    ev.add_argument("--out", help="folder for results.json and metrics.json")
+    ev.add_argument("--device", default="auto")
+
+    pr = sub.add_parser("predict", help="predict on images, folders or globs")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("inputs", nargs="+", metavar="IMAGES")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--score-threshold", type=float, default=0.5)
+    pr.add_argument("--batch-size", type=int, default=1)
+    pr.add_argument("--no-overlays", action="store_true")
+    pr.add_argument("--device", default="auto")
+    return parser
+
+
+def _train(args: argparse.Namespace, rest: list[str]) -> int:
+    from instseg.config import TrainConfig, add_config_flags, config_from_dict, load_yaml, split_fields
+    from instseg.engine.trainer import train
+    from instseg.models.build import family, model_config
+
+    fam = family(args.model)
+    flags = argparse.ArgumentParser(
+        prog=f"instseg train --model {args.model}",
+        description="Fields may also come from --config FILE.yaml.",
+    )
+    add_config_flags(flags, TrainConfig, "training")
+    add_config_flags(flags, fam.config, f"model ({args.model})")
+    if args.help:
+        flags.print_help()
+        return 0
+    values = load_yaml(args.config) if args.config else {}
+    values.pop("model", None)
+    values.update(vars(flags.parse_args(rest)))
+    train_values, model_values = split_fields(values, TrainConfig, fam.config)
+    cfg = config_from_dict(TrainConfig, train_values)
+    result = train(cfg, args.model, model_config(args.model, args.preset, model_values), resume=args.resume)
+    print(f"checkpoint: {result.checkpoint}")
+    if result.metrics:
+        from instseg.eval.coco import format_table
+
+        print(format_table(result.metrics))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from instseg.api import evaluate, load
+    from instseg.eval.coco import format_table
+
+    ev = evaluate(
+        load(args.checkpoint, args.device),
+        args.data,
+        args.split,
+        args.images,
+        args.max_dets,
+        boundary=not args.no_boundary,
+        out=args.out,
+    )
+    print(format_table(ev.metrics))
+    print(f"{ev.images} images, {ev.seconds_per_image:.3f} s/image")
+    if args.out:
+        print(f"results and metrics: {args.out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from instseg.api import load
+    from instseg.data.datasets import ImageListDataset
+    from instseg.data.images import list_images
+    from instseg.engine.inference import run_inference
+    from instseg.eval.plots import save_overlay
+
+    predictor = load(args.checkpoint, args.device)
+    paths = list_images(args.inputs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def on_image(image_id: int, image, instances) -> None:
+        if not args.no_overlays:
+            keep = instances.scores >= args.score_threshold
+            from instseg.structures import Instances
+
+            shown = Instances(
+                instances.boxes[keep],
+                instances.labels[keep],
+                instances.scores[keep],
+                instances.masks[keep],
+                instances.image_size,
+                instances.categories,
+            )
+            save_overlay(image, shown, out / "overlays" / f"{paths[image_id].stem}.png")
+
+    run = run_inference(
+        predictor.model,
+        ImageListDataset(paths),
+        predictor.categories,
+        predictor.device,
+        args.batch_size,
+        on_image=on_image,
+    )
+    results = [
+        dict(r, file_name=str(paths[r["image_id"]]))
+        for r in run.results
+        if r["score"] >= args.score_threshold
+    ]
+    (out / "predictions.json").write_text(json.dumps(results))
+    print(f"{len(paths)} images, {len(results)} instances, {run.seconds_per_image:.3f} s/image")
+    print(
+        f"results: {out / 'predictions.json'}"
+        + ("" if args.no_overlays else f"; overlays: {out / 'overlays'}")
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if rest and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "demo":
+            from instseg.demo import run_demo
+
+            summary = run_demo(args.out, args.minutes, args.device)
+            print(
+                f"\ndemo done. summary: {summary}\noverlays: {summary.parent / 'overlays'}\n"
+                f"loss curve: {summary.parent / 'loss_curve.png'}"
+            )
+            return 0
+        if args.command == "train":
+            return _train(args, rest)
+        if args.command == "eval":
+            return _eval(args)
+        return _predict(args)
+    except InstsegError as exc:
+        if args.verbose:
+            raise
+        print(f"instseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("instseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""COCO instances files: finding them, checking them, and turning records into training targets.
+
+Every record is checked once when the file is read, so a bad annotation fails
+with the file and the annotation id instead of a shape error deep in a model.
+Masks are kept as compressed RLE until a sample is drawn, and then decoded only
+for the objects inside the sampled window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+from instseg.errors import DataError
+from instseg.structures import Category
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CocoSource:
+    """An instances JSON and the folder its ``file_name`` entries are relative to."""
+
+    annotations: Path
+    images: Path
+
+
+def resolve_source(data: str | Path, split: str = "train", images: str | Path | None = None) -> CocoSource:
+    """Find the annotations file and image folder from a JSON path or a dataset folder.
+
+    A folder is searched for ``annotations/instances_<split>*.json`` (COCO and
+    DSB2018 layouts). Without ``images`` the image folder is guessed from the
+    usual layouts: ``<root>/<split>``, ``<root>/<json stem minus 'instances_'>``,
+    or the JSON's own folder.
+    """
+    data = Path(data)
+    if data.is_dir():
+        candidates = sorted((data / "annotations").glob(f"instances_{split}*.json")) or sorted(
+            data.glob(f"instances_{split}*.json")
+        )
+        if not candidates:
+            raise DataError(f"{data}: no annotations/instances_{split}*.json in this folder")
+        ann = candidates[0]
+    elif data.is_file():
+        ann = data
+    else:
+        raise DataError(f"{data}: no such annotations file or dataset folder")
+    if images is not None:
+        if not Path(images).is_dir():
+            raise DataError(f"{images}: image folder not found")
+        return CocoSource(ann, Path(images))
+    stem = ann.stem.removeprefix("instances_")
+    root = ann.parent.parent if ann.parent.name == "annotations" else ann.parent
+    for folder in (root / stem, root / split, root / "images" / stem, root / "images", ann.parent):
+        if folder.is_dir() and any(folder.iterdir()):
+            return CocoSource(ann, folder)
+    raise DataError(f"{ann}: cannot find its image folder; pass it explicitly (--images)")
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a COCO object with 'images', 'annotations', 'categories'")
+    return data
+
+
+class CocoIndex:
+    """A checked COCO instances file: categories, images, and each image's objects as RLE."""
+
+    def __init__(self, source: CocoSource, keep_crowd: bool = False) -> None:
+        self.source = source
+        path = source.annotations
+        data = load_json(path)
+        for key in ("images", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DataError(f"{path}: missing or invalid '{key}' list")
+        if not data["categories"]:
+            raise DataError(f"{path}: 'categories' is empty")
+        self.dataset = data
+        self.categories = [
+            Category(int(c["id"]), str(c.get("name", c["id"])), str(c.get("supercategory", "")))
+            for c in sorted(data["categories"], key=lambda c: c["id"])
+        ]
+        self.label_of = {c.id: i + 1 for i, c in enumerate(self.categories)}
+        self.images: list[dict[str, Any]] = []
+        by_id: dict[int, dict[str, Any]] = {}
+        for im in data["images"]:
+            if not {"id", "file_name", "height", "width"} <= im.keys():
+                raise DataError(f"{path}: image record {im.get('id', '?')} lacks id/file_name/height/width")
+            if im["id"] in by_id:
+                raise DataError(f"{path}: duplicate image id {im['id']}")
+            by_id[im["id"]] = im
+            self.images.append(im)
+        self.objects: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        skipped: dict[str, list[Any]] = defaultdict(list)
+        for ann in data.get("annotations", []):
+            obj = self._check(ann, by_id, path, skipped)
+            if obj is not None and (keep_crowd or not obj["iscrowd"]):
+                self.objects[ann["image_id"]].append(obj)
+        for reason, ids in skipped.items():
+            log.warning(
+                "%s: skipped %d annotations with %s (ids %s%s)",
+                path,
+                len(ids),
+                reason,
+                ids[:5],
+                "..." if len(ids) > 5 else "",
+            )
+        self.skipped = {k: len(v) for k, v in skipped.items()}
+
+    def _check(
+        self,
+        ann: dict[str, Any],
+        images: dict[int, dict[str, Any]],
+        path: Path,
+        skipped: dict[str, list[Any]],
+    ) -> dict[str, Any] | None:
+        ann_id = ann.get("id", "?")
+        if ann.get("image_id") not in images:
+            raise DataError(f"{path}: annotation {ann_id} refers to unknown image id {ann.get('image_id')}")
+        if ann.get("category_id") not in self.label_of:
+            raise DataError(
+                f"{path}: annotation {ann_id} has category id {ann.get('category_id')}, "
+                f"which is not in 'categories'"
+            )
+        im = images[ann["image_id"]]
+        seg = ann.get("segmentation")
+        h, w = int(im["height"]), int(im["width"])
+        try:
+            rle = to_rle(seg, h, w)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"{path}: annotation {ann_id} has a malformed segmentation ({exc})") from None
+        if rle is None:
+            skipped["no usable polygon"].append(ann_id)
+            return None
+        area = float(mask_utils.area(rle))
+        if area <= 0:
+            skipped["an empty mask"].append(ann_id)
+            return None
+        x, y, bw, bh = mask_utils.toBbox(rle).tolist()
+        return {
+            "id": ann_id,
+            "label": self.label_of[ann["category_id"]],
+            "rle": rle,
+            "bbox": (x, y, x + bw, y + bh),
+            "iscrowd": bool(ann.get("iscrowd", 0)),
+        }
+
+    def image_path(self, image: dict[str, Any]) -> Path:
+        return self.source.images / image["file_name"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE.
+
+    Returns None for polygon lists with no polygon of at least three points.
+    """
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons:
+            return None
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    if isinstance(segmentation, dict):
+        size = list(segmentation["size"])
+        if size != [height, width]:
+            raise ValueError(f"RLE size {size} differs from image size {[height, width]}")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            return mask_utils.frPyObjects(segmentation, height, width)
+        if isinstance(counts, str):
+            return {"size": size, "counts": counts.encode("ascii")}
+        if isinstance(counts, bytes):
+            return {"size": size, "counts": counts}
+        raise ValueError("RLE counts must be a list, str or bytes")
+    raise ValueError(f"segmentation must be polygons or RLE, got {type(segmentation).__name__}")
+
+
+def decode_window(
+    objects: list[dict[str, Any]], window: tuple[int, int, int, int]
+) -> tuple[np.ndarray, list[int]]:
+    """Decode the objects that touch ``window`` (x0, y0, x1, y1), cropped to it: uint8 ``[N, h, w]``."""
+    x0, y0, x1, y1 = window
+    masks, labels = [], []
+    for obj in objects:
+        bx0, by0, bx1, by1 = obj["bbox"]
+        if bx1 <= x0 or by1 <= y0 or bx0 >= x1 or by0 >= y1:
+            continue
+        m = mask_utils.decode(obj["rle"])[y0:y1, x0:x1]
+        if m.any():
+            masks.append(m)
+            labels.append(obj["label"])
+    if not masks:
+        return np.zeros((0, y1 - y0, x1 - x0), dtype=np.uint8), []
+    return np.ascontiguousarray(np.stack(masks)), labels

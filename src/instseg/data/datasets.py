@@ -1,0 +1,108 @@
+"""Datasets for training (COCO objects + augmentation) and inference (lists of image files).
+
+Training samples are addressed by ``(index, seed)``: the sampler hands every
+draw its own seed, so augmentation does not depend on which worker drew it or
+on where a resumed run restarted, and resume reproduces the same trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from instseg.data.coco import CocoIndex
+from instseg.data.images import read_image
+from instseg.data.transforms import TrainTransform
+
+
+class CocoTrainDataset(Dataset):
+    def __init__(self, index: CocoIndex, transform: TrainTransform) -> None:
+        self.index = index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        info = self.index.images[idx]
+        image = read_image(self.index.image_path(info), (int(info["height"]), int(info["width"])))
+        objects = self.index.objects.get(info["id"], [])
+        if seed is None:
+            img, target = self.transform(image, objects)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                img, target = self.transform(image, objects)
+        target["image_id"] = torch.tensor(info["id"])
+        return img, target
+
+
+class ImageListDataset(Dataset):
+    """Float images ``[3, H, W]`` in [0, 1] from files, each with the id it will be reported under."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        image_ids: Sequence[int] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.image_ids = list(image_ids) if image_ids is not None else list(range(len(self.paths)))
+        self.sizes = sizes
+
+    @classmethod
+    def from_coco(cls, index: CocoIndex) -> ImageListDataset:
+        return cls(
+            [index.image_path(im) for im in index.images],
+            [im["id"] for im in index.images],
+            [(int(im["height"]), int(im["width"])) for im in index.images],
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, int]:
+        size = self.sizes[idx] if self.sizes is not None else None
+        return read_image(self.paths[idx], size).float().div_(255.0), self.image_ids[idx]
+
+
+class SeededEpochSampler(Sampler):
+    """Shuffled ``(index, seed)`` draws, epoch after epoch, that can start at any step.
+
+    The order of epoch ``e`` depends only on ``(seed, e)``; ``start`` skips the
+    draws a resumed run has already trained on.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+        if size == 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start = start_step * batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position = 0
+        epoch = 0
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+            for i in order:
+                if position >= self.start:
+                    yield i, (self.seed * 1_000_003 + position) % (2**63)
+                position += 1
+            epoch += 1
+
+    def __len__(self) -> int:  # infinite; DataLoader only needs this for len(loader)
+        return 2**62
+
+
+def collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -1,0 +1,80 @@
+"""Reading images the way users' files actually come: EXIF-rotated, grey, RGBA, 16-bit."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from instseg.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Load an image as uint8 ``[3, H, W]`` RGB, upright per its EXIF orientation.
+
+    With ``expected_size`` (H, W) from an annotation file: annotations made on the
+    stored pixels of an EXIF-rotated photo are honoured by skipping the rotation,
+    and any other size disagreement is an error rather than misplaced masks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as raw:
+            im = ImageOps.exif_transpose(raw)
+            if expected_size is not None and (im.height, im.width) != tuple(expected_size):
+                if (raw.height, raw.width) != tuple(expected_size):
+                    raise DataError(
+                        f"{path}: image is {im.width}x{im.height} but the annotations say "
+                        f"{expected_size[1]}x{expected_size[0]}"
+                    )
+                im = raw
+            array = _to_rgb_array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    return torch.from_numpy(np.array(array, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Microscopy often ships 16-bit grey: stretch to 8 bits rather than clip.
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(background, im)
+    return np.asarray(im.convert("RGB"))
+
+
+def list_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files, folders (non-recursive) and glob patterns into a sorted, de-duplicated list."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            images = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise DataError(f"{item}: no such file, folder or matching images")
+            found += images
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique

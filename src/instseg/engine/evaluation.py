@@ -1,0 +1,58 @@
+"""Evaluate a model on a COCO dataset: inference to RLE results, then COCO metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from instseg.data.coco import CocoIndex
+from instseg.data.datasets import ImageListDataset
+from instseg.engine.inference import ImageCallback, run_inference
+from instseg.errors import DataError
+from instseg.eval.coco import coco_evaluate
+from instseg.structures import Category
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, dict[str, float]]
+    results: list[dict[str, Any]]
+    seconds_per_image: float
+    images: int
+
+
+def check_categories(model_categories: Sequence[Category], index: CocoIndex) -> None:
+    """Fail early when a dataset's categories are not the ones the model was trained on."""
+    ours = {c.id: c.name for c in model_categories}
+    theirs = {c.id: c.name for c in index.categories}
+    if ours != theirs:
+        raise DataError(
+            f"{index.source.annotations}: categories {sorted(theirs.items())[:5]} differ from the "
+            f"model's {sorted(ours.items())[:5]}"
+        )
+
+
+def evaluate_model(
+    model: nn.Module,
+    index: CocoIndex,
+    categories: Sequence[Category],
+    device: torch.device | str = "cpu",
+    max_dets: Sequence[int] = (1, 10, 100),
+    boundary: bool = True,
+    batch_size: int = 1,
+    workers: int = 0,
+    on_image: ImageCallback | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    check_categories(categories, index)
+    dataset = ImageListDataset.from_coco(index)
+    run = run_inference(
+        model, dataset, categories, device, batch_size, workers, on_image, progress, desc="evaluate"
+    )
+    iou_types = ("segm", "bbox", "boundary") if boundary else ("segm", "bbox")
+    metrics = coco_evaluate(index.dataset, run.results, iou_types, max_dets)
+    return Evaluation(metrics, run.results, run.seconds_per_image, run.images)

@@ -1,0 +1,75 @@
+"""Run a model over images and keep only RLE results, so memory does not grow with the dataset."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from instseg.data.datasets import ImageListDataset, collate
+from instseg.structures import Category, Instances, encode_masks, results_to_coco
+
+ImageCallback = Callable[[int, torch.Tensor, Instances], None]
+
+
+@dataclass
+class InferenceRun:
+    results: list[dict[str, Any]] = field(default_factory=list)
+    images: int = 0
+    model_seconds: float = 0.0  # forward + postprocess (mask pasting), without reading or encoding
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.model_seconds / max(self.images, 1)
+
+
+@torch.no_grad()
+def run_inference(
+    model: nn.Module,
+    dataset: ImageListDataset,
+    categories: Sequence[Category],
+    device: torch.device | str = "cpu",
+    batch_size: int = 1,
+    workers: int = 0,
+    on_image: ImageCallback | None = None,
+    progress: bool = True,
+    desc: str = "predict",
+) -> InferenceRun:
+    """COCO results (RLE masks) for every image; ``on_image`` sees each image's full Instances."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    run = InferenceRun()
+    try:
+        for images, image_ids in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+            batch = [im.to(device) for im in images]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outputs = model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            run.model_seconds += time.perf_counter() - start
+            run.images += len(batch)
+            for image, image_id, out in zip(images, image_ids, outputs, strict=True):
+                out = {k: v.cpu() for k, v in out.items()}
+                run.results += results_to_coco(
+                    image_id,
+                    out["boxes"],
+                    out["labels"],
+                    out["scores"],
+                    encode_masks(out["masks"]),
+                    categories,
+                )
+                if on_image is not None:
+                    on_image(image_id, image, Instances.from_output(out, tuple(image.shape[-2:]), categories))
+    finally:
+        model.train(was_training)
+    return run

@@ -1,0 +1,166 @@
+"""Mask R-CNN on torchvision's implementation, configured for training from scratch.
+
+What instseg changes around torchvision's model: trainable normalisation and
+small-object anchors (``backbones``), a fixed-scale resize mode (object size in
+microscopy does not follow image size, so "shorter side = 800" would shrink
+the tiny nuclei of the largest images), bool masks pasted box by box instead of
+a full-image float stack, and a quantised RoIPool option for the ablation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import MultiScaleRoIAlign
+
+from instseg.models.backbones import build_resnet_fpn, norm_layer
+from instseg.models.poolers import MultiScaleRoIPool
+from instseg.structures import paste_masks
+
+
+@dataclass
+class MaskRCNNConfig:
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    norm: Literal["gn", "bn", "frozen_bn"] = "gn"
+    backbone_weights: str | None = None  # local torchvision ResNet state dict
+    fpn_channels: int = 256
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4)
+    scale: float | None = None  # fixed resize factor; None: shorter side to min_size (torchvision)
+    min_size: int = 800
+    max_size: int = 1333  # longest side after resizing, in both modes
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per pyramid level
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    roi_pooler: Literal["align", "pool"] = "align"
+    mask_resolution: Literal[14, 28] = 28
+    mask_head_channels: int = 256
+    mask_head_convs: int = 4
+    box_head_dim: int = 1024
+    rpn_pre_nms_train: int = 2000
+    rpn_post_nms_train: int = 2000
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_test: int = 1000
+    rpn_batch_per_image: int = 256
+    box_batch_per_image: int = 512
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    mask_threshold: float = 0.5
+
+
+def nuclei_preset() -> MaskRCNNConfig:
+    """Small dense objects (~7-40 px): 1.5x upsampling, small anchors, light heads, 500 detections.
+
+    Chosen for a 2-core CPU budget on DSB2018 train (see BENCHMARKS.md): 2x
+    upsampling cost 2x the time per step, and the RoI heads at torchvision's
+    widths cost as much as the backbone.
+    """
+    return MaskRCNNConfig(
+        backbone="resnet18",
+        norm="gn",
+        fpn_channels=96,
+        scale=1.5,
+        max_size=2048,
+        anchor_sizes=(12, 24, 48, 96, 192),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        mask_head_channels=96,
+        box_head_dim=512,
+        rpn_pre_nms_test=2000,
+        rpn_post_nms_test=1500,
+        box_batch_per_image=128,
+        score_threshold=0.05,
+        detections_per_image=500,
+    )
+
+
+class ResizeNormalize(GeneralizedRCNNTransform):
+    """torchvision's transform plus a fixed-scale mode and bool mask pasting."""
+
+    def __init__(self, cfg: MaskRCNNConfig) -> None:
+        super().__init__(
+            cfg.min_size, cfg.max_size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+        )
+        self.scale = cfg.scale
+        self.mask_threshold = cfg.mask_threshold
+
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        if self.scale is None:
+            return super().resize(image, target)
+        h, w = image.shape[-2:]
+        s = min(self.scale, self.max_size / max(h, w))
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        if size == (h, w):
+            return image, target
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
+            if "masks" in target and target["masks"].numel():
+                masks = target["masks"][:, None].float()
+                target["masks"] = F.interpolate(masks, size=size, mode="nearest")[:, 0].byte()
+            elif "masks" in target:
+                target["masks"] = target["masks"].new_zeros((0, *size))
+        return image, target
+
+    def postprocess(
+        self,
+        result: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        if self.training:
+            return result
+        for pred, size, original in zip(result, image_shapes, original_image_sizes, strict=True):
+            pred["boxes"] = resize_boxes(pred["boxes"], size, original)
+            if "masks" in pred:
+                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original, self.mask_threshold)
+        return result
+
+
+def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
+    """A torchvision ``MaskRCNN`` for ``num_classes`` foreground classes (labels 1..K)."""
+    levels = len(cfg.returned_layers) + 1
+    if len(cfg.anchor_sizes) != levels:
+        raise ValueError(f"anchor_sizes needs one size per pyramid level ({levels}), got {cfg.anchor_sizes}")
+    backbone = build_resnet_fpn(
+        cfg.backbone, cfg.norm, cfg.fpn_channels, cfg.returned_layers, cfg.backbone_weights
+    )
+    channels = cfg.fpn_channels
+    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * levels)
+    featmaps = [str(i) for i in range(len(cfg.returned_layers))]
+    pooler = MultiScaleRoIAlign if cfg.roi_pooler == "align" else MultiScaleRoIPool
+    head_norm = norm_layer(cfg.norm) if cfg.norm == "gn" else None
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_per_image,
+        box_roi_pool=pooler(featmaps, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, cfg.box_head_dim),
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
+        box_score_thresh=cfg.score_threshold,
+        box_nms_thresh=cfg.nms_threshold,
+        box_detections_per_img=cfg.detections_per_image,
+        box_batch_size_per_image=cfg.box_batch_per_image,
+        mask_roi_pool=pooler(featmaps, output_size=cfg.mask_resolution // 2, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(
+            channels, [cfg.mask_head_channels] * cfg.mask_head_convs, 1, norm_layer=head_norm
+        ),
+        mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, num_classes + 1),
+    )
+    model.transform = ResizeNormalize(cfg)
+    return model

@@ -1,0 +1,110 @@
+"""A loaded model with its categories and device: what ``instseg.load`` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from instseg.config import config_from_dict
+from instseg.data.images import read_image
+from instseg.engine import checkpoint as ckpt
+from instseg.engine.trainer import resolve_device
+from instseg.errors import CheckpointError
+from instseg.models.build import build_model, family
+from instseg.structures import Category, Instances
+
+ImageLike = str | Path | np.ndarray | Image.Image | torch.Tensor
+
+
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
+    """Float ``[3, H, W]`` in [0, 1] from a path, HxWx3 array, PIL image or tensor."""
+    if isinstance(image, str | Path):
+        return read_image(image).float().div_(255.0)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected an HxWx3 image array, got shape {image.shape}")
+        tensor = torch.from_numpy(np.array(image[..., :3], copy=True)).permute(2, 0, 1)
+        return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        return image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
+    raise TypeError(f"cannot use {type(image).__name__} as an image")
+
+
+class Predictor:
+    """``predict`` takes paths, arrays, PIL images or tensors and returns :class:`Instances`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        family_name: str,
+        config: Any,
+        categories: Sequence[Category],
+        device: torch.device | str = "cpu",
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.family = family_name
+        self.config = config
+        self.categories = tuple(categories)
+        self.meta = meta or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+        meta = ckpt.load_meta(path)
+        try:
+            fam = family(meta["family"])
+            config = config_from_dict(fam.config, meta["model_config"])
+            categories = [Category(**c) for c in meta["categories"]]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
+        model = build_model(meta["family"], config, len(categories))
+        missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not fit a {meta['family']} model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return cls(model, meta["family"], config, categories, resolve_device(device), meta)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        batch_size: int = 1,
+        score_threshold: float | None = None,
+    ) -> Instances | list[Instances]:
+        single = not isinstance(images, list | tuple)
+        items = [images] if single else list(images)
+        out: list[Instances] = []
+        for start in range(0, len(items), batch_size):
+            batch = [to_image_tensor(im) for im in items[start : start + batch_size]]
+            outputs = self.model([im.to(self.device) for im in batch])
+            for image, o in zip(batch, outputs, strict=True):
+                inst = Instances.from_output(o, tuple(image.shape[-2:]), self.categories)
+                if score_threshold is not None:
+                    keep = inst.scores >= score_threshold
+                    inst = Instances(
+                        inst.boxes[keep],
+                        inst.labels[keep],
+                        inst.scores[keep],
+                        inst.masks[keep],
+                        inst.image_size,
+                        inst.categories,
+                    )
+                out.append(inst)
+        return out[0] if single else out
+
+    __call__ = predict

@@ -1,0 +1,173 @@
+"""The per-image result record and the mask/box helpers every family shares.
+
+Masks leave a model as bool ``[N, H, W]``; anything that keeps or ships them
+(results files, evaluation) turns them into RLE right away so that a folder of
+large images never holds a stack of full-resolution masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Category:
+    """A dataset category: ``id`` is the dataset's own id, labels are 1..K in list order."""
+
+    id: int
+    name: str
+    supercategory: str = ""
+
+
+@dataclass
+class Instances:
+    """Objects found in one image, in that image's pixel coordinates."""
+
+    boxes: Tensor  # float [N, 4] xyxy
+    labels: Tensor  # int64 [N], 1..K
+    scores: Tensor  # float [N]
+    masks: Tensor  # bool [N, H, W]
+    image_size: tuple[int, int]  # (H, W)
+    categories: Sequence[Category] = field(default_factory=tuple)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @classmethod
+    def from_output(
+        cls, output: dict[str, Tensor], image_size: tuple[int, int], categories: Sequence[Category] = ()
+    ) -> Instances:
+        masks = output.get("masks")
+        if masks is None:
+            masks = torch.zeros((len(output["labels"]), *image_size), dtype=torch.bool)
+        return cls(
+            boxes=output["boxes"].detach().float().cpu(),
+            labels=output["labels"].detach().long().cpu(),
+            scores=output["scores"].detach().float().cpu(),
+            masks=masks.detach().bool().cpu(),
+            image_size=image_size,
+            categories=tuple(categories),
+        )
+
+    @property
+    def category_names(self) -> list[str]:
+        return [
+            self.categories[i - 1].name if 0 < i <= len(self.categories) else str(i)
+            for i in self.labels.tolist()
+        ]
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        return {
+            "boxes": self.boxes.numpy(),
+            "labels": self.labels.numpy(),
+            "scores": self.scores.numpy(),
+            "masks": self.masks.numpy(),
+        }
+
+    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
+        """COCO results entries (RLE masks, xywh boxes, dataset category ids)."""
+        return results_to_coco(
+            image_id, self.boxes, self.labels, self.scores, encode_masks(self.masks), self.categories
+        )
+
+
+def encode_masks(masks: Tensor, chunk: int = 64) -> list[dict[str, Any]]:
+    """Compressed RLE of each bool mask ``[N, H, W]``; counts are str so the result is JSON-ready."""
+    rles: list[dict[str, Any]] = []
+    for start in range(0, masks.shape[0], chunk):
+        block = masks[start : start + chunk].cpu().numpy().astype(np.uint8)
+        for rle in mask_utils.encode(np.asfortranarray(block.transpose(1, 2, 0))):
+            rle["counts"] = rle["counts"].decode("ascii")
+            rles.append(rle)
+    return rles
+
+
+def results_to_coco(
+    image_id: int,
+    boxes: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    rles: Sequence[dict[str, Any]],
+    categories: Sequence[Category],
+) -> list[dict[str, Any]]:
+    """One COCO result per detection; labels map back to the dataset's category ids."""
+    xywh = boxes.clone()
+    xywh[:, 2:] -= xywh[:, :2]
+    out = []
+    for box, label, score, rle in zip(xywh.tolist(), labels.tolist(), scores.tolist(), rles, strict=True):
+        category_id = categories[label - 1].id if categories else int(label)
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_id),
+                "bbox": [round(v, 2) for v in box],
+                "score": round(float(score), 5),
+                "segmentation": rle,
+            }
+        )
+    return out
+
+
+def paste_masks(
+    mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5
+) -> Tensor:
+    """Paste per-box mask probabilities ``[N, (1,) M, M]`` into bool full-image masks ``[N, H, W]``.
+
+    Same arithmetic as torchvision's ``paste_masks_in_image`` (one-pixel padding,
+    bilinear resize to the box), but each mask is resized only to its box and
+    thresholded straight into a bool canvas: torchvision builds ``[N, 1, H, W]``
+    float, 2 GB for 500 detections on a 1024x1024 image.
+    """
+    if mask_probs.dim() == 4:
+        mask_probs = mask_probs[:, 0]
+    height, width = image_size
+    out = torch.zeros((mask_probs.shape[0], height, width), dtype=torch.bool, device=mask_probs.device)
+    if mask_probs.shape[0] == 0:
+        return out
+    m = mask_probs.shape[-1]
+    scale = (m + 2.0) / m
+    padded = F.pad(mask_probs, (1, 1, 1, 1))
+    centre_x = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    centre_y = (boxes[:, 1] + boxes[:, 3]) * 0.5
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    expanded = torch.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], 1)
+    for i, (x0, y0, x1, y1) in enumerate(expanded.to(torch.int64).tolist()):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        xa, xb = max(x0, 0), min(x1 + 1, width)
+        ya, yb = max(y0, 0), min(y1 + 1, height)
+        if xa >= xb or ya >= yb:
+            continue
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
+        out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+    return out
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """Tight xyxy boxes of bool masks, with the exclusive right/bottom edge COCO uses; empty -> zeros."""
+    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
+    if masks.numel() == 0:
+        return boxes
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    nonempty = rows.any(dim=1)
+    if nonempty.any():
+        r, c = rows[nonempty].float(), cols[nonempty].float()
+        ar_h = torch.arange(masks.shape[1], dtype=torch.float32)
+        ar_w = torch.arange(masks.shape[2], dtype=torch.float32)
+        y0 = torch.where(r > 0, ar_h, float("inf")).amin(1)
+        y1 = torch.where(r > 0, ar_h, -1.0).amax(1) + 1
+        x0 = torch.where(c > 0, ar_w, float("inf")).amin(1)
+        x1 = torch.where(c > 0, ar_w, -1.0).amax(1) + 1
+        boxes[nonempty] = torch.stack([x0, y0, x1, y1], 1)
+    return boxes

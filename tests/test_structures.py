@@ -1,0 +1,73 @@
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from instseg.structures import Category, Instances, encode_masks, masks_to_boxes, paste_masks
+
+
+@pytest.mark.parametrize("resolution", [14, 28])
+def test_paste_masks_matches_torchvision(resolution):
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 12, 57, 73
+    probs = torch.rand((n, 1, resolution, resolution), generator=g)
+    xy = torch.rand((n, 2), generator=g) * torch.tensor([w - 8, h - 8]) - 4  # some cross the border
+    wh = torch.rand((n, 2), generator=g) * 40 + 1
+    boxes = torch.cat([xy, xy + wh], 1)
+    expected = paste_masks_in_image(probs, boxes, (h, w))[:, 0] > 0.5
+    got = paste_masks(probs, boxes, (h, w))
+    assert got.dtype == torch.bool and got.shape == (n, h, w)
+    assert torch.equal(got, expected)
+
+
+def test_paste_masks_box_outside_image_gives_empty_mask():
+    # torchvision's paste_masks_in_image raises on this input.
+    out = paste_masks(torch.ones((1, 1, 28, 28)), torch.tensor([[-30.0, -30, -10, -10]]), (20, 20))
+    assert out.shape == (1, 20, 20) and not out.any()
+
+
+def test_paste_masks_empty():
+    out = paste_masks(torch.zeros((0, 1, 28, 28)), torch.zeros((0, 4)), (10, 20))
+    assert out.shape == (0, 10, 20)
+
+
+def test_encode_masks_round_trip():
+    masks = torch.rand((5, 31, 17), generator=torch.Generator().manual_seed(1)) > 0.6
+    rles = encode_masks(masks, chunk=2)
+    assert all(isinstance(r["counts"], str) for r in rles)
+    decoded = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()}) for r in rles])
+    assert np.array_equal(decoded, masks.numpy())
+
+
+def test_masks_to_boxes_uses_exclusive_edges_and_handles_empty():
+    masks = torch.zeros((3, 10, 12), dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True
+    masks[1, 7, 11] = True
+    boxes = masks_to_boxes(masks)
+    assert boxes.tolist() == [[3, 2, 9, 5], [11, 7, 12, 8], [0, 0, 0, 0]]
+    # Same convention as pycocotools' toBbox (x, y, w, h).
+    rle = mask_utils.encode(np.asfortranarray(masks[0].numpy().astype(np.uint8)))
+    assert mask_utils.toBbox(rle).tolist() == [3, 2, 6, 3]
+
+
+def test_instances_to_coco_maps_labels_back_to_category_ids():
+    masks = torch.zeros((2, 8, 8), dtype=torch.bool)
+    masks[0, :2, :2] = True
+    masks[1, 4:, 4:] = True
+    inst = Instances(
+        boxes=torch.tensor([[0.0, 0, 2, 2], [4, 4, 8, 8]]),
+        labels=torch.tensor([2, 1]),
+        scores=torch.tensor([0.9, 0.3]),
+        masks=masks,
+        image_size=(8, 8),
+        categories=(Category(3, "square"), Category(7, "disk")),
+    )
+    assert len(inst) == 2
+    assert inst.category_names == ["disk", "square"]
+    res = inst.to_coco(image_id=42)
+    assert [r["category_id"] for r in res] == [7, 3]
+    assert res[1]["bbox"] == [4, 4, 4, 4]
+    assert res[0]["image_id"] == 42 and res[0]["score"] == 0.9
+    assert mask_utils.area({"size": [8, 8], "counts": res[0]["segmentation"]["counts"].encode()}) == 4
+    assert set(inst.to_numpy()) == {"boxes", "labels", "scores", "masks"}
