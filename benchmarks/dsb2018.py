@@ -67,6 +67,7 @@ def main() -> int:
         "threads": 2,
         "eval_max_dets": (1, 10, 500),
         "checkpoint_every": 100,
+        "keep_every": 100,
         "log_every": 10,
         "steps": 10**9,
         **{k: v for k, v in overrides.items() if k not in model_fields},

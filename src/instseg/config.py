@@ -50,6 +50,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # steps between evaluations; 0: only at the end
     checkpoint_every: int = 500
+    keep_every: int = 0  # also keep <out>/snapshots/step_N every N steps (learning curves); 0: never
     eval_max_dets: tuple[int, ...] = (1, 10, 100)
     boundary_ap: bool = True
     # augmentation (instseg.data.transforms.TrainTransform)

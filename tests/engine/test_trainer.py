@@ -98,6 +98,8 @@ def test_training_writes_metrics_and_evaluates(trained):
     evals = [r for r in rows if "eval" in r]
     assert evals and set(evals[-1]["eval"]) == {"segm", "bbox", "boundary"}
     assert set(trained.metrics["segm"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"}
+    snapshots = sorted(p.name for p in (trained.checkpoint.parent / "snapshots").iterdir())
+    assert snapshots == ["step_0000003", "step_0000006"]
 
 
 def test_lr_schedule():

@@ -243,6 +243,8 @@ def train(
                 window.clear()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save(out / "last")
+            if cfg.keep_every and step % cfg.keep_every == 0:
+                save(out / "snapshots" / f"step_{step:07d}", resumable=False)
             if cfg.eval_every and step % cfg.eval_every == 0 and progress_of(step, elapsed) < 1.0:
                 metrics, _ = evaluate()
                 jsonl.write(json.dumps({"step": step, "time": round(elapsed, 2), "eval": metrics}) + "\n")

@@ -65,10 +65,12 @@ def plot_loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
         for key in [k for k in rows[0] if k.startswith("loss")]:
             ax.plot(steps, [r[key] for r in rows], label=key, linewidth=2 if key == "loss" else 1)
         ax_lr.plot(steps, [r["lr"] for r in rows], color="grey")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)

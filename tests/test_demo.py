@@ -1,0 +1,19 @@
+from instseg.demo import demo_data, run_demo
+
+
+def test_bundled_demo_data_is_complete():
+    root = demo_data()
+    assert len(list((root / "train").glob("*.png"))) == 40
+    assert len(list((root / "val").glob("*.png"))) == 10
+    assert (root / "README.md").read_text().count("CC0") >= 1
+
+
+def test_demo_writes_summary_overlays_and_curve(tmp_path):
+    summary = run_demo(tmp_path, minutes=0.05, device="cpu", progress=False)
+    text = summary.read_text()
+    assert "mask AP" in text and "Boundary AP" in text and "seconds / image" in text
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    overlays = list((tmp_path / "overlays").glob("*.png"))
+    assert len(overlays) == 4
+    assert all(f"overlays/{p.name}" in text for p in overlays)
+    assert (tmp_path / "train" / "checkpoint" / "model.safetensors").is_file()
