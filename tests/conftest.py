@@ -172,5 +172,9 @@ def trained(tiny_coco: Path, tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("trained")
     return instseg.train(
-        "mask_rcnn", tiny_coco, model_options=dict(TINY_MODEL), progress=False, **tiny_train_options(out, keep_every=3)
+        "mask_rcnn",
+        tiny_coco,
+        model_options=dict(TINY_MODEL),
+        progress=False,
+        **tiny_train_options(out, keep_every=3),
     )
