@@ -2,8 +2,18 @@
 
 __version__ = "0.1.0"
 
-from instseg.api import evaluate, load, predict, train
+from instseg.api import evaluate, evaluate_results, load, predict, train
 from instseg.predictor import Predictor
 from instseg.structures import Category, Instances
 
-__all__ = ["Category", "Instances", "Predictor", "__version__", "evaluate", "load", "predict", "train"]
+__all__ = [
+    "Category",
+    "Instances",
+    "Predictor",
+    "__version__",
+    "evaluate",
+    "evaluate_results",
+    "load",
+    "predict",
+    "train",
+]

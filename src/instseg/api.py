@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from instseg.config import TrainConfig, config_from_dict
-from instseg.data.coco import CocoIndex, resolve_source
+from instseg.data.coco import CocoIndex, find_annotations, resolve_source
 from instseg.engine.evaluation import Evaluation, evaluate_model
 from instseg.engine.trainer import TrainResult
 from instseg.engine.trainer import train as _train
+from instseg.eval.report import EvalOptions, EvalReport
+from instseg.eval.report import evaluate_results as _evaluate_results
 from instseg.models.build import model_config
 from instseg.predictor import ImageLike, Predictor
 from instseg.structures import Instances
@@ -43,35 +44,52 @@ def train(
     return _train(cfg, model, model_config(model, preset, model_options), resume=resume, progress=progress)
 
 
+def _options(boundary: bool, options: dict[str, Any]) -> EvalOptions:
+    opts = config_from_dict(EvalOptions, options)
+    if not boundary:
+        opts.iou_types = tuple(t for t in opts.iou_types if t != "boundary")
+    return opts
+
+
 def evaluate(
     model: str | Path | Predictor,
     data: str | Path,
     split: str = "val",
     images: str | Path | None = None,
-    max_dets: Sequence[int] = (1, 10, 100),
     boundary: bool = True,
     out: str | Path | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> Evaluation:
-    """COCO segm/bbox (and Boundary) AP of a model on a COCO dataset; ``out`` gets results + metrics JSON."""
+    """Every metric of a model on a COCO dataset; ``options`` are :class:`EvalOptions` fields.
+
+    ``out`` gets ``results.json``, ``metrics.json`` and the plots.
+    """
     predictor = model if isinstance(model, Predictor) else load(model)
     index = CocoIndex(resolve_source(data, split, images), keep_crowd=True)
     ev = evaluate_model(
-        predictor.model, index, predictor.categories, predictor.device, max_dets, boundary, progress=progress
+        predictor.model,
+        index,
+        predictor.categories,
+        predictor.device,
+        _options(boundary, options),
+        progress=progress,
     )
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(ev.results))
-        (out / "metrics.json").write_text(
-            json.dumps(
-                {
-                    "metrics": ev.metrics,
-                    "images": ev.images,
-                    "seconds_per_image": ev.seconds_per_image,
-                    "max_dets": list(max_dets),
-                },
-                indent=2,
-            )
-        )
+        ev.report.write(out, ev.results)
     return ev
+
+
+def evaluate_results(
+    results: str | Path | Sequence[dict[str, Any]],
+    gt: str | Path | dict[str, Any],
+    boundary: bool = True,
+    out: str | Path | None = None,
+    **options: Any,
+) -> EvalReport:
+    """Score an existing COCO results file (from any toolkit) against a ground-truth JSON."""
+    gt = gt if isinstance(gt, dict) else find_annotations(gt, "val")
+    report = _evaluate_results(gt, results, _options(boundary, options))
+    if out is not None:
+        report.write(out)
+    return report

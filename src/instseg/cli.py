@@ -38,14 +38,30 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="checkpoint directory to continue from (e.g. OUT/last)")
     train.add_argument("-h", "--help", action="store_true")
 
-    ev = sub.add_parser("eval", help="COCO mask/box/Boundary AP of a checkpoint on a COCO dataset")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--data", required=True, help="COCO JSON or dataset folder")
+    ev = sub.add_parser(
+        "eval",
+        help="score a checkpoint on a COCO dataset, or a COCO results JSON against ground truth",
+        description="COCO mask/box AP with S/M/L, Boundary AP, LVIS APr/c/f (detected from the data), "
+        "per-class AP, TP/FP/FN, and the matching metrics of cell segmentation (precision, recall, F1, "
+        "accuracy, PQ at IoU 0.5..0.9). --out writes metrics.json and PR/matching/confusion plots.",
+    )
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="model to run on the dataset")
+    what.add_argument("--results", help="existing COCO results JSON to score (any toolkit's)")
+    ev.add_argument("--data", required=True, help="ground truth: COCO/LVIS JSON or dataset folder")
     ev.add_argument("--split", default="val")
     ev.add_argument("--images", help="image folder, when it cannot be guessed")
-    ev.add_argument("--max-dets", type=int, nargs="+", default=[1, 10, 100])
+    ev.add_argument("--max-dets", type=int, nargs="+", default=None, help="default 1 10 100 (LVIS: 300)")
     ev.add_argument("--no-boundary", action="store_true", help="skip Boundary AP")
-    ev.add_argument("--out", help="folder for results.json and metrics.json")
+    ev.add_argument("--boundary-dilation", type=float, default=0.02, help="Boundary IoU dilation ratio")
+    ev.add_argument("--class-agnostic", action="store_true", help="ignore categories when matching")
+    lvis = ev.add_mutually_exclusive_group()
+    lvis.add_argument("--lvis", dest="lvis", action="store_true", default=None, help="force LVIS federated")
+    lvis.add_argument("--no-lvis", dest="lvis", action="store_false", help="plain COCO even on LVIS data")
+    ev.add_argument("--score-threshold", type=float, default=0.5, help="for the matching metrics")
+    ev.add_argument("--class-aware-matching", action="store_true", help="matching metrics per category")
+    ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
+    ev.add_argument("--out", help="folder for metrics.json, results.json and plots")
     ev.add_argument("--device", default="auto")
 
     pr = sub.add_parser("predict", help="predict on images, folders or globs")
@@ -89,22 +105,38 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from instseg.api import evaluate, load
-    from instseg.eval.coco import format_table
+    from instseg.api import evaluate, evaluate_results, load
 
-    ev = evaluate(
-        load(args.checkpoint, args.device),
-        args.data,
-        args.split,
-        args.images,
-        args.max_dets,
-        boundary=not args.no_boundary,
-        out=args.out,
-    )
-    print(format_table(ev.metrics))
-    print(f"{ev.images} images, {ev.seconds_per_image:.3f} s/image")
+    options = {
+        "boundary_dilation_ratio": args.boundary_dilation,
+        "class_agnostic": args.class_agnostic,
+        "lvis": args.lvis,
+        "matching": not args.no_matching,
+        "matching_score_threshold": args.score_threshold,
+        "matching_class_aware": args.class_aware_matching,
+    }
+    if args.max_dets:
+        options["max_dets"] = args.max_dets
+    elif args.lvis:
+        options["max_dets"] = [300]
+    if args.results:
+        report = evaluate_results(args.results, args.data, not args.no_boundary, args.out, **options)
+    else:
+        ev = evaluate(
+            load(args.checkpoint, args.device),
+            args.data,
+            args.split,
+            args.images,
+            not args.no_boundary,
+            args.out,
+            **options,
+        )
+        report = ev.report
+    print(report.format())
+    if report.seconds_per_image is not None:
+        print(f"{report.images} images, {report.seconds_per_image:.3f} s/image")
     if args.out:
-        print(f"results and metrics: {args.out}")
+        print(f"metrics and plots: {args.out}")
     return 0
 
 

@@ -16,6 +16,7 @@ from instseg.engine.evaluation import evaluate_model
 from instseg.engine.trainer import TrainResult, train
 from instseg.eval.coco import format_table
 from instseg.eval.plots import plot_loss_curve, save_overlay
+from instseg.eval.report import EvalOptions
 from instseg.models.build import model_config
 
 MAX_DETS = (1, 10, 500)
@@ -63,7 +64,8 @@ def run_demo(
         val,
         predictor.categories,
         predictor.device,
-        MAX_DETS,
+        EvalOptions(max_dets=MAX_DETS, matching=False),
+        details=False,
         on_image=keep_overlay,
         progress=progress,
     )

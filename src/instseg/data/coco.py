@@ -32,6 +32,21 @@ class CocoSource:
     images: Path
 
 
+def find_annotations(data: str | Path, split: str = "train") -> Path:
+    """The annotations JSON itself, or ``annotations/instances_<split>*.json`` in a dataset folder."""
+    data = Path(data)
+    if data.is_dir():
+        candidates = sorted((data / "annotations").glob(f"instances_{split}*.json")) or sorted(
+            data.glob(f"instances_{split}*.json")
+        )
+        if not candidates:
+            raise DataError(f"{data}: no annotations/instances_{split}*.json in this folder")
+        return candidates[0]
+    if data.is_file():
+        return data
+    raise DataError(f"{data}: no such annotations file or dataset folder")
+
+
 def resolve_source(data: str | Path, split: str = "train", images: str | Path | None = None) -> CocoSource:
     """Find the annotations file and image folder from a JSON path or a dataset folder.
 
@@ -40,18 +55,7 @@ def resolve_source(data: str | Path, split: str = "train", images: str | Path | 
     usual layouts: ``<root>/<split>``, ``<root>/<json stem minus 'instances_'>``,
     or the JSON's own folder.
     """
-    data = Path(data)
-    if data.is_dir():
-        candidates = sorted((data / "annotations").glob(f"instances_{split}*.json")) or sorted(
-            data.glob(f"instances_{split}*.json")
-        )
-        if not candidates:
-            raise DataError(f"{data}: no annotations/instances_{split}*.json in this folder")
-        ann = candidates[0]
-    elif data.is_file():
-        ann = data
-    else:
-        raise DataError(f"{data}: no such annotations file or dataset folder")
+    ann = find_annotations(data, split)
     if images is not None:
         if not Path(images).is_dir():
             raise DataError(f"{images}: image folder not found")

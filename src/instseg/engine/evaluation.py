@@ -13,16 +13,20 @@ from instseg.data.coco import CocoIndex
 from instseg.data.datasets import ImageListDataset
 from instseg.engine.inference import ImageCallback, run_inference
 from instseg.errors import DataError
-from instseg.eval.coco import coco_evaluate
+from instseg.eval.report import EvalOptions, EvalReport, evaluate_results
 from instseg.structures import Category
 
 
 @dataclass
 class Evaluation:
-    metrics: dict[str, dict[str, float]]
+    report: EvalReport
     results: list[dict[str, Any]]
     seconds_per_image: float
     images: int
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return self.report.metrics
 
 
 def check_categories(model_categories: Sequence[Category], index: CocoIndex) -> None:
@@ -41,8 +45,8 @@ def evaluate_model(
     index: CocoIndex,
     categories: Sequence[Category],
     device: torch.device | str = "cpu",
-    max_dets: Sequence[int] = (1, 10, 100),
-    boundary: bool = True,
+    options: EvalOptions | None = None,
+    details: bool = True,
     batch_size: int = 1,
     workers: int = 0,
     on_image: ImageCallback | None = None,
@@ -53,6 +57,6 @@ def evaluate_model(
     run = run_inference(
         model, dataset, categories, device, batch_size, workers, on_image, progress, desc="evaluate"
     )
-    iou_types = ("segm", "bbox", "boundary") if boundary else ("segm", "bbox")
-    metrics = coco_evaluate(index.dataset, run.results, iou_types, max_dets)
-    return Evaluation(metrics, run.results, run.seconds_per_image, run.images)
+    report = evaluate_results(index.dataset, run.results, options, details)
+    report.seconds_per_image = run.seconds_per_image
+    return Evaluation(report, run.results, run.seconds_per_image, run.images)

@@ -33,6 +33,7 @@ from instseg.engine.evaluation import evaluate_model
 from instseg.engine.schedule import lr_factor
 from instseg.errors import DataError, TrainingDiverged
 from instseg.eval.coco import format_table
+from instseg.eval.report import EvalOptions
 from instseg.models.build import build_model
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,11 @@ def train(
             val_index,
             categories,
             device,
-            cfg.eval_max_dets,
-            cfg.boundary_ap,
+            EvalOptions(
+                iou_types=("segm", "bbox", "boundary") if cfg.boundary_ap else ("segm", "bbox"),
+                max_dets=tuple(cfg.eval_max_dets),
+            ),
+            details=False,
             progress=progress,
         )
         model.train()
