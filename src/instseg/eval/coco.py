@@ -71,10 +71,14 @@ class CocoResult:
 
 
 def load_ground_truth(gt: str | Path | dict[str, Any] | COCO) -> COCO:
+    """A COCO index of the ground truth; a dict is copied one level deep, enough that the engine's
+    per-annotation keys (``rle``, ``ignore``) never land in the caller's data."""
     if isinstance(gt, COCO):
         return gt
     if isinstance(gt, dict):
-        return COCO(copy.deepcopy(gt))
+        if not isinstance(gt.get("annotations", []), list):
+            raise DataError("ground truth: 'annotations' must be a list")
+        return COCO({**gt, "annotations": [dict(a) for a in gt.get("annotations", [])]})
     path = Path(gt)
     if not path.is_file():
         raise DataError(f"{path}: ground-truth annotations not found")
@@ -103,8 +107,12 @@ def top_per_image(results: Sequence[dict[str, Any]], k: int) -> list[dict[str, A
 
 
 def _for_type(results: Sequence[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+    """Shallow copies (the engine writes ``area``/``id`` into them) without the field this type ignores."""
     drop = "segmentation" if iou_type == "bbox" else "bbox"
-    return [{k: v for k, v in r.items() if k != drop} for r in results]
+    out = [dict(r) for r in results]
+    for r in out:
+        r.pop(drop, None)
+    return out
 
 
 def _check_results(coco_gt: COCO, results: Sequence[dict[str, Any]], iou_types: Sequence[str]) -> None:
@@ -124,37 +132,50 @@ def _check_results(coco_gt: COCO, results: Sequence[dict[str, Any]], iou_types: 
 
 
 def _counts(ev: COCOeval_faster, coco_gt: COCO, coco_dt: COCO) -> dict[str, dict[str, int]]:
-    """TP/FP/FN at IoU 0.5 and 0.75 from the engine's own greedy matching (area all, largest maxDets).
+    """TP/FP/FN at IoU 0.5 and 0.75 under the engine's own greedy matching (area all, largest maxDets).
 
-    A detection matched to a crowd region is neither TP nor FP; in LVIS mode an
-    unmatched detection of a not-exhaustively-labelled class is not an FP either.
+    TP and FN come exactly from the accumulated recall (recall x GT count per
+    class). A detection that is neither TP nor FP, because it matched a crowd
+    region or (LVIS) is an unmatched detection of a not-exhaustively-labelled
+    class, can only occur on images with crowd regions or such detections;
+    those few images are matched again to count them, so FP = detections
+    considered - TP - ignored.
     """
     p = ev._paramsEval
-    crowd = {a["id"] for a in coco_gt.anns.values() if a.get("iscrowd", 0)}
-    n_gt = sum(1 for a in coco_gt.anns.values() if not a.get("iscrowd", 0) and a["category_id"] in p.catIds)
-    per_pair = Counter(
-        (d["image_id"], d["category_id"] if p.useCats else -1)
-        for d in coco_dt.anns.values()
-        if not d.get("drop", False) and d["category_id"] in p.catIds
-    )
+    cats = set(p.catIds)
+    images = set(p.imgIds)
+    gts = [a for a in coco_gt.anns.values() if a["category_id"] in cats and a["image_id"] in images]
+    crowd = {a["id"] for a in gts if a.get("iscrowd", 0)}
+    if p.useCats:
+        n_gt = Counter(a["category_id"] for a in gts if not a.get("iscrowd", 0))
+        gt_per_class = np.array([n_gt.get(c, 0) for c in p.catIds])
+    else:
+        gt_per_class = np.array([len(gts) - len(crowd)])
+    dts = [d for d in coco_dt.anns.values() if not d.get("drop", False) and d["category_id"] in cats]
+    per_pair = Counter((d["image_id"], d["category_id"] if p.useCats else -1) for d in dts)
     considered = sum(min(n, p.maxDets[-1]) for n in per_pair.values())
-    ignored_fp = {d["id"] for d in coco_dt.anns.values() if d.get("lvis_mark", False)}
+    marked = {d["id"] for d in dts if d.get("lvis_mark", False)}
+    special = sorted(
+        {a["image_id"] for a in gts if a.get("iscrowd", 0)} | {coco_dt.anns[i]["image_id"] for i in marked}
+    )
     out = {}
-    cats = p.catIds if p.useCats else [-1]
-    ious = [[ev.ious[i, c] for c in cats] for i in p.imgIds]
     for thr in (0.5, 0.75):
-        # The engine's own ``matched`` merges area ranges, so match again: one threshold, area "all".
-        q = copy.deepcopy(p)
-        q.iouThrs = np.array([thr])
-        q.areaRng, q.areaRngLbl = q.areaRng[:1], q.areaRngLbl[:1]
-        matched = _engine.COCOevalEvaluateAccumulate(
-            q, ious, ev.gt_dataset, ev.dt_dataset, p.imgIds, p.catIds, bool(p.useCats)
-        )["matched"]
-        pairs = [tuple(int(x) for x in key.split("_", 1)) for key in matched]
-        tp = sum(1 for _, g in pairs if g not in crowd)
-        matched_dt = {d for d, _ in pairs}
-        unmatched_ignored = len(ignored_fp - matched_dt)
-        out[f"{thr:g}"] = {"tp": tp, "fp": considered - len(pairs) - unmatched_ignored, "fn": n_gt - tp}
+        t = int(np.argmin(np.abs(np.asarray(p.iouThrs) - thr)))
+        recall = ev.eval["recall"][t, :, 0, -1]
+        tp = int(sum(round(r * n) for r, n in zip(recall, gt_per_class, strict=True) if n > 0))
+        ignored = 0
+        if special:
+            q = copy.deepcopy(p)
+            q.iouThrs = np.array([thr])
+            q.areaRng, q.areaRngLbl = q.areaRng[:1], q.areaRngLbl[:1]
+            q.imgIds = special
+            ious = [[ev.ious[i, c] for c in (p.catIds if p.useCats else [-1])] for i in special]
+            matched = _engine.COCOevalEvaluateAccumulate(
+                q, ious, ev.gt_dataset, ev.dt_dataset, special, p.catIds, bool(p.useCats)
+            )["matched"]
+            pairs = [tuple(int(x) for x in key.split("_", 1)) for key in matched]
+            ignored = sum(1 for _, g in pairs if g in crowd) + len(marked - {d for d, _ in pairs})
+        out[f"{thr:g}"] = {"tp": tp, "fp": considered - tp - ignored, "fn": int(gt_per_class.sum()) - tp}
     return out
 
 
