@@ -1,4 +1,4 @@
-"""``instseg <command>``: demo, train, eval, predict.
+"""``instseg <command>``: demo, train, eval, predict, data.
 
 Training flags are generated from the config dataclasses: every field of
 ``TrainConfig`` and of the chosen family's config is a ``--flag``, and
@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
     ev.add_argument("--out", help="folder for metrics.json, results.json and plots")
     ev.add_argument("--device", default="auto")
+
+    from instseg.data.commands import add_data_parser
+
+    add_data_parser(sub)
 
     pr = sub.add_parser("predict", help="predict on images, folders or globs")
     pr.add_argument("--checkpoint", required=True)
@@ -209,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, rest)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "data":
+            from instseg.data.commands import run_data
+
+            return run_data(args)
         return _predict(args)
     except InstsegError as exc:
         if args.verbose:

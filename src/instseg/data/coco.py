@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,31 +136,16 @@ class CocoIndex:
         path: Path,
         skipped: dict[str, list[Any]],
     ) -> dict[str, Any] | None:
-        ann_id = ann.get("id", "?")
-        if ann.get("image_id") not in images:
-            raise DataError(f"{path}: annotation {ann_id} refers to unknown image id {ann.get('image_id')}")
-        if ann.get("category_id") not in self.label_of:
-            raise DataError(
-                f"{path}: annotation {ann_id} has category id {ann.get('category_id')}, "
-                f"which is not in 'categories'"
-            )
-        im = images[ann["image_id"]]
-        seg = ann.get("segmentation")
-        h, w = int(im["height"]), int(im["width"])
-        try:
-            rle = to_rle(seg, h, w)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"{path}: annotation {ann_id} has a malformed segmentation ({exc})") from None
+        rle, problem = check_annotation(ann, images, self.label_of)
+        if problem is not None:
+            if problem.level == "error":
+                raise DataError(f"{path}: {problem.where} {problem.message}")
+            skipped[problem.kind].append(ann.get("id", "?"))
         if rle is None:
-            skipped["no usable polygon"].append(ann_id)
-            return None
-        area = float(mask_utils.area(rle))
-        if area <= 0:
-            skipped["an empty mask"].append(ann_id)
             return None
         x, y, bw, bh = mask_utils.toBbox(rle).tolist()
         return {
-            "id": ann_id,
+            "id": ann.get("id", "?"),
             "label": self.label_of[ann["category_id"]],
             "rle": rle,
             "bbox": (x, y, x + bw, y + bh),
@@ -173,6 +159,50 @@ class CocoIndex:
         return len(self.images)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a COCO file; ``error`` stops a loader, ``warning`` skips or only reports."""
+
+    level: str  # "error" | "warning"
+    kind: str  # short, groupable: "an empty mask", "unknown image id", ...
+    where: str  # "annotation 12", "image 3 (a.png)", "category 5"
+    message: str
+
+
+def check_annotation(
+    ann: dict[str, Any], images: dict[int, dict[str, Any]], label_of: dict[int, int]
+) -> tuple[dict[str, Any] | None, Problem | None]:
+    """The checks every loader applies to one annotation: its RLE (None when unusable) and what is wrong.
+
+    Errors: unknown image or category, malformed segmentation. Warnings (the
+    object is skipped): no polygon with three points, an empty mask.
+    """
+    where = f"annotation {ann.get('id', '?')}"
+    if ann.get("image_id") not in images:
+        return None, Problem(
+            "error", "unknown image id", where, f"refers to unknown image id {ann.get('image_id')}"
+        )
+    if ann.get("category_id") not in label_of:
+        return None, Problem(
+            "error",
+            "unknown category id",
+            where,
+            f"has category id {ann.get('category_id')}, which is not in 'categories'",
+        )
+    im = images[ann["image_id"]]
+    try:
+        rle = to_rle(ann.get("segmentation"), int(im["height"]), int(im["width"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        return None, Problem(
+            "error", "malformed segmentation", where, f"has a malformed segmentation ({exc})"
+        )
+    if rle is None:
+        return None, Problem("warning", "no usable polygon", where, "has no polygon of three or more points")
+    if mask_utils.area(rle) <= 0:
+        return None, Problem("warning", "an empty mask", where, "has an empty mask")
+    return rle, None
+
+
 def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
     """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE.
 
@@ -180,6 +210,9 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
     """
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        for p in polygons:
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in p):
+                raise ValueError("polygon coordinates must be finite numbers")
         if not polygons:
             return None
         return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
