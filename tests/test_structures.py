@@ -2,9 +2,11 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from instseg.structures import Category, Instances, encode_masks, masks_to_boxes, paste_masks
+from instseg.structures import Category, Instances, encode_masks, masks_to_boxes, paste_masks, upsample_masks
 
 
 @pytest.mark.parametrize("resolution", [14, 28])
@@ -71,3 +73,32 @@ def test_instances_to_coco_maps_labels_back_to_category_ids():
     assert res[0]["image_id"] == 42 and res[0]["score"] == 0.9
     assert mask_utils.area({"size": [8, 8], "counts": res[0]["segmentation"]["counts"].encode()}) == 4
     assert set(inst.to_numpy()) == {"boxes", "labels", "scores", "masks"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 4), st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_mask_codecs_round_trip(n, h, w, seed):
+    """bool masks -> RLE (str counts) -> masks, and every COCO segmentation form -> the same RLE."""
+    from instseg.data.coco import to_rle
+    from tests.conftest import uncompressed_counts
+
+    rng = np.random.default_rng(seed)
+    masks = torch.from_numpy(rng.random((n, h, w)) < rng.random())
+    rles = encode_masks(masks)
+    assert len(rles) == n
+    for m, rle in zip(masks, rles, strict=True):
+        compressed = {"size": rle["size"], "counts": rle["counts"].encode()}
+        assert np.array_equal(mask_utils.decode(compressed).astype(bool), m.numpy())
+        assert to_rle(rle, h, w) == compressed
+        uncompressed = {"size": [h, w], "counts": uncompressed_counts(m.numpy())}
+        assert np.array_equal(mask_utils.decode(to_rle(uncompressed, h, w)).astype(bool), m.numpy())
+
+
+def test_upsample_masks_equals_full_interpolation():
+    torch.manual_seed(0)
+    probs = torch.nn.functional.avg_pool2d(torch.rand(1, 6, 20, 30), 5, 1, 2)[0]
+    for scale, size in [((4.0, 4.0), (80, 120)), ((2.6, 3.3), (52, 99)), ((1.0, 1.0), (20, 30))]:
+        full = torch.nn.functional.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[
+            0
+        ]
+        assert torch.equal(upsample_masks(probs, scale, size), full > 0.5)

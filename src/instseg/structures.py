@@ -7,6 +7,7 @@ large images never holds a stack of full-resolution masks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +151,43 @@ def paste_masks(
             0, 0
         ]
         out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+    return out
+
+
+def upsample_masks(
+    probs: Tensor, scale: tuple[float, float], image_size: tuple[int, int], threshold: float = 0.5
+) -> Tensor:
+    """Mask probabilities ``[N, h, w]`` -> bool ``[N, H, W]``; ``scale`` is output px per input px.
+
+    The same values as bilinear ``F.interpolate`` of the whole map (align_corners
+    False), but each mask is resampled only around where it exceeds the
+    threshold: outside that box, plus one pixel, every bilinear sample mixes
+    values below the threshold and stays below it.
+    """
+    n = probs.shape[0]
+    height, width = image_size
+    out = torch.zeros((n, height, width), dtype=torch.bool, device=probs.device)
+    if n == 0:
+        return out
+    sy, sx = scale
+    above = probs > threshold
+    rows, cols = above.any(dim=2), above.any(dim=1)
+    h, w = probs.shape[-2:]
+    for i in torch.nonzero(rows.any(dim=1)).flatten().tolist():
+        ys, xs = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
+        fy0, fy1 = max(int(ys[0]) - 1, 0), min(int(ys[-1]) + 2, h)
+        fx0, fx1 = max(int(xs[0]) - 1, 0), min(int(xs[-1]) + 2, w)
+        uy0, uy1 = max(int(fy0 * sy), 0), min(math.ceil(fy1 * sy), height)
+        ux0, ux1 = max(int(fx0 * sx), 0), min(math.ceil(fx1 * sx), width)
+        if uy0 >= uy1 or ux0 >= ux1:
+            continue
+        # continuous source coordinate of each output pixel centre, normalised over the crop
+        gy = ((torch.arange(uy0, uy1, device=probs.device) + 0.5) / sy - fy0) / (fy1 - fy0) * 2 - 1
+        gx = ((torch.arange(ux0, ux1, device=probs.device) + 0.5) / sx - fx0) / (fx1 - fx0) * 2 - 1
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(probs.dtype)
+        crop = probs[i, fy0:fy1, fx0:fx1][None, None]
+        sampled = F.grid_sample(crop, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[i, uy0:uy1, ux0:ux1] = sampled[0, 0] > threshold
     return out
 
 

@@ -42,9 +42,7 @@ def test_decode_crop_equals_full_decode(spec, data):
     h, w, seed, density = spec
     m = _random_mask(h, w, seed, density)
     rle = mask_utils.encode(np.asfortranarray(m))
-    counts = mask_api_cpp.toUncompressedRLE(
-        [{"size": [h, w], "counts": rle["counts"]}]
-    )[0]["counts"]
+    counts = mask_api_cpp.toUncompressedRLE([{"size": [h, w], "counts": rle["counts"]}])[0]["counts"]
     x0 = data.draw(st.integers(0, w - 1))
     x1 = data.draw(st.integers(x0 + 1, w))
     y0 = data.draw(st.integers(0, h - 1))

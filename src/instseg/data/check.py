@@ -150,14 +150,13 @@ def check_dataset(
     for im in doc["images"]:
         missing = {"id", "file_name", "height", "width"} - im.keys()
         if missing:
-            add(
-                Problem(
-                    "error",
-                    "incomplete image record",
-                    f"image {im.get('id', '?')}",
-                    f"lacks {sorted(missing)}",
-                )
+            hint = (
+                " (LVIS? convert it first: instseg data convert lvis FILE --to coco)"
+                if "coco_url" in im
+                else ""
             )
+            where = f"image {im.get('id', '?')}"
+            add(Problem("error", "incomplete image record", where, f"lacks {sorted(missing)}{hint}"))
             continue
         if im["id"] in by_id:
             add(Problem("error", "duplicate image id", f"image {im['id']}", "appears twice"))

@@ -107,7 +107,14 @@ class CocoIndex:
         by_id: dict[int, dict[str, Any]] = {}
         for im in data["images"]:
             if not {"id", "file_name", "height", "width"} <= im.keys():
-                raise DataError(f"{path}: image record {im.get('id', '?')} lacks id/file_name/height/width")
+                hint = (
+                    " (LVIS? convert it first: instseg data convert lvis FILE --to coco)"
+                    if "coco_url" in im
+                    else ""
+                )
+                raise DataError(
+                    f"{path}: image record {im.get('id', '?')} lacks id/file_name/height/width{hint}"
+                )
             if im["id"] in by_id:
                 raise DataError(f"{path}: duplicate image id {im['id']}")
             by_id[im["id"]] = im

@@ -15,6 +15,7 @@ seed gives the same bytes.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -264,52 +265,74 @@ def _frequency(images_with_class: int) -> str:
     return "r" if images_with_class <= 10 else "c" if images_with_class <= 100 else "f"
 
 
-def generate(cfg: SynthConfig, out: str | Path, progress: bool = False) -> dict[str, Path]:
-    """Write ``out/{train,val}/*.png`` and ``out/annotations/instances_{train,val}.json``."""
+def _write_image(job: tuple[SynthConfig, list[ClassLook], int, int, str]) -> tuple[dict, list[dict]]:
+    """Render image ``i`` of split ``s`` from its own seed, write it, and return its records."""
+    cfg, looks, s, i, folder = job
+    split = SPLITS[s]
+    image, objects = render_scene(cfg, looks, np.random.default_rng([cfg.seed, s, i]))
+    name = f"{split}_{i:05d}.png"
+    cv2.imwrite(str(Path(folder) / name), image[:, :, ::-1], PNG_FLAGS)
+    record: dict[str, Any] = {"id": i + 1, "file_name": name, "height": cfg.size, "width": cfg.size}
+    if cfg.lvis_fields:
+        # The labels are exhaustive: every absent class is verified absent.
+        present = {o.label + 1 for o in objects}
+        record["neg_category_ids"] = [c for c in range(1, cfg.classes + 1) if c not in present]
+        record["not_exhaustive_category_ids"] = []
+    anns = []
+    for o in objects:
+        rle = mask_utils.encode(o.full_mask(cfg.size))
+        x, y, w, h = mask_utils.toBbox(rle).tolist()
+        anns.append(
+            {
+                "image_id": i + 1,
+                "category_id": o.label + 1,
+                "segmentation": {"size": [cfg.size, cfg.size], "counts": rle["counts"].decode()},
+                "area": int(mask_utils.area(rle)),
+                "bbox": [x, y, w, h],
+                "iscrowd": 0,
+                "occluded_fraction": round(1 - int(o.visible.sum()) / o.full_area, 4),
+            }
+        )
+    return record, anns
+
+
+def generate(
+    cfg: SynthConfig, out: str | Path, progress: bool = False, workers: int | None = None
+) -> dict[str, Path]:
+    """Write ``out/{train,val}/*.png`` and ``out/annotations/instances_{train,val}.json``.
+
+    Images are rendered in ``workers`` processes (default: one per core); every
+    image has its own seed and the records are gathered in order, so the
+    output does not depend on the number of workers.
+    """
+    from multiprocessing import get_context
+
     from tqdm import tqdm
 
     out = Path(out)
     looks = class_looks(cfg)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    pool = (
+        get_context("fork").Pool(workers) if workers > 1 and cfg.train_images + cfg.val_images > 8 else None
+    )
     datasets: dict[str, dict[str, Any]] = {}
-    for s, split in enumerate(SPLITS):
-        n_images = cfg.train_images if split == "train" else cfg.val_images
-        (out / split).mkdir(exist_ok=True)
-        images, anns = [], []
-        for i in tqdm(range(n_images), desc=f"synth {split}", disable=not progress, unit="img"):
-            rng = np.random.default_rng([cfg.seed, s, i])
-            image, objects = render_scene(cfg, looks, rng)
-            name = f"{split}_{i:05d}.png"
-            cv2.imwrite(str(out / split / name), image[:, :, ::-1], PNG_FLAGS)
-            image_id = i + 1
-            present = sorted({o.label + 1 for o in objects})
-            record: dict[str, Any] = {
-                "id": image_id,
-                "file_name": name,
-                "height": cfg.size,
-                "width": cfg.size,
-            }
-            if cfg.lvis_fields:
-                # The labels are exhaustive: every absent class is verified absent.
-                record["neg_category_ids"] = [c for c in range(1, cfg.classes + 1) if c not in present]
-                record["not_exhaustive_category_ids"] = []
-            images.append(record)
-            for o in objects:
-                rle = mask_utils.encode(o.full_mask(cfg.size))
-                x, y, w, h = mask_utils.toBbox(rle).tolist()
-                anns.append(
-                    {
-                        "id": len(anns) + 1,
-                        "image_id": image_id,
-                        "category_id": o.label + 1,
-                        "segmentation": {"size": [cfg.size, cfg.size], "counts": rle["counts"].decode()},
-                        "area": int(mask_utils.area(rle)),
-                        "bbox": [x, y, w, h],
-                        "iscrowd": 0,
-                        "occluded_fraction": round(1 - int(o.visible.sum()) / o.full_area, 4),
-                    }
-                )
-        datasets[split] = {"images": images, "annotations": anns}
+    try:
+        for s, split in enumerate(SPLITS):
+            n_images = cfg.train_images if split == "train" else cfg.val_images
+            (out / split).mkdir(exist_ok=True)
+            jobs = [(cfg, looks, s, i, str(out / split)) for i in range(n_images)]
+            done = pool.imap(_write_image, jobs, chunksize=4) if pool else map(_write_image, jobs)
+            images, anns = [], []
+            for record, image_anns in tqdm(done, total=n_images, desc=f"synth {split}", disable=not progress):
+                images.append(record)
+                for a in image_anns:
+                    anns.append({"id": len(anns) + 1, **a})
+            datasets[split] = {"images": images, "annotations": anns}
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     train_counts = Counter((a["image_id"], a["category_id"]) for a in datasets["train"]["annotations"])
     images_per_class = Counter(c for _, c in train_counts)
     categories = [

@@ -14,7 +14,7 @@ from torch import nn
 
 from instseg.config import config_from_dict
 from instseg.errors import InstsegError
-from instseg.models.mask_rcnn import MaskRCNNConfig, build_mask_rcnn, nuclei_preset
+from instseg.models import mask_rcnn, solov2
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,14 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "mask_rcnn": Family(
-        MaskRCNNConfig, build_mask_rcnn, {"default": MaskRCNNConfig, "nuclei": nuclei_preset}
+        mask_rcnn.MaskRCNNConfig,
+        mask_rcnn.build_mask_rcnn,
+        {"default": mask_rcnn.MaskRCNNConfig, "nuclei": mask_rcnn.nuclei_preset},
+    ),
+    "solov2": Family(
+        solov2.SOLOv2Config,
+        solov2.build_solov2,
+        {"default": solov2.SOLOv2Config, "light": solov2.light_preset, "nuclei": solov2.nuclei_preset},
     ),
 }
 

@@ -1,10 +1,9 @@
 """Mask R-CNN on torchvision's implementation, configured for training from scratch.
 
 What instseg changes around torchvision's model: trainable normalisation and
-small-object anchors (``backbones``), a fixed-scale resize mode (object size in
-microscopy does not follow image size, so "shorter side = 800" would shrink
-the tiny nuclei of the largest images), bool masks pasted box by box instead of
-a full-image float stack, and a quantised RoIPool option for the ablation.
+small-object anchors (``backbones``), a fixed-scale resize mode (``transform``),
+bool masks pasted box by box instead of a full-image float stack, and a
+quantised RoIPool option for the ablation.
 """
 
 from __future__ import annotations
@@ -12,18 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
 from instseg.models.backbones import build_resnet_fpn, norm_layer
 from instseg.models.poolers import MultiScaleRoIPool
+from instseg.models.transform import ResizeNormalize
 from instseg.structures import paste_masks
 
 
@@ -81,35 +80,12 @@ def nuclei_preset() -> MaskRCNNConfig:
     )
 
 
-class ResizeNormalize(GeneralizedRCNNTransform):
-    """torchvision's transform plus a fixed-scale mode and bool mask pasting."""
+class RoIMaskTransform(ResizeNormalize):
+    """The shared resize/normalise, with RoI masks pasted box by box as bool at the end."""
 
     def __init__(self, cfg: MaskRCNNConfig) -> None:
-        super().__init__(
-            cfg.min_size, cfg.max_size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
-        )
-        self.scale = cfg.scale
+        super().__init__(cfg.min_size, cfg.max_size, cfg.scale)
         self.mask_threshold = cfg.mask_threshold
-
-    def resize(
-        self, image: Tensor, target: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        if self.scale is None:
-            return super().resize(image, target)
-        h, w = image.shape[-2:]
-        s = min(self.scale, self.max_size / max(h, w))
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        if size == (h, w):
-            return image, target
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-        if target is not None:
-            target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
-            if "masks" in target and target["masks"].numel():
-                masks = target["masks"][:, None].float()
-                target["masks"] = F.interpolate(masks, size=size, mode="nearest")[:, 0].byte()
-            elif "masks" in target:
-                target["masks"] = target["masks"].new_zeros((0, *size))
-        return image, target
 
     def postprocess(
         self,
@@ -162,5 +138,5 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
         ),
         mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, num_classes + 1),
     )
-    model.transform = ResizeNormalize(cfg)
+    model.transform = RoIMaskTransform(cfg)
     return model

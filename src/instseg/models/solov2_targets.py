@@ -1,0 +1,185 @@
+"""SOLOv2's criterion: which grid cell owns which object, then focal + Dice losses.
+
+A cell is positive for an object when it lies in the object's centre region
+(``sigma`` x its box around its mass centre, and at most one cell from the
+centre cell) on every level whose scale range holds the object's size
+(sqrt of box area). Where objects compete for a cell the smaller one wins, so
+each positive cell has exactly one mask target: SOLO's reference keeps every
+claimant, which trains one kernel towards two masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from instseg.losses import dice_loss, focal_loss_sum
+
+
+@dataclass
+class LevelTargets:
+    labels: Tensor  # int64 [S_h, S_w], 0 = background, else 1..K
+    owner: Tensor  # int64 [S_h, S_w], index of the object whose mask the cell predicts, -1 if none
+
+
+def assign_level(
+    boxes: Tensor,
+    labels: Tensor,
+    centres: Tensor,
+    grid: tuple[int, int],
+    cell: tuple[float, float],
+    scale_range: tuple[float, float],
+    sigma: float,
+) -> LevelTargets:
+    """Targets of one image on one level; ``centres`` are (x, y) mass centres in input pixels."""
+    s_h, s_w = grid
+    cell_h, cell_w = cell
+    device = boxes.device
+    cls = torch.zeros((s_h, s_w), dtype=torch.int64, device=device)
+    owner = torch.full((s_h, s_w), -1, dtype=torch.int64, device=device)
+    if len(boxes) == 0:
+        return LevelTargets(cls, owner)
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    size = (wh[:, 0] * wh[:, 1]).sqrt()
+    lo, hi = scale_range
+    chosen = torch.nonzero((size >= lo) & (size <= hi)).flatten()
+    # largest first, so that smaller objects overwrite them where they compete
+    for i in chosen[torch.argsort(size[chosen], descending=True)].tolist():
+        cx, cy = centres[i].tolist()
+        half_w, half_h = 0.5 * sigma * float(wh[i, 0]), 0.5 * sigma * float(wh[i, 1])
+        ci, cj = min(int(cy / cell_h), s_h - 1), min(int(cx / cell_w), s_w - 1)
+        top = max(0, int((cy - half_h) / cell_h), ci - 1)
+        bottom = min(s_h - 1, int((cy + half_h) / cell_h), ci + 1)
+        left = max(0, int((cx - half_w) / cell_w), cj - 1)
+        right = min(s_w - 1, int((cx + half_w) / cell_w), cj + 1)
+        cls[top : bottom + 1, left : right + 1] = int(labels[i])
+        owner[top : bottom + 1, left : right + 1] = i
+    return LevelTargets(cls, owner)
+
+
+def mass_centres(masks: Tensor, boxes: Tensor) -> Tensor:
+    """(x, y) centre of mass of each mask, in pixel-centre coordinates; the box centre for empty masks."""
+    if len(masks) == 0:
+        return boxes.new_zeros((0, 2))
+    m = masks.float()
+    area = m.sum((1, 2))
+    ys = torch.arange(m.shape[1], device=m.device, dtype=m.dtype) + 0.5
+    xs = torch.arange(m.shape[2], device=m.device, dtype=m.dtype) + 0.5
+    cy = (m.sum(2) * ys).sum(1) / area.clamp(min=1)
+    cx = (m.sum(1) * xs).sum(1) / area.clamp(min=1)
+    centre = torch.stack([cx, cy], 1)
+    box_centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return torch.where(area[:, None] > 0, centre, box_centre)
+
+
+def cell_windows(
+    cells: Tensor, grids: list[tuple[int, int]], size: tuple[int, int], radii: list[float], stride: int = 4
+) -> Tensor:
+    """For flattened cell indices over all levels: 1 within the cell's window on the ``size`` map, else 0."""
+    h, w = size
+    starts = torch.tensor([0] + [gh * gw for gh, gw in grids]).cumsum(0)
+    level = torch.bucketize(cells, starts[1:], right=True)
+    local = cells - starts[level]
+    gh = torch.tensor([g[0] for g in grids])[level]
+    gw = torch.tensor([g[1] for g in grids])[level]
+    cy = ((local // gw).float() + 0.5) * (h * stride / gh)
+    cx = ((local % gw).float() + 0.5) * (w * stride / gw)
+    r = torch.tensor(radii)[level]
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * stride
+    inside_y = (ys[None, :] - cy[:, None]).abs() <= r[:, None]
+    inside_x = (xs[None, :] - cx[:, None]).abs() <= r[:, None]
+    return (inside_y[:, :, None] & inside_x[:, None, :]).to(cells.device).float()
+
+
+class SOLOv2Criterion:
+    """Raw head outputs + targets -> ``loss_cate`` (focal) and ``loss_mask`` (Dice)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        sigma: float,
+        scale_ranges: list[tuple[float, float]],
+        dice_weight: float,
+        focal_alpha: float,
+        focal_gamma: float,
+        max_masks_per_image: int,
+        window_radii: list[float] | None = None,
+        mask_stride: int = 4,
+    ) -> None:
+        self.num_classes = num_classes
+        self.sigma = sigma
+        self.scale_ranges = scale_ranges
+        self.dice_weight = dice_weight
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.max_masks = max_masks_per_image
+        self.window_radii = window_radii
+        self.mask_stride = mask_stride
+
+    def __call__(
+        self,
+        cate_logits: list[Tensor],  # per level [B, K, S_h, S_w]
+        kernels: list[Tensor],  # per level [B, E, S_h, S_w]
+        mask_feats: Tensor,  # [B, E, h, w] at 1/mask_stride of the padded batch
+        targets: list[dict[str, Tensor]],
+        padded_size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        device = mask_feats.device
+        cate_preds, cate_targets = [], []
+        mask_logits, mask_targets = [], []
+        h, w = mask_feats.shape[-2:]
+        for b, t in enumerate(targets):
+            masks = t["masks"]
+            boxes, labels = t["boxes"], t["labels"]
+            centres = mass_centres(masks, boxes)
+            small = _downsample(masks, self.mask_stride, (h, w))  # soft targets: area fraction
+            kernel_rows, owners, cells = [], [], []
+            offset = 0
+            for level, (logits, kern) in enumerate(zip(cate_logits, kernels, strict=True)):
+                grid = logits.shape[-2:]
+                cell = (padded_size[0] / grid[0], padded_size[1] / grid[1])
+                lt = assign_level(boxes, labels, centres, grid, cell, self.scale_ranges[level], self.sigma)
+                cate_preds.append(logits[b].flatten(1).T)  # [S_h*S_w, K]
+                cate_targets.append(lt.labels.flatten())
+                pos = lt.owner.flatten() >= 0
+                kernel_rows.append(kern[b].flatten(1).T[pos])  # [P, E]
+                owners.append(lt.owner.flatten()[pos])
+                cells.append(torch.nonzero(pos).flatten() + offset)
+                offset += pos.numel()
+            rows, owner, cell = torch.cat(kernel_rows), torch.cat(owners), torch.cat(cells)
+            if len(owner) > self.max_masks:  # bound memory on crowded images
+                keep = torch.randperm(len(owner), device=device)[: self.max_masks]
+                rows, owner, cell = rows[keep], owner[keep], cell[keep]
+            if len(owner):
+                logits = (rows @ mask_feats[b].flatten(1)).view(-1, h, w)
+                if self.window_radii is not None:
+                    grids = [(c.shape[-2], c.shape[-1]) for c in cate_logits]
+                    inside = cell_windows(cell, grids, (h, w), self.window_radii, self.mask_stride)
+                    logits = logits.masked_fill(inside == 0, -30.0)
+                mask_logits.append(logits)
+                mask_targets.append(small[owner])
+        labels = torch.cat(cate_targets)
+        onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
+        num_pos = int((labels > 0).sum())
+        loss_cate = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma)
+        loss_cate = loss_cate / (num_pos + 1)
+        if mask_logits:
+            loss_mask = dice_loss(torch.cat(mask_logits), torch.cat(mask_targets)).mean() * self.dice_weight
+        else:
+            loss_mask = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
+        return {"loss_cate": loss_cate, "loss_mask": loss_mask}
+
+
+def _downsample(masks: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
+    """Masks at 1/stride as the fraction of each cell they cover, padded to the feature map size."""
+    if len(masks) == 0:
+        return masks.new_zeros((0, *size), dtype=torch.float32)
+    m = masks.float()[:, None]
+    pad_h = size[0] * stride - m.shape[-2]
+    pad_w = size[1] * stride - m.shape[-1]
+    m = F.pad(m, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : size[0] * stride, : size[1] * stride]
+    return F.avg_pool2d(m, stride)[:, 0]
