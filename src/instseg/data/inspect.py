@@ -19,7 +19,7 @@ import torch
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.images import read_image
 from instseg.errors import DataError
-from instseg.eval.plots import _save, save_overlay
+from instseg.eval.plots import save_figure, save_overlay
 from instseg.structures import Instances
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's area ranges
@@ -91,7 +91,7 @@ def plot_stats(stats: DatasetStats, out: str | Path) -> list[Path]:
     n = stats.instances_per_image
     ax.hist(n, bins=min(50, max(int(n.max()) + 1, 1)) if len(n) else 1, color="tab:blue")
     ax.set(xlabel="instances per image", ylabel="images", title=stats.name)
-    written.append(_save(fig, out / "instances_per_image.png"))
+    written.append(save_figure(fig, out / "instances_per_image.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(stats.areas):
@@ -102,7 +102,7 @@ def plot_stats(stats: DatasetStats, out: str | Path) -> list[Path]:
         ax.axvline(x, color="k", linestyle="--", linewidth=1)
         ax.text(x, ax.get_ylim()[1] * 0.95, f" {label}", fontsize=8, va="top")
     ax.set(xlabel="object area (px, log)", ylabel="objects", title="small | medium | large")
-    written.append(_save(fig, out / "object_areas.png"))
+    written.append(save_figure(fig, out / "object_areas.png"))
 
     counts = sorted(stats.class_counts.items(), key=lambda kv: -kv[1])
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(counts)), 4))
@@ -112,7 +112,7 @@ def plot_stats(stats: DatasetStats, out: str | Path) -> list[Path]:
     if counts and counts[0][1] > 20 * max(counts[-1][1], 1):
         ax.set_yscale("log")
     ax.set(ylabel="instances", title="class frequency (sorted)")
-    written.append(_save(fig, out / "class_frequency.png"))
+    written.append(save_figure(fig, out / "class_frequency.png"))
 
     fig, ax = plt.subplots(figsize=(5, 5))
     sizes = list(stats.image_sizes.items())
@@ -120,7 +120,7 @@ def plot_stats(stats: DatasetStats, out: str | Path) -> list[Path]:
         [w for (h, w), _ in sizes], [h for (h, w), _ in sizes], s=[10 + 5 * k for _, k in sizes], alpha=0.6
     )
     ax.set(xlabel="width", ylabel="height", title="image sizes (dot area: images)")
-    written.append(_save(fig, out / "image_sizes.png"))
+    written.append(save_figure(fig, out / "image_sizes.png"))
     return written
 
 

@@ -80,10 +80,10 @@ def plot_loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -107,7 +107,7 @@ def plot_pr_curves(result: CocoResult, path: str | Path) -> Path:
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title(f"{result.iou_type}: AP {result.stats.get('AP', 0):.3f}")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_matching(report: MatchingReport, path: str | Path) -> Path:
@@ -120,7 +120,7 @@ def plot_matching(report: MatchingReport, path: str | Path) -> Path:
     ax.set_title(f"matching at score >= {report.score_threshold:g}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(report: MatchingReport, path: str | Path, max_classes: int = 40) -> Path:
@@ -148,4 +148,4 @@ def plot_confusion(report: MatchingReport, path: str | Path, max_classes: int = 
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title("confusion at IoU 0.5 (row-normalised)")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
