@@ -1,4 +1,4 @@
-"""Losses shared by the families: Dice, sigmoid focal, and mask BCE.
+"""Losses shared by the families: Dice and sigmoid focal.
 
 Focal loss is torchvision's; Dice is written here because torchvision has none
 and the families need it per instance (one value per mask, so a small object
@@ -7,11 +7,8 @@ weighs as much as a large one).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
-
-__all__ = ["dice_loss", "focal_loss_sum", "mask_bce", "sigmoid_focal_loss"]
 
 
 def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1e-3) -> Tensor:
@@ -24,15 +21,6 @@ def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1e-3) -> Tensor:
     t = targets.flatten(1).to(p.dtype)
     inter = (p * t).sum(1)
     return 1 - (2 * inter + eps) / ((p * p).sum(1) + (t * t).sum(1) + eps)
-
-
-def mask_bce(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Per-mask mean binary cross-entropy, shape ``[N]``; ``weights`` (same shape as targets) can crop it."""
-    loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
-    if weights is None:
-        return loss.flatten(1).mean(1)
-    w = weights.to(loss.dtype).flatten(1)
-    return (loss.flatten(1) * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
 def focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

@@ -138,7 +138,8 @@ def test_cell_windows_follow_each_cells_level_and_position():
 
     grids = [(4, 4), (2, 2)]  # on a 32x32 input: 8-px cells, then 16-px cells
     cells = torch.tensor([0, 5, 16 + 3])  # level 0 (0,0); level 0 (1,1); level 1 (1,1)
-    win = cell_windows(cells, grids, (8, 8), radii=[6.0, 10.0], stride=4)
+    rows, cols = cell_windows(cells, grids, (8, 8), radii=[6.0, 10.0], stride=4)
+    win = rows[:, :, None] & cols[:, None, :]
     ys, xs = torch.nonzero(win[0], as_tuple=True)  # centre (4, 4) px, radius 6 -> feature px 0..2
     assert ys.max() == 2 and xs.max() == 2 and ys.min() == 0
     ys, xs = torch.nonzero(win[1], as_tuple=True)  # centre (12, 12) px -> feature px 1..4 (centres 6..18)

@@ -69,20 +69,34 @@ def resolve_source(data: str | Path, split: str = "train", images: str | Path | 
     raise DataError(f"{ann}: cannot find its image folder; pass it explicitly (--images)")
 
 
-def load_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> Any:
+    """Parsed JSON, or a one-line error naming the file and where it is malformed."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a COCO object with 'images', 'annotations', 'categories'")
     return data
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """Compact JSON written to a temporary name and renamed, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True))
+    tmp.replace(path)
+    return path
 
 
 class CocoIndex:

@@ -15,7 +15,6 @@ line holds one polygon.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ import pycocotools.mask as mask_utils
 import yaml
 from PIL import Image
 
-from instseg.data.coco import CocoIndex, CocoSource, load_json, resolve_source
+from instseg.data.coco import CocoIndex, CocoSource, load_json, resolve_source, write_json
 from instseg.data.images import IMAGE_SUFFIXES
 from instseg.errors import DataError
 
@@ -53,21 +52,16 @@ CITYSCAPES_THINGS = {
 # --- masks <-> COCO records ------------------------------------------------------------------------
 
 
-def rle_of(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode()}
-
-
 def annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int, iscrowd: int = 0) -> dict:
-    rle = rle_of(mask)
-    encoded = {"size": rle["size"], "counts": rle["counts"].encode()}
+    """A COCO annotation with a compressed-RLE (str counts) segmentation of a bool mask."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {
         "id": ann_id,
         "image_id": image_id,
         "category_id": category_id,
-        "segmentation": rle,
-        "area": int(mask_utils.area(encoded)),
-        "bbox": [float(v) for v in mask_utils.toBbox(encoded)],
+        "segmentation": {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode()},
+        "area": int(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
         "iscrowd": iscrowd,
     }
 
@@ -94,14 +88,6 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
 def polygon_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     rles = mask_utils.frPyObjects([polygon.reshape(-1).tolist()], height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-
-
-def _write_json(data: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    tmp.replace(path)
-    return path
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -157,7 +143,7 @@ def label_maps_to_coco(
         doc["images"].append({"id": image_id, "file_name": name, "height": m.shape[0], "width": m.shape[1]})
         for _, mask in label_map_instances(m):
             doc["annotations"].append(annotation(mask, len(doc["annotations"]) + 1, image_id, 1))
-    return _write_json(doc, Path(out))
+    return write_json(doc, Path(out))
 
 
 def coco_to_label_maps(data: str | Path, out: str | Path, split: str = "train") -> list[Path]:
@@ -216,7 +202,7 @@ def instance_masks_to_coco(root: str | Path, out: str | Path, category: str = "n
                 log.warning("%s: empty mask skipped", mask_file)
                 continue
             doc["annotations"].append(annotation(m > 0, len(doc["annotations"]) + 1, image_id, 1))
-    return _write_json(doc, Path(out))
+    return write_json(doc, Path(out))
 
 
 # --- Cityscapes ------------------------------------------------------------------------------------
@@ -262,7 +248,7 @@ def cityscapes_to_coco(
             doc["annotations"].append(
                 annotation(mask, len(doc["annotations"]) + 1, image_id, cat_ids[label], crowd)
             )
-    return _write_json(doc, Path(out))
+    return write_json(doc, Path(out))
 
 
 # --- LVIS ------------------------------------------------------------------------------------------
@@ -287,7 +273,7 @@ def lvis_to_coco(lvis_json: str | Path, out: str | Path) -> Path:
         im.setdefault("not_exhaustive_category_ids", [])
     for ann in data.get("annotations", []):
         ann.setdefault("iscrowd", 0)
-    return _write_json(data, Path(out))
+    return write_json(data, Path(out))
 
 
 # --- YOLO-seg --------------------------------------------------------------------------------------
@@ -417,4 +403,4 @@ def yolo_to_coco(data_yaml: str | Path, split: str, out: str | Path) -> Path:
                     "iscrowd": 0,
                 }
             )
-    return _write_json(doc, Path(out))
+    return write_json(doc, Path(out))

@@ -14,7 +14,6 @@ seed gives the same bytes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
+
+from instseg.data.coco import write_json
 
 KINDS = ("blob", "polygon", "star", "ring", "wire")
 # Fast lossless PNG: Huffman coding only (noisy synthetic pixels do not compress much anyway).
@@ -353,9 +354,7 @@ def generate(
             "annotations": datasets[split]["annotations"],
             "categories": categories,
         }
-        path = out / "annotations" / f"instances_{split}.json"
-        path.write_text(json.dumps(doc, separators=(",", ":"), sort_keys=True))
-        written[split] = path
+        written[split] = write_json(doc, out / "annotations" / f"instances_{split}.json")
     return written
 
 

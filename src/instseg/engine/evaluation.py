@@ -21,12 +21,18 @@ from instseg.structures import Category
 class Evaluation:
     report: EvalReport
     results: list[dict[str, Any]]
-    seconds_per_image: float
-    images: int
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
         return self.report.metrics
+
+    @property
+    def images(self) -> int:
+        return self.report.images
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.report.seconds_per_image or 0.0
 
 
 def check_categories(model_categories: Sequence[Category], index: CocoIndex) -> None:
@@ -58,5 +64,5 @@ def evaluate_model(
         model, dataset, categories, device, batch_size, workers, on_image, progress, desc="evaluate"
     )
     report = evaluate_results(index.dataset, run.results, options, details)
-    report.seconds_per_image = run.seconds_per_image
-    return Evaluation(report, run.results, run.seconds_per_image, run.images)
+    report.images, report.seconds_per_image = run.images, run.seconds_per_image
+    return Evaluation(report, run.results)

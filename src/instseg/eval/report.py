@@ -14,6 +14,7 @@ from typing import Any
 
 from faster_coco_eval import COCO
 
+from instseg.data.coco import read_json
 from instseg.errors import DataError
 from instseg.eval.coco import CocoResult, coco_report, format_per_class, format_table, load_ground_truth
 from instseg.eval.matching_metrics import IOU_THRESHOLDS, MatchingReport, format_matching, matching_report
@@ -99,12 +100,9 @@ class EvalReport:
 def load_results(path: str | Path) -> list[dict[str, Any]]:
     """A COCO results JSON (a list of detections) with a clear error when it is not one."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: results file not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not path.is_file():
+        raise DataError(f"{path}: results file not found")
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         data = data["annotations"]
     if not isinstance(data, list):

@@ -259,7 +259,8 @@ class SOLOv2(nn.Module):
             cells, labels, cand = cells[top], labels[top], cand[top]
         soft = (kerns[cells] @ mask_feats.flatten(1)).sigmoid().view(-1, h, w)
         if cfg.mask_window > 0:
-            soft = soft * cell_windows(cells, grids, (h, w), self.window_radii)
+            rows_in, cols_in = cell_windows(cells, grids, (h, w), self.window_radii)
+            soft.mul_(rows_in[:, :, None]).mul_(cols_in[:, None, :])
         hard = soft > cfg.mask_threshold
         area = hard.flatten(1).sum(1).float()
         keep = area > min_area[cells]

@@ -77,12 +77,17 @@ def mass_centres(masks: Tensor, boxes: Tensor) -> Tensor:
 
 def cell_windows(
     cells: Tensor, grids: list[tuple[int, int]], size: tuple[int, int], radii: list[float], stride: int = 4
-) -> Tensor:
-    """For flattened cell indices over all levels: 1 within the cell's window on the ``size`` map, else 0."""
+) -> tuple[Tensor, Tensor]:
+    """Rows ``[N, h]`` and columns ``[N, w]`` of the ``size`` map inside each cell's window.
+
+    ``cells`` index the cells of all levels flattened in order. The window is
+    their outer product; it is returned as two vectors so that it can be
+    applied by broadcasting without building ``[N, h, w]``.
+    """
     h, w = size
     starts = torch.tensor([0] + [gh * gw for gh, gw in grids]).cumsum(0)
-    level = torch.bucketize(cells, starts[1:], right=True)
-    local = cells - starts[level]
+    level = torch.bucketize(cells.cpu(), starts[1:], right=True)
+    local = cells.cpu() - starts[level]
     gh = torch.tensor([g[0] for g in grids])[level]
     gw = torch.tensor([g[1] for g in grids])[level]
     cy = ((local // gw).float() + 0.5) * (h * stride / gh)
@@ -90,9 +95,9 @@ def cell_windows(
     r = torch.tensor(radii)[level]
     ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
     xs = (torch.arange(w, dtype=torch.float32) + 0.5) * stride
-    inside_y = (ys[None, :] - cy[:, None]).abs() <= r[:, None]
-    inside_x = (xs[None, :] - cx[:, None]).abs() <= r[:, None]
-    return (inside_y[:, :, None] & inside_x[:, None, :]).to(cells.device).float()
+    rows = (ys[None, :] - cy[:, None]).abs() <= r[:, None]
+    cols = (xs[None, :] - cx[:, None]).abs() <= r[:, None]
+    return rows.to(cells.device), cols.to(cells.device)
 
 
 class SOLOv2Criterion:
@@ -158,8 +163,10 @@ class SOLOv2Criterion:
                 logits = (rows @ mask_feats[b].flatten(1)).view(-1, h, w)
                 if self.window_radii is not None:
                     grids = [(c.shape[-2], c.shape[-1]) for c in cate_logits]
-                    inside = cell_windows(cell, grids, (h, w), self.window_radii, self.mask_stride)
-                    logits = logits.masked_fill(inside == 0, -30.0)
+                    rows_in, cols_in = cell_windows(cell, grids, (h, w), self.window_radii, self.mask_stride)
+                    logits = logits.masked_fill(~rows_in[:, :, None], -30.0).masked_fill(
+                        ~cols_in[:, None, :], -30.0
+                    )
                 mask_logits.append(logits)
                 mask_targets.append(small[owner])
         labels = torch.cat(cate_targets)
