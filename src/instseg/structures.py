@@ -209,3 +209,29 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
         x1 = torch.where(c > 0, ar_w, -1.0).amax(1) + 1
         boxes[nonempty] = torch.stack([x0, y0, x1, y1], 1)
     return boxes
+
+
+def mass_centres(masks: Tensor, boxes: Tensor) -> Tensor:
+    """(x, y) centre of mass of each mask, in pixel-centre coordinates; the box centre for empty masks."""
+    if len(masks) == 0:
+        return boxes.new_zeros((0, 2))
+    m = masks.float()
+    area = m.sum((1, 2))
+    ys = torch.arange(m.shape[1], device=m.device, dtype=m.dtype) + 0.5
+    xs = torch.arange(m.shape[2], device=m.device, dtype=m.dtype) + 0.5
+    cy = (m.sum(2) * ys).sum(1) / area.clamp(min=1)
+    cx = (m.sum(1) * xs).sum(1) / area.clamp(min=1)
+    centre = torch.stack([cx, cy], 1)
+    box_centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return torch.where(area[:, None] > 0, centre, box_centre)
+
+
+def downsample_masks(masks: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
+    """Masks at 1/stride as the fraction of each cell they cover, padded to the feature map size."""
+    if len(masks) == 0:
+        return masks.new_zeros((0, *size), dtype=torch.float32)
+    m = masks.float()[:, None]
+    pad_h = size[0] * stride - m.shape[-2]
+    pad_w = size[1] * stride - m.shape[-1]
+    m = F.pad(m, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : size[0] * stride, : size[1] * stride]
+    return F.avg_pool2d(m, stride)[:, 0]

@@ -98,7 +98,7 @@ def test_backbone_weights_load_from_local_files(tmp_path, tiny_model):
         model = build_model("mask_rcnn", cfg, 1)
         assert torch.equal(model.backbone.body.conv1.weight, trunk.conv1.weight)
         assert torch.equal(model.backbone.body.layer4[1].bn2.running_var, trunk.layer4[1].bn2.running_var)
-    with pytest.raises(CheckpointError, match="not a matching ResNet"):
+    with pytest.raises(CheckpointError, match="not a matching backbone"):
         cfg = model_config(
             "mask_rcnn",
             overrides={

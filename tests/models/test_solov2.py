@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from instseg.models.build import build_model, model_config
 from instseg.models.nms import fast_nms, matrix_nms
 from instseg.models.solov2_targets import assign_level
+from tests.models.family_checks import assert_output_contract, assert_overfits_scene
 
 SMALL = {
     "fpn_channels": 32,
@@ -81,56 +81,12 @@ def test_smaller_objects_win_contested_cells():
     assert (t.owner >= 0).sum() >= 1 and (t.labels > 0).sum() == (t.owner >= 0).sum()
 
 
-def _scene():
-    """Four objects in two classes, one thin and one with a hole, each well above the 1/4 mask resolution."""
-    image = torch.full((3, 96, 96), 0.1)
-    masks = torch.zeros((4, 96, 96), dtype=torch.uint8)
-    masks[0, 6:32, 6:40] = 1
-    yy, xx = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
-    masks[1] = ((yy - 64) ** 2 + (xx - 26) ** 2 < 17**2).to(torch.uint8)
-    masks[2, 48:92, 56:64] = 1  # a thin bar
-    masks[3, 6:40, 52:90] = 1
-    masks[3, 16:30, 64:78] = 0  # a hole
-    colors = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.9, 0.2], [0.9, 0.9, 0.2], [0.2, 0.3, 0.9]])
-    for m, c in zip(masks, colors, strict=True):
-        image[:, m.bool()] = c[:, None]
-    boxes = torch.tensor(
-        [[6, 6, 40, 32], [9, 47, 43, 81], [56, 48, 64, 92], [52, 6, 90, 40]], dtype=torch.float32
-    )
-    return image, {"boxes": boxes, "labels": torch.tensor([1, 2, 1, 2]), "masks": masks}
-
-
 def test_output_contract_in_input_coordinates():
-    torch.manual_seed(0)
-    model = build_model("solov2", model_config("solov2", "default", {**SMALL, **UNTRAINED_OPEN}), 2).eval()
-    out = model([torch.rand(3, 70, 50), torch.rand(3, 33, 61)])
-    for o, size in zip(out, [(70, 50), (33, 61)], strict=True):
-        assert o["masks"].dtype == torch.bool and o["masks"].shape[1:] == size
-        assert o["boxes"].shape == (len(o["scores"]), 4) and o["labels"].dtype == torch.int64
-        assert len(o["scores"]) > 0 and (o["labels"] >= 1).all() and (o["labels"] <= 2).all()
-        assert torch.all(o["scores"][:-1] >= o["scores"][1:])
+    assert_output_contract("solov2", {**SMALL, **UNTRAINED_OPEN})
 
 
 def test_overfits_one_image():
-    torch.manual_seed(0)
-    image, target = _scene()
-    model = build_model("solov2", model_config("solov2", "default", SMALL), 2)
-    steps = 100
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, foreach=True)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    for _ in range(steps):
-        losses = model([image], [dict(target)])
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        opt.step()
-        schedule.step()
-    model.eval()
-    out = model([image])[0]
-    for m, label in zip(target["masks"].bool(), target["labels"], strict=True):
-        same = out["labels"] == label
-        ious = [(p & m).sum().item() / (p | m).sum().item() for p in out["masks"][same]]
-        assert max(ious, default=0.0) >= 0.9, ious
+    assert_overfits_scene("solov2", SMALL)
 
 
 def test_cell_windows_follow_each_cells_level_and_position():

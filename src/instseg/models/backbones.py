@@ -1,4 +1,4 @@
-"""ResNet + FPN backbones with trainable normalisation, for training from scratch.
+"""ResNet and MobileNetV3 + FPN backbones with trainable normalisation, for training from scratch.
 
 torchvision's detection builders freeze BatchNorm because they expect ImageNet
 weights; from scratch that leaves the network unnormalised, so the norm here is
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
-from torchvision.models import resnet
+from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from instseg.errors import CheckpointError
 
@@ -24,6 +25,19 @@ RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
     "resnet34": resnet.resnet34,
     "resnet50": resnet.resnet50,
 }
+# MobileNetV3 blocks ending the stride-4/8/16/32 stages, and their channels (torchvision's layouts)
+MOBILENETS: dict[str, tuple[Callable[..., nn.Module], dict[int, tuple[str, int]]]] = {
+    "mobilenet_v3_large": (
+        mobilenet_v3_large,
+        {1: ("3", 24), 2: ("6", 40), 3: ("12", 112), 4: ("16", 960)},
+    ),
+    "mobilenet_v3_small": (
+        mobilenet_v3_small,
+        {1: ("1", 16), 2: ("3", 24), 3: ("8", 48), 4: ("12", 576)},
+    ),
+}
+BACKBONES = (*RESNETS, *MOBILENETS)
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small"]
 
 
 def norm_layer(kind: str) -> Callable[[int], nn.Module]:
@@ -36,33 +50,54 @@ def norm_layer(kind: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"unknown norm {kind!r}; expected gn, bn or frozen_bn")
 
 
-def build_resnet_fpn(
+def build_fpn_backbone(
     name: str = "resnet18",
     norm: str = "gn",
     fpn_channels: int = 256,
     returned_layers: tuple[int, ...] = (1, 2, 3, 4),
     weights: str | Path | None = None,
+    extra: str = "maxpool",
 ) -> BackboneWithFPN:
-    """ResNet trunk + FPN; ``weights`` is a local torchvision ResNet state dict (.pth or .safetensors)."""
-    if name not in RESNETS:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(RESNETS)}")
-    trunk = RESNETS[name](weights=None, norm_layer=norm_layer(norm))
-    if weights is not None:
-        load_backbone_weights(trunk, weights)
-    stage_channels = trunk.inplanes // 8  # output channels of layer1
-    in_channels = [stage_channels * 2 ** (i - 1) for i in returned_layers]
+    """A trunk + FPN on its stages ``returned_layers`` (1..4: strides 4, 8, 16, 32).
+
+    ``weights``: a local torchvision state dict of the same trunk (.pth or
+    .safetensors). MobileNetV3 is the mobile option (use ``norm="bn"``: its
+    channel counts do not all split into GroupNorm groups). ``extra`` adds the
+    levels above the trunk: one max-pooled level (Mask R-CNN's P6) or two
+    strided convolutions on the top level (RetinaNet/FCOS's P6, P7).
+    """
+    if extra not in ("maxpool", "p6p7"):
+        raise ValueError(f"unknown extra FPN levels {extra!r}; expected maxpool or p6p7")
+    if name in RESNETS:
+        trunk = RESNETS[name](weights=None, norm_layer=norm_layer(norm))
+        if weights is not None:
+            load_backbone_weights(trunk, weights)
+        stage_channels = trunk.inplanes // 8  # output channels of layer1
+        in_channels = [stage_channels * 2 ** (i - 1) for i in returned_layers]
+        return_layers = {f"layer{i}": str(k) for k, i in enumerate(returned_layers)}
+        body: nn.Module = trunk
+    elif name in MOBILENETS:
+        build, stages = MOBILENETS[name]
+        net = build(weights=None, norm_layer=norm_layer(norm))
+        if weights is not None:
+            load_backbone_weights(net, weights)
+        in_channels = [stages[i][1] for i in returned_layers]
+        return_layers = {stages[i][0]: str(k) for k, i in enumerate(returned_layers)}
+        body = net.features
+    else:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     return BackboneWithFPN(
-        trunk,
-        return_layers={f"layer{i}": str(k) for k, i in enumerate(returned_layers)},
+        body,
+        return_layers=return_layers,
         in_channels_list=in_channels,
         out_channels=fpn_channels,
-        extra_blocks=LastLevelMaxPool(),
+        extra_blocks=LastLevelMaxPool() if extra == "maxpool" else LastLevelP6P7(fpn_channels, fpn_channels),
         norm_layer=norm_layer(norm) if norm == "gn" else None,
     )
 
 
 def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
-    """Load ImageNet-style ResNet weights from a local file; the classifier head is ignored."""
+    """Load ImageNet-style trunk weights from a local file; the classifier head is ignored."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: backbone weights not found")
@@ -72,10 +107,11 @@ def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    head = ("fc.", "classifier.")
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
     missing, unexpected = trunk.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
+    missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: not a matching ResNet state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{path}: not a matching backbone state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )

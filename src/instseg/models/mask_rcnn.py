@@ -20,7 +20,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
-from instseg.models.backbones import build_resnet_fpn, norm_layer
+from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_layer
 from instseg.models.poolers import MultiScaleRoIPool
 from instseg.models.transform import ResizeNormalize
 from instseg.structures import paste_masks
@@ -28,9 +28,9 @@ from instseg.structures import paste_masks
 
 @dataclass
 class MaskRCNNConfig:
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    backbone: BackboneName = "resnet18"
     norm: Literal["gn", "bn", "frozen_bn"] = "gn"
-    backbone_weights: str | None = None  # local torchvision ResNet state dict
+    backbone_weights: str | None = None  # local torchvision state dict of the trunk
     fpn_channels: int = 256
     returned_layers: tuple[int, ...] = (1, 2, 3, 4)
     scale: float | None = None  # fixed resize factor; None: shorter side to min_size (torchvision)
@@ -107,7 +107,7 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
     levels = len(cfg.returned_layers) + 1
     if len(cfg.anchor_sizes) != levels:
         raise ValueError(f"anchor_sizes needs one size per pyramid level ({levels}), got {cfg.anchor_sizes}")
-    backbone = build_resnet_fpn(
+    backbone = build_fpn_backbone(
         cfg.backbone, cfg.norm, cfg.fpn_channels, cfg.returned_layers, cfg.backbone_weights
     )
     channels = cfg.fpn_channels

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.models.backbones import build_resnet_fpn, norm_layer
+from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_layer
 from instseg.models.nms import matrix_nms
 from instseg.models.solov2_targets import SOLOv2Criterion, cell_windows
 from instseg.models.transform import ResizeNormalize
@@ -31,9 +31,9 @@ from instseg.structures import masks_to_boxes, upsample_masks
 
 @dataclass
 class SOLOv2Config:
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    backbone: BackboneName = "resnet18"
     norm: Literal["gn", "bn", "frozen_bn"] = "gn"
-    backbone_weights: str | None = None  # local torchvision ResNet state dict
+    backbone_weights: str | None = None  # local torchvision state dict of the trunk
     fpn_channels: int = 256
     scale: float | None = None  # fixed resize factor; None: shorter side to min_size
     min_size: int = 800
@@ -177,7 +177,7 @@ class SOLOv2(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
-        self.backbone = build_resnet_fpn(
+        self.backbone = build_fpn_backbone(
             cfg.backbone, cfg.norm, cfg.fpn_channels, (1, 2, 3, 4), cfg.backbone_weights
         )
         self.head = GridHead(cfg, num_classes)

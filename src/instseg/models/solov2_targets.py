@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from instseg.losses import dice_loss, focal_loss_sum
+from instseg.structures import downsample_masks, mass_centres
 
 
 @dataclass
@@ -58,21 +59,6 @@ def assign_level(
         cls[top : bottom + 1, left : right + 1] = int(labels[i])
         owner[top : bottom + 1, left : right + 1] = i
     return LevelTargets(cls, owner)
-
-
-def mass_centres(masks: Tensor, boxes: Tensor) -> Tensor:
-    """(x, y) centre of mass of each mask, in pixel-centre coordinates; the box centre for empty masks."""
-    if len(masks) == 0:
-        return boxes.new_zeros((0, 2))
-    m = masks.float()
-    area = m.sum((1, 2))
-    ys = torch.arange(m.shape[1], device=m.device, dtype=m.dtype) + 0.5
-    xs = torch.arange(m.shape[2], device=m.device, dtype=m.dtype) + 0.5
-    cy = (m.sum(2) * ys).sum(1) / area.clamp(min=1)
-    cx = (m.sum(1) * xs).sum(1) / area.clamp(min=1)
-    centre = torch.stack([cx, cy], 1)
-    box_centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    return torch.where(area[:, None] > 0, centre, box_centre)
 
 
 def cell_windows(
@@ -141,7 +127,7 @@ class SOLOv2Criterion:
             masks = t["masks"]
             boxes, labels = t["boxes"], t["labels"]
             centres = mass_centres(masks, boxes)
-            small = _downsample(masks, self.mask_stride, (h, w))  # soft targets: area fraction
+            small = downsample_masks(masks, self.mask_stride, (h, w))  # soft targets: area fraction
             kernel_rows, owners, cells = [], [], []
             offset = 0
             for level, (logits, kern) in enumerate(zip(cate_logits, kernels, strict=True)):
@@ -179,14 +165,3 @@ class SOLOv2Criterion:
         else:
             loss_mask = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
         return {"loss_cate": loss_cate, "loss_mask": loss_mask}
-
-
-def _downsample(masks: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
-    """Masks at 1/stride as the fraction of each cell they cover, padded to the feature map size."""
-    if len(masks) == 0:
-        return masks.new_zeros((0, *size), dtype=torch.float32)
-    m = masks.float()[:, None]
-    pad_h = size[0] * stride - m.shape[-2]
-    pad_w = size[1] * stride - m.shape[-1]
-    m = F.pad(m, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : size[0] * stride, : size[1] * stride]
-    return F.avg_pool2d(m, stride)[:, 0]
