@@ -14,7 +14,7 @@ from torch import nn
 
 from instseg.config import config_from_dict
 from instseg.errors import InstsegError
-from instseg.models import mask_rcnn, solov2
+from instseg.models import condinst, mask_rcnn, solov2, yolact
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,16 @@ FAMILIES: dict[str, Family] = {
         solov2.SOLOv2Config,
         solov2.build_solov2,
         {"default": solov2.SOLOv2Config, "light": solov2.light_preset, "nuclei": solov2.nuclei_preset},
+    ),
+    "yolact": Family(
+        yolact.YOLACTConfig,
+        yolact.build_yolact,
+        {"default": yolact.YOLACTConfig, "nuclei": yolact.nuclei_preset, "realtime": yolact.realtime_preset},
+    ),
+    "condinst": Family(
+        condinst.CondInstConfig,
+        condinst.build_condinst,
+        {"default": condinst.CondInstConfig, "nuclei": condinst.nuclei_preset},
     ),
 }
 

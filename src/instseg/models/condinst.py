@@ -1,0 +1,209 @@
+"""CondInst (Tian et al., ECCV 2020): FCOS detections, each with its own dynamically generated mask FCN.
+
+For every location FCOS marks positive, a controller on the box tower predicts
+the parameters of a tiny mask head. That head runs on one shared mask feature
+map (at the finest pyramid level) concatenated with coordinates relative to
+the location, so masks are neither cropped to a box nor limited to a fixed RoI
+resolution. Inference: box NMS first, then masks for the kept detections only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instseg.losses import dice_loss
+from instseg.matching import PointTargets, feature_locations
+from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
+from instseg.models.fcos import MASK_STRIDE, conv_tower
+from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
+from instseg.structures import downsample_masks
+
+
+@dataclass
+class MaskWindow:
+    """Mask logits of some instances on equal-sized windows of the 1/4-resolution map."""
+
+    index: Tensor  # [n] positions of these instances among those asked for
+    logits: Tensor  # [n, h, w] at 1/4 resolution
+    top: Tensor  # [n] window origin on the 1/4 map (may be negative: windows run off the map)
+    left: Tensor
+
+    def crop(self, maps: Tensor) -> Tensor:
+        """The same windows cut from ``maps`` [n, H, W] (zero outside them)."""
+        h, w = self.logits.shape[-2:]
+        rows = self.top[:, None] + torch.arange(h, device=maps.device)
+        cols = self.left[:, None] + torch.arange(w, device=maps.device)
+        pad = max(h, w)
+        padded = F.pad(maps, (pad,) * 4)
+        n = torch.arange(len(maps), device=maps.device)[:, None, None]
+        return padded[n, rows[:, :, None] + pad, cols[:, None, :] + pad]
+
+    def paste(self, values: Tensor, size: tuple[int, int]) -> Tensor:
+        """``values`` [n, h, w] placed at the windows on zero maps of ``size``."""
+        h, w = values.shape[-2:]
+        pad = max(h, w)
+        canvas = values.new_zeros((len(values), size[0] + 2 * pad, size[1] + 2 * pad))
+        rows = self.top[:, None] + torch.arange(h, device=values.device) + pad
+        cols = self.left[:, None] + torch.arange(w, device=values.device) + pad
+        n = torch.arange(len(values), device=values.device)[:, None, None]
+        canvas[n, rows[:, :, None], cols[:, None, :]] = values
+        return canvas[:, pad : pad + size[0], pad : pad + size[1]]
+
+
+@dataclass
+class CondInstConfig(FCOSConfig):
+    """FCOS fields (``FCOSConfig``; ``size_bounds`` also scale the relative coordinates) + the mask part."""
+
+    mask_branch_channels: int = 128
+    mask_branch_convs: int = 4
+    mask_channels: int = 8  # mask branch output = dynamic head input (plus 2 coordinates)
+    dynamic_width: int = 8
+    dynamic_layers: int = 3
+    mask_weight: float = 1.0  # Dice
+    mask_bce_weight: float = 0.0  # optional BCE beside Dice
+
+
+def nuclei_preset() -> CondInstConfig:
+    """Small dense objects: ``NUCLEI_FCOS`` and a light mask branch."""
+    return CondInstConfig(**NUCLEI_FCOS, mask_branch_channels=64, mask_branch_convs=3)
+
+
+class MaskBranch(nn.Module):
+    """The three finest levels, refined, resized to the finest and summed; a conv tower; C output maps."""
+
+    def __init__(self, cfg: CondInstConfig) -> None:
+        super().__init__()
+        c = cfg.mask_branch_channels
+        self.refine = nn.ModuleList([conv_tower(cfg.fpn_channels, c, 1, cfg.norm) for _ in range(3)])
+        self.tower = conv_tower(c, c, cfg.mask_branch_convs, cfg.norm)
+        self.out = nn.Conv2d(c, cfg.mask_channels, 1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = self.refine[0](features[0])
+        for refine, f in zip(self.refine[1:], features[1:3], strict=True):
+            y = refine(f)
+            x = x + F.interpolate(y, size=x.shape[-2:], mode="bilinear")
+        return self.out(self.tower(x))
+
+
+class CondInst(FCOSInstanceModel):
+    """FCOS + a controller output of dynamic mask-head parameters; see ``FCOSInstanceModel``."""
+
+    def __init__(self, cfg: CondInstConfig, num_classes: int) -> None:
+        num_dynamic = num_parameters(cfg.mask_channels, cfg.dynamic_width, cfg.dynamic_layers)
+        super().__init__(cfg, num_classes, num_dynamic)
+        self.num_dynamic = num_dynamic
+        self.mask_branch = MaskBranch(cfg)
+        soi = [*cfg.size_bounds, 2 * cfg.size_bounds[-1]]
+        self.register_buffer("soi", torch.tensor(soi), persistent=False)
+
+    def mask_input(self, head: dict[str, Tensor], features: list[Tensor]) -> Tensor:
+        return self.mask_branch(features[:3])
+
+    def mask_windows(
+        self, params: Tensor, mask_feats: Tensor, locations: Tensor, levels: Tensor
+    ) -> list[MaskWindow]:
+        """Dynamic-head logits of N instances of one image, each on the window its level allows.
+
+        A location only owns objects whose box sides all lie within its level's
+        upper size bound, so the object's mask lies inside a square of that
+        half-width around it: outside it the mask is background by
+        construction, and the head runs on ~(2 bound)^2 pixels instead of the
+        whole map. Levels whose window would cover the map use the map.
+        """
+        stride = self.strides[0]
+        up = stride // MASK_STRIDE
+        h, w = mask_feats.shape[-2:]
+        cfg = self.cfg
+        out = []
+        for level in torch.unique(levels).tolist():
+            idx = torch.nonzero(levels == level).flatten()
+            loc = locations[idx]
+            bound = float(self.ranges[level, 1])
+            radius = math.inf if math.isinf(bound) else math.ceil(bound / stride) + 1
+            if 2 * radius + 1 >= max(h, w):  # the whole map
+                feats = mask_feats.flatten(1)
+                pixels = feature_locations([(h, w)], [stride], mask_feats.device).T
+                top = left = torch.zeros(len(idx), dtype=torch.int64, device=loc.device)
+                shape = (h, w)
+            else:
+                radius = int(radius)
+                span = torch.arange(-radius, radius + 1, device=loc.device)
+                rows = (loc[:, 1] / stride).long()[:, None] + span  # [n, S], may run off the map
+                cols = (loc[:, 0] / stride).long()[:, None] + span
+                padded = F.pad(mask_feats, (radius,) * 4)
+                feats = padded[:, rows[:, :, None] + radius, cols[:, None, :] + radius].transpose(0, 1)
+                feats = feats.flatten(2)  # [n, C, S*S]
+                side = len(span)
+                px = ((cols.float() + 0.5) * stride)[:, None, :].expand(-1, side, -1)
+                py = ((rows.float() + 0.5) * stride)[:, :, None].expand(-1, -1, side)
+                pixels = torch.stack([px, py], 1).flatten(2)  # [n, 2, S*S]
+                top, left, shape = rows[:, 0], cols[:, 0], (side, side)
+            logits = dynamic_mask_logits(
+                params[idx],
+                feats,
+                pixels,
+                loc,
+                self.soi[level].expand(len(idx)),
+                cfg.dynamic_width,
+                cfg.dynamic_layers,
+            ).view(len(idx), *shape)
+            if up > 1:
+                logits = F.interpolate(logits[:, None], scale_factor=up, mode="bilinear")[:, 0]
+            out.append(MaskWindow(idx, logits, top * up, left * up))
+        return out
+
+    def mask_loss(
+        self,
+        head: dict[str, Tensor],
+        mask_input: Tensor,
+        features: list[Tensor],
+        targets: list[dict[str, Tensor]],
+        assigned: list[PointTargets],
+        locations: Tensor,
+        level_of: Tensor,
+    ) -> dict[str, Tensor]:
+        """Dice (+ BCE) of each sampled positive's mask, on its window, against its object's mask."""
+        cfg = self.cfg
+        size = self.mask_size(mask_input)
+        dice, bce = [], []
+        for b, (t, a) in enumerate(zip(targets, assigned, strict=True)):
+            pos = self.sample_positives(a)
+            if len(pos) == 0:
+                continue
+            small = downsample_masks(t["masks"], MASK_STRIDE, size)
+            windows = self.mask_windows(head["extra"][b, pos], mask_input[b], locations[pos], level_of[pos])
+            for win in windows:
+                gt = win.crop(small[a.owner[pos[win.index]]])
+                dice.append(dice_loss(win.logits, gt))
+                if cfg.mask_bce_weight > 0:
+                    pixel = F.binary_cross_entropy_with_logits(win.logits, gt, reduction="none")
+                    bce.append(pixel.mean((1, 2)))
+        if not dice:
+            return {"loss_mask": head["extra"].sum() * 0.0 + mask_input.sum() * 0.0}
+        loss = cfg.mask_weight * torch.cat(dice).mean()
+        if bce:
+            loss = loss + cfg.mask_bce_weight * torch.cat(bce).mean()
+        return {"loss_mask": loss}
+
+    def mask_size(self, mask_input: Tensor) -> tuple[int, int]:
+        up = self.strides[0] // MASK_STRIDE
+        return (mask_input.shape[-2] * up, mask_input.shape[-1] * up)
+
+    def mask_probs(
+        self, extra: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
+    ) -> Tensor:
+        size = self.mask_size(mask_input)
+        probs = mask_input.new_zeros((len(extra), *size))
+        for win in self.mask_windows(extra, mask_input, locations, levels):
+            probs[win.index] = win.paste(win.logits.sigmoid(), size)
+        return probs
+
+
+def build_condinst(cfg: CondInstConfig, num_classes: int) -> CondInst:
+    return CondInst(cfg, num_classes)

@@ -1,0 +1,172 @@
+"""YOLACT (Bolya et al., ICCV 2019): image-wide prototype masks, mixed per detection by its coefficients.
+
+A protonet turns the finest pyramid level into k prototype masks at 1/4
+resolution, once per image. The detection head predicts, at every location,
+class scores, a box and k coefficients; a detection's mask is
+``sigmoid(coefficients . prototypes)`` cropped to its box. Masks cost one matrix
+product for all detections, which is what makes the family real-time.
+
+Where instseg departs from the paper, and why: detections come from the
+anchor-free FCOS head and point assignment shared with CondInst (no anchor
+shapes to tune; FCOS matches anchor-based RetinaNet accuracy), with focal loss
+rather than OHEM (no sampling ratio, and no softmax background class to
+balance) and GIoU rather than smooth-L1 (scale-free, so small and large boxes
+weigh alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instseg.losses import dice_loss
+from instseg.matching import PointTargets
+from instseg.models.fcos import MASK_STRIDE, box_masks, conv_tower
+from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
+from instseg.structures import downsample_masks
+
+
+@dataclass
+class YOLACTConfig(FCOSConfig):
+    """FCOS fields (``FCOSConfig``, with YOLACT's input size, head depth and NMS) + the mask part."""
+
+    min_size: int = 550
+    max_size: int = 920
+    head_convs: int = 2
+    nms: Literal["fast", "standard"] = "fast"
+    nms_threshold: float = 0.5
+    num_prototypes: int = 32
+    proto_channels: int = 256
+    proto_convs: int = 3
+    proto_refine: bool = True  # a conv after upsampling to 1/4 (the paper); off: upsample the prototypes
+    mask_weight: float = 1.0  # BCE inside the ground-truth box, normalised by the box area
+    dice_weight: float = 0.0  # optional Dice beside it
+    semantic_weight: float = 0.0  # optional auxiliary semantic segmentation loss (the paper uses 1)
+
+
+def nuclei_preset() -> YOLACTConfig:
+    """Small dense objects: ``NUCLEI_FCOS`` and a light protonet on P2 (prototypes at 1/4 directly)."""
+    return YOLACTConfig(**NUCLEI_FCOS, proto_channels=64, proto_convs=2)
+
+
+def realtime_preset() -> YOLACTConfig:
+    """A mobile configuration: MobileNetV3-Large, BatchNorm, a 64-channel FPN, one-conv towers."""
+    return YOLACTConfig(
+        backbone="mobilenet_v3_large",
+        norm="bn",
+        fpn_channels=64,
+        min_size=512,
+        max_size=853,
+        head_channels=64,
+        head_convs=1,
+        proto_channels=64,
+        proto_convs=1,
+        proto_refine=False,
+        num_prototypes=16,
+    )
+
+
+class ProtoNet(nn.Module):
+    """Convolutions on the finest level, brought to 1/4 resolution, then k non-negative prototypes.
+
+    With ``proto_refine`` the features are upsampled and convolved once more at
+    1/4 (the paper); without it only the k prototypes are upsampled, which
+    saves the most expensive convolution of a mobile model.
+    """
+
+    def __init__(self, cfg: YOLACTConfig, stride: int) -> None:
+        super().__init__()
+        self.up = stride // MASK_STRIDE
+        self.tower = conv_tower(cfg.fpn_channels, cfg.proto_channels, cfg.proto_convs, cfg.norm)
+        refine = cfg.proto_refine and self.up > 1
+        self.refine = conv_tower(cfg.proto_channels, cfg.proto_channels, 1, cfg.norm) if refine else None
+        self.out = nn.Conv2d(cfg.proto_channels, cfg.num_prototypes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.tower(x)
+        if self.refine is not None:
+            x = self.refine(F.interpolate(x, scale_factor=self.up, mode="bilinear"))
+        x = F.relu(self.out(x))
+        if self.refine is None and self.up > 1:
+            x = F.interpolate(x, scale_factor=self.up, mode="bilinear")
+        return x
+
+
+class YOLACT(FCOSInstanceModel):
+    """FCOS + k mask coefficients per location and a protonet; see ``FCOSInstanceModel``."""
+
+    crop_to_boxes = True
+
+    def __init__(self, cfg: YOLACTConfig, num_classes: int) -> None:
+        super().__init__(cfg, num_classes, cfg.num_prototypes)
+        self.protonet = ProtoNet(cfg, self.strides[0])
+        self.semantic = nn.Conv2d(cfg.fpn_channels, num_classes, 1) if cfg.semantic_weight > 0 else None
+
+    def mask_input(self, head: dict[str, Tensor], features: list[Tensor]) -> Tensor:
+        head["extra"] = torch.tanh(head["extra"])  # coefficients in [-1, 1]
+        return self.protonet(features[0])
+
+    def mask_loss(
+        self,
+        head: dict[str, Tensor],
+        mask_input: Tensor,
+        features: list[Tensor],
+        targets: list[dict[str, Tensor]],
+        assigned: list[PointTargets],
+        locations: Tensor,
+        level_of: Tensor,
+    ) -> dict[str, Tensor]:
+        """Each sampled positive's mask: BCE inside its object's box divided by the box area (+ Dice)."""
+        cfg = self.cfg
+        size = tuple(mask_input.shape[-2:])
+        bce, dice = [], []
+        for b, (t, a) in enumerate(zip(targets, assigned, strict=True)):
+            pos = self.sample_positives(a)
+            if len(pos) == 0:
+                continue
+            owner = a.owner[pos]
+            logits = (head["extra"][b, pos] @ mask_input[b].flatten(1)).view(-1, *size)
+            gt = downsample_masks(t["masks"], MASK_STRIDE, size)[owner]
+            inside = box_masks(t["boxes"][owner], size).to(logits.dtype)
+            pixel = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
+            bce.append((pixel * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1))
+            if cfg.dice_weight > 0:
+                dice.append(dice_loss(logits.masked_fill(inside == 0, -30.0), gt))
+        if bce:
+            loss = cfg.mask_weight * torch.cat(bce).mean()
+            if dice:
+                loss = loss + cfg.dice_weight * torch.cat(dice).mean()
+        else:
+            loss = head["extra"].sum() * 0.0 + mask_input.sum() * 0.0
+        losses = {"loss_mask": loss}
+        if self.semantic is not None:
+            losses["loss_semantic"] = self.semantic_loss(self.semantic(features[0]), targets)
+        return losses
+
+    def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """Per-class BCE against the union of that class's masks, at the finest level (training only)."""
+        stride = self.strides[0]
+        wanted = torch.zeros_like(logits)
+        for b, t in enumerate(targets):
+            small = downsample_masks(t["masks"], stride, tuple(logits.shape[-2:]))
+            for k, label in enumerate(t["labels"].tolist()):
+                wanted[b, label - 1] = torch.maximum(wanted[b, label - 1], small[k])
+        return self.cfg.semantic_weight * F.binary_cross_entropy_with_logits(logits, wanted)
+
+    def mask_probs(
+        self, extra: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
+    ) -> Tensor:
+        """One matrix product for all detections, cut to their boxes plus a cell (the final crop is at
+        full resolution, so bilinear upsampling near the box edge must still see real values)."""
+        size = tuple(mask_input.shape[-2:])
+        probs = (extra @ mask_input.flatten(1)).sigmoid().view(-1, *size)
+        margin = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=probs.device) * MASK_STRIDE
+        return probs * box_masks(boxes + margin, size)
+
+
+def build_yolact(cfg: YOLACTConfig, num_classes: int) -> YOLACT:
+    return YOLACT(cfg, num_classes)

@@ -1,0 +1,120 @@
+"""CondInst: FCOS assignment, the batched dynamic mask head, the output contract, overfitting one image."""
+
+import torch
+import torch.nn.functional as F
+
+from instseg.matching import assign_points, centerness, feature_locations
+from instseg.models.build import build_model, model_config
+from instseg.models.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
+from tests.models.family_checks import assert_output_contract, assert_overfits_scene, scene
+
+SMALL = {
+    "fpn_channels": 32,
+    "head_channels": 32,
+    "head_convs": 2,
+    "mask_branch_channels": 32,
+    "mask_branch_convs": 2,
+    "first_level": 2,
+    "scale": 1.0,
+    "size_bounds": [16, 32, 64, 128],
+    "detections_per_image": 50,
+}
+
+
+def test_paper_dynamic_head_has_169_parameters():
+    assert num_parameters(8, 8, 3) == 169
+    assert layer_shapes(8, 8, 3) == [(8, 10), (8, 8), (1, 8)]
+
+
+def test_dynamic_head_equals_per_instance_convolutions():
+    """The batched form against the definition: three 1x1 convs on [features; relative coordinates]."""
+    torch.manual_seed(0)
+    n, c, h, w, stride = 5, 8, 6, 7, 8
+    params = torch.randn(n, num_parameters(c, 8, 3))
+    features = torch.randn(c, h, w)
+    pixels = feature_locations([(h, w)], [stride], torch.device("cpu")).T
+    locations = torch.rand(n, 2) * 50
+    soi = torch.tensor([64.0, 64.0, 128.0, 256.0, 512.0])
+    got = dynamic_mask_logits(params, features.flatten(1), pixels, locations, soi, 8, 3).view(n, h, w)
+    for i in range(n):
+        rel = ((locations[i][:, None] - pixels) / soi[i]).view(2, h, w)
+        x = torch.cat([features, rel])[None]
+        chunks = torch.split(params[i], [80, 64, 8, 8, 8, 1])
+        x = F.relu(F.conv2d(x, chunks[0].view(8, 10, 1, 1), chunks[3]))
+        x = F.relu(F.conv2d(x, chunks[1].view(8, 8, 1, 1), chunks[4]))
+        x = F.conv2d(x, chunks[2].view(1, 8, 1, 1), chunks[5])
+        torch.testing.assert_close(got[i], x[0, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_fcos_assignment_centre_sampling_ranges_and_smallest_object():
+    locations = feature_locations([(8, 8), (4, 4)], [4, 8], torch.device("cpu"))
+    strides = torch.tensor([4] * 64 + [8] * 16)
+    ranges = torch.tensor([[0.0, 12.0]] * 64 + [[12.0, 1e8]] * 16)
+    boxes = torch.tensor([[0.0, 0.0, 32.0, 32.0], [9.0, 9.0, 19.0, 19.0]])
+    centres = torch.tensor([[16.0, 16.0], [14.0, 14.0]])
+    t = assign_points(locations, strides, ranges, boxes, centres, radius=1.5)
+    fine, coarse = t.owner[:64].view(8, 8), t.owner[64:].view(4, 4)
+    # the small box (reach <= 12) lives on the fine level, within 6 px of its centre: cells at 10, 14, 18
+    assert torch.nonzero(fine == 1).tolist() == [[i, j] for i in (2, 3, 4) for j in (2, 3, 4)]
+    assert (fine == 0).sum() == 0  # the big box reaches 16+ px: not on the fine level
+    # the big one on the coarse level, centre region 16 +- 12 px -> cells 1..2 (centres 12, 20); 28 is outside
+    assert torch.nonzero(coarse == 0).tolist() == [[1, 1], [1, 2], [2, 1], [2, 2]]
+    pos = t.owner >= 0
+    torch.testing.assert_close(t.centerness[pos], centerness(t.ltrb[pos]))
+    assert (t.centerness[~pos] == 0).all() and (t.ltrb[~pos] == 0).all()
+    assert torch.allclose(t.ltrb[64 + 5], torch.tensor([12.0, 12.0, 20.0, 20.0]))
+
+
+def test_no_objects_means_all_background_and_finite_losses():
+    torch.manual_seed(0)
+    model = build_model("condinst", model_config("condinst", "default", SMALL), 2).train()
+    empty = {
+        "boxes": torch.zeros((0, 4)),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros((0, 64, 64), dtype=torch.uint8),
+    }
+    losses = model([torch.rand(3, 64, 64)], [empty])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_output_contract_in_input_coordinates():
+    assert_output_contract("condinst", {**SMALL, "score_threshold": 0.0, "mask_threshold": 0.3})
+
+
+def test_paper_levels_p3_to_p7():
+    model = build_model("condinst", model_config("condinst", "default", {**SMALL, "first_level": 3}), 2)
+    assert model.strides == (8, 16, 32, 64, 128)
+    image, target = scene()
+    losses = model.train()([image], [target])
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask"}
+
+
+def test_overfits_one_image():
+    assert_overfits_scene("condinst", SMALL, steps=150)
+
+
+def test_mask_windows_equal_the_whole_map_inside_them():
+    """Windows are an exact shortcut: the same logits as the head run on the whole map, where they overlap."""
+    torch.manual_seed(0)
+    model = build_model("condinst", model_config("condinst", "default", SMALL), 2)
+    feats = torch.randn(8, 24, 24)
+    locs = torch.tensor([[6.0, 6.0], [20.0, 44.0], [60.0, 12.0], [40.0, 40.0]])
+    levels = torch.tensor([0, 1, 2, 1])
+    params = torch.randn(4, model.num_dynamic)
+    pixels = feature_locations([(24, 24)], [4], torch.device("cpu")).T
+    full = dynamic_mask_logits(params, feats.flatten(1), pixels, locs, model.soi[levels], 8, 3)
+    full = full.view(4, 24, 24)
+    seen = []
+    for win in model.mask_windows(params, feats, locs, levels):
+        inside = win.paste(torch.ones_like(win.logits), (24, 24)).bool()
+        pasted = win.paste(win.logits, (24, 24))
+        for k, i in enumerate(win.index.tolist()):
+            torch.testing.assert_close(pasted[k][inside[k]], full[i][inside[k]], rtol=1e-5, atol=1e-5)
+            # a level-0 location (bound 16 px) owns only boxes within 16 px of it: 4 px cells +-4, +1 margin
+            if levels[i] == 0:
+                ys, xs = torch.nonzero(inside[k], as_tuple=True)
+                assert ys.max() * 4 + 4 >= locs[i, 1] + 16 and xs.max() * 4 + 4 >= locs[i, 0] + 16
+            seen.append(i)
+        torch.testing.assert_close(win.crop(pasted), win.logits * win.crop(inside.float()))
+    assert sorted(seen) == [0, 1, 2, 3]
