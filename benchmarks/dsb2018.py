@@ -6,6 +6,13 @@ from the project's issue tracker, same split, same evaluator settings).
 
     python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --budget-min 30
     python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --set roi_pooler=pool
+    python benchmarks/dsb2018.py --peer yolov8n-seg --budget-min 30   # ultralytics in .venv-peers
+
+``--peer`` trains an ultralytics YOLO-seg from scratch with its own trainer in
+the separate peer environment (see ``benchmarks/latency.py`` for its set-up), on
+the same split converted to YOLO-seg labels by instseg's converter, predicts val
+at conf 0.001 with up to 500 detections, and scores the results with instseg's
+evaluator, so both rows come from one evaluator.
 """
 
 from __future__ import annotations
@@ -13,8 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +42,51 @@ PEERS = {
     "Cellpose 3 (27 min, 1 thread)": 0.496,
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_peer(args: argparse.Namespace, out: Path) -> dict:
+    """Convert, train and predict in the peer environment; score here with instseg's evaluator."""
+    import matplotlib
+
+    from instseg.data.coco import find_annotations, resolve_source
+    from instseg.data.convert import coco_to_yolo
+
+    yolo_data = coco_to_yolo(args.data, out / "yolo_data", copy_images=False)
+    val = resolve_source(args.data, "val")
+    with tempfile.TemporaryDirectory() as config:
+        (Path(config) / "Ultralytics").mkdir()
+        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        shutil.copy(font, Path(config) / "Ultralytics" / "Arial.ttf")  # else it tries to download Arial
+        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": config, "PYTHONPATH": str(ROOT / "src")}
+        cmd = [
+            str(args.peer_python),
+            str(ROOT / "benchmarks" / "peers" / "ultralytics_train.py"),
+            "--model", args.peer,
+            "--data", str(yolo_data),
+            "--val-json", str(val.annotations),
+            "--val-images", str(val.images),
+            "--budget-min", str(args.budget_min),
+            "--out", str(out.resolve()),
+        ]  # fmt: skip
+        subprocess.run(cmd, env=env, check=True)
+    started = time.perf_counter()
+    report = instseg.evaluate_results(
+        out / "results.json", find_annotations(args.data, "val"), max_dets=(1, 10, 500), out=out / "eval"
+    )
+    segm, boundary, bbox = (report.metrics[k] for k in ("segm", "boundary", "bbox"))
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "model": f"ultralytics {args.peer}",
+        "budget_min": args.budget_min,
+        "mask_AP": segm["AP"],
+        "mask_AP50": segm["AP50"],
+        "mask_AP75": segm["AP75"],
+        "boundary_AP": boundary["AP"],
+        "box_AP": bbox["AP"],
+        "eval_s": time.perf_counter() - started,
+        "out": str(out),
+    }
 
 
 def main() -> int:
@@ -47,11 +103,19 @@ def main() -> int:
         metavar="FIELD=VALUE",
         help="model or training config fields, values in YAML syntax",
     )
+    parser.add_argument("--peer", default=None, help="an ultralytics model (yolov8n-seg) instead of instseg")
+    parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"{args.data}: DSB2018 not found (expected ../shared/data/dsb2018)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.peer is not None:
+        out = args.out or Path("runs/bench") / time.strftime(f"dsb2018-{args.peer}-%Y%m%d-%H%M%S")
+        row = run_peer(args, out)
+        (out / "benchmark.json").write_text(json.dumps(row, indent=2))
+        print(json.dumps(row, indent=2))
+        return 0
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     model_fields = {f for f in instseg.models.build.family(args.model).config.__dataclass_fields__}
     model_options = {k: v for k, v in overrides.items() if k in model_fields}

@@ -8,14 +8,31 @@ time is what a trained model costs too; the postprocessing time depends on
 how many candidates pass the score threshold.
 
     python benchmarks/latency.py --sizes 512 640 --runs 20
+
+With ``--peer-python`` (default: ``.venv-peers/bin/python`` when it exists) the
+same run times ultralytics YOLOv8n-seg and YOLO11n-seg, built from their YAML
+in that separate environment (``benchmarks/peers/ultralytics_latency.py``),
+and prints each instseg model's end-to-end time as a ratio of YOLO11n-seg's.
+Set the peer environment up with::
+
+    python -m venv .venv-peers
+    echo "$PWD/.venv/lib/python3.11/site-packages" > .venv-peers/lib/python3.11/site-packages/instseg.pth
+    .venv-peers/bin/pip install ultralytics   # AGPL: a peer to measure against, never a dependency
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +40,9 @@ import torch.nn.functional as F
 from instseg.models.build import FAMILIES, build_model, count_parameters, model_config
 
 # (family, preset): the rows; every family registered in models/build.py gets its default preset.
-EXTRA_ROWS = [("solov2", "light")]
+EXTRA_ROWS = [("solov2", "light"), ("yolact", "realtime")]
+ROOT = Path(__file__).resolve().parents[1]
+PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "ultralytics_latency.py"
 
 
 def _image(size: int) -> torch.Tensor:
@@ -54,29 +73,68 @@ def measure(name: str, preset: str, size: int, runs: int, warmup: int) -> dict[s
     return {"total_ms": total, "backbone_fpn_ms": forward, "params_M": count_parameters(model) / 1e6}
 
 
+def peer_rows(python: Path, sizes: list[int], runs: int, warmup: int, threads: int) -> list[dict]:
+    """YOLO-seg timings from the peer environment, offline, with a private settings folder and font."""
+    import matplotlib
+
+    with tempfile.TemporaryDirectory() as config:
+        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        (Path(config) / "Ultralytics").mkdir()
+        shutil.copy(font, Path(config) / "Ultralytics" / "Arial.ttf")  # else it tries to download Arial
+        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": config}
+        cmd = [str(python), str(PEER_SCRIPT), "--sizes", *map(str, sizes), "--runs", str(runs)]
+        cmd += ["--warmup", str(warmup), "--threads", str(threads)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"peer run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return []
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 640])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
+    parser.add_argument("--only", nargs="*", default=None, help="instseg rows to time, as family:preset")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [(name, "default") for name in FAMILIES] + EXTRA_ROWS
+    if args.only is not None:
+        rows = [tuple(r.split(":")) for r in args.only]
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} threads, batch 1, median of {args.runs} after {args.warmup} warm-up runs"
     )
     print("| model | input | params (M) | backbone+FPN ms | end-to-end ms (untrained) |")
     print("|---|---|---|---|---|")
+    ours = {}
     for size in args.sizes:
         for name, preset in rows:
             r = measure(name, preset, size, args.runs, args.warmup)
+            ours[(name, preset, size)] = r
             print(
                 f"| {name} `{preset}` | {size} | {r['params_M']:.1f} | {r['backbone_fpn_ms']:.0f} "
                 f"| {r['total_ms']:.0f} |",
                 flush=True,
             )
+    if not args.peer_python.exists():
+        print(f"(no peer environment at {args.peer_python}: ultralytics rows skipped)")
+        return 0
+    peers = peer_rows(args.peer_python, args.sizes, args.runs, args.warmup, args.threads)
+    print("\n| peer (ultralytics, from YAML) | input | params (M) | network ms (fused) | predict ms |")
+    print("|---|---|---|---|---|")
+    for p in peers:
+        ms = f"{p['forward_ms']:.0f} | {p['total_ms']:.0f}"
+        print(f"| {p['model']} | {p['size']} | {p['params_M']:.1f} | {ms} |")
+    print("\n| instseg model | input | end-to-end / YOLO11n-seg predict |")
+    print("|---|---|---|")
+    for (name, preset, size), r in ours.items():
+        ref = [p["total_ms"] for p in peers if p["model"] == "yolo11n-seg" and p["size"] == size]
+        if ref:
+            print(f"| {name} `{preset}` | {size} | {r['total_ms'] / ref[0]:.2f}x |")
     return 0
 
 

@@ -109,7 +109,11 @@ def load_backbone_weights(trunk: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     head = ("fc.", "classifier.")
     state = {k: v for k, v in state.items() if not k.startswith(head)}
-    missing, unexpected = trunk.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = trunk.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape
+        first = str(exc).splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: not a matching backbone state dict ({first})") from None
     missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
         raise CheckpointError(

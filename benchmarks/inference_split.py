@@ -1,0 +1,87 @@
+"""Inference cost of a trained checkpoint on one image size: network forward and postprocessing apart,
+parameters and GFLOPs (torch's FlopCounterMode: convolutions and matrix products, 2 FLOPs per MAC).
+
+Images are val images resized to SIZE x SIZE, so the postprocessing handles as
+many detections as the trained model really makes. Works for the families
+whose ``forward`` ends in a ``postprocess`` method (SOLOv2, CondInst, YOLACT).
+
+    python benchmarks/inference_split.py runs/bench/yolact_30/checkpoint --size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import instseg
+from instseg.data.coco import CocoIndex, resolve_source
+from instseg.data.images import read_image
+from instseg.models.build import count_parameters
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = instseg.load(args.checkpoint, device="cpu").model.eval()
+    index = CocoIndex(resolve_source(args.data, "val"))
+    images = []
+    for info in index.images[: args.images]:
+        image = read_image(index.image_path(info), (int(info["height"]), int(info["width"])))
+        image = image.float()[None] / 255
+        images.append(F.interpolate(image, size=(args.size, args.size), mode="bilinear")[0])
+    post_times: list[float] = []  # appended to by the wrapper below
+    postprocess = model.postprocess
+
+    def timed_postprocess(*a, **k):
+        start = time.perf_counter()
+        out = postprocess(*a, **k)
+        post_times.append(time.perf_counter() - start)
+        return out
+
+    model.postprocess = timed_postprocess
+    totals, detections = [], []
+    with torch.inference_mode():
+        model([images[0]])  # warm-up
+        post_times.clear()
+        for image in images:
+            start = time.perf_counter()
+            out = model([image])[0]
+            totals.append(time.perf_counter() - start)
+            detections.append(len(out["scores"]))
+        timed_posts = list(post_times)
+        with FlopCounterMode(display=False) as counter:
+            model([images[0]])
+    post = statistics.median(timed_posts) * 1000
+    total = statistics.median(totals) * 1000
+    row = {
+        "checkpoint": args.checkpoint,
+        "size": args.size,
+        "threads": args.threads,
+        "params_M": count_parameters(model) / 1e6,
+        "GFLOPs": counter.get_total_flops() / 1e9,
+        "total_ms": total,
+        "postprocess_ms": post,
+        "forward_ms": statistics.median(t - p for t, p in zip(totals, timed_posts, strict=True)) * 1000,
+        "detections_median": statistics.median(detections),
+    }
+    print(json.dumps(row, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

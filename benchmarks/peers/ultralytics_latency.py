@@ -1,0 +1,64 @@
+"""Runs inside the peer environment (ultralytics installed, never instseg's dependency): YOLO-seg CPU latency.
+
+Models are built from their YAML (no weights, no download). Prints one JSON
+line per model and size: the network forward alone, and ``predict`` end to end
+(letterbox, forward, NMS, mask assembly at the input size).
+
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=... python benchmarks/peers/ultralytics_latency.py --sizes 512 640
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from ultralytics import YOLO
+
+
+def _timed(fn, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["yolov8n-seg", "yolo11n-seg"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 640])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.models:
+        yolo = YOLO(f"{name}.yaml")
+        params = sum(p.numel() for p in yolo.model.parameters()) / 1e6
+        for size in args.sizes:
+            rng = np.random.default_rng(0)
+            low = rng.random((size // 16, size // 16, 3))
+            image = (np.kron(low, np.ones((16, 16, 1))) * 255).astype(np.uint8)
+            x = torch.rand(1, 3, size, size)
+
+            def predict(yolo: YOLO = yolo, image: np.ndarray = image, size: int = size) -> None:
+                yolo.predict(image, imgsz=size, device="cpu", verbose=False, retina_masks=True)
+
+            total = _timed(predict, args.runs, args.warmup)  # the first predict fuses conv + BN, as deployed
+            net = yolo.model
+            with torch.inference_mode():
+                forward = _timed(lambda net=net, x=x: net(x), args.runs, args.warmup)
+            row = {"model": name, "size": size, "params_M": params, "forward_ms": forward, "total_ms": total}
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
