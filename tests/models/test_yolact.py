@@ -82,3 +82,15 @@ def test_semantic_auxiliary_loss_and_mobile_backbone():
 
 def test_overfits_one_image():
     assert_overfits_scene("yolact", SMALL)
+
+
+def test_semantic_target_is_the_union_of_each_class_masks():
+    model = build_model("yolact", model_config("yolact", "default", {**SMALL, "semantic_weight": 1.0}), 2)
+    masks = torch.zeros((3, 16, 16), dtype=torch.uint8)
+    masks[0, :4, :4] = masks[1, 8:, 8:] = masks[2, :4, 8:] = 1
+    target = {"masks": masks, "labels": torch.tensor([1, 1, 2])}
+    union = torch.zeros((1, 2, 4, 4))
+    union[0, 0, 0, 0] = union[0, 0, 2:, 2:] = union[0, 1, 0, 2:] = 1  # 1/4 resolution (first_level 2)
+    logits = torch.where(union > 0, 20.0, -20.0)
+    assert model.semantic_loss(logits, [target]).item() < 1e-6
+    assert model.semantic_loss(-logits, [target]).item() > 1.0

@@ -33,25 +33,25 @@ class MaskWindow:
     top: Tensor  # [n] window origin on the 1/4 map (may be negative: windows run off the map)
     left: Tensor
 
+    def _cells(self, pad: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Instance, row and column indices of every window cell, on maps padded by ``pad``."""
+        h, w = self.logits.shape[-2:]
+        device = self.logits.device
+        rows = self.top[:, None] + torch.arange(h, device=device) + pad
+        cols = self.left[:, None] + torch.arange(w, device=device) + pad
+        n = torch.arange(len(rows), device=device)[:, None, None]
+        return n, rows[:, :, None], cols[:, None, :]
+
     def crop(self, maps: Tensor) -> Tensor:
         """The same windows cut from ``maps`` [n, H, W] (zero outside them)."""
-        h, w = self.logits.shape[-2:]
-        rows = self.top[:, None] + torch.arange(h, device=maps.device)
-        cols = self.left[:, None] + torch.arange(w, device=maps.device)
-        pad = max(h, w)
-        padded = F.pad(maps, (pad,) * 4)
-        n = torch.arange(len(maps), device=maps.device)[:, None, None]
-        return padded[n, rows[:, :, None] + pad, cols[:, None, :] + pad]
+        pad = max(self.logits.shape[-2:])
+        return F.pad(maps, (pad,) * 4)[self._cells(pad)]
 
     def paste(self, values: Tensor, size: tuple[int, int]) -> Tensor:
-        """``values`` [n, h, w] placed at the windows on zero maps of ``size``."""
-        h, w = values.shape[-2:]
-        pad = max(h, w)
+        """``values`` [n, h, w] (shaped like the windows) placed at the windows on zero maps of ``size``."""
+        pad = max(self.logits.shape[-2:])
         canvas = values.new_zeros((len(values), size[0] + 2 * pad, size[1] + 2 * pad))
-        rows = self.top[:, None] + torch.arange(h, device=values.device) + pad
-        cols = self.left[:, None] + torch.arange(w, device=values.device) + pad
-        n = torch.arange(len(values), device=values.device)[:, None, None]
-        canvas[n, rows[:, :, None], cols[:, None, :]] = values
+        canvas[self._cells(pad)] = values
         return canvas[:, pad : pad + size[0], pad : pad + size[1]]
 
 

@@ -153,8 +153,8 @@ class YOLACT(FCOSInstanceModel):
         wanted = torch.zeros_like(logits)
         for b, t in enumerate(targets):
             small = downsample_masks(t["masks"], stride, tuple(logits.shape[-2:]))
-            for k, label in enumerate(t["labels"].tolist()):
-                wanted[b, label - 1] = torch.maximum(wanted[b, label - 1], small[k])
+            index = (t["labels"] - 1)[:, None].expand(-1, small[0].numel())
+            wanted[b].view(len(wanted[b]), -1).scatter_reduce_(0, index, small.flatten(1), "amax")
         return self.cfg.semantic_weight * F.binary_cross_entropy_with_logits(logits, wanted)
 
     def mask_probs(
