@@ -53,21 +53,27 @@ def nuclei_preset() -> YOLACTConfig:
     return YOLACTConfig(**NUCLEI_FCOS, proto_channels=64, proto_convs=2)
 
 
+REALTIME = {
+    "backbone": "mobilenet_v3_large",
+    "norm": "bn",
+    "fpn_channels": 64,
+    "head_channels": 64,
+    "head_convs": 1,
+    "proto_channels": 64,
+    "proto_convs": 1,
+    "proto_refine": False,
+    "num_prototypes": 16,
+}
+
+
 def realtime_preset() -> YOLACTConfig:
     """A mobile configuration: MobileNetV3-Large, BatchNorm, a 64-channel FPN, one-conv towers."""
-    return YOLACTConfig(
-        backbone="mobilenet_v3_large",
-        norm="bn",
-        fpn_channels=64,
-        min_size=512,
-        max_size=853,
-        head_channels=64,
-        head_convs=1,
-        proto_channels=64,
-        proto_convs=1,
-        proto_refine=False,
-        num_prototypes=16,
-    )
+    return YOLACTConfig(**REALTIME, min_size=512, max_size=853)
+
+
+def realtime_nuclei_preset() -> YOLACTConfig:
+    """The realtime network with ``NUCLEI_FCOS``'s small-object levels (P2-P6) and 500 detections."""
+    return YOLACTConfig(**{**NUCLEI_FCOS, **REALTIME})
 
 
 class ProtoNet(nn.Module):
