@@ -191,6 +191,20 @@ def upsample_masks(
     return out
 
 
+def masks_at_input(
+    probs: Tensor,
+    resized: tuple[int, int],
+    original: tuple[int, int],
+    threshold: float = 0.5,
+    stride: int = 4,
+) -> Tensor:
+    """1/``stride`` mask probabilities on a padded batch ``[N, h, w]`` -> bool masks ``[N, H, W]`` of the
+    input image: the padding is cut off and the rest resampled onto the original pixels."""
+    valid = (math.ceil(resized[0] / stride), math.ceil(resized[1] / stride))
+    scale = (stride * original[0] / resized[0], stride * original[1] / resized[1])
+    return upsample_masks(probs[:, : valid[0], : valid[1]], scale, original, threshold)
+
+
 def masks_to_boxes(masks: Tensor) -> Tensor:
     """Tight xyxy boxes of bool masks, with the exclusive right/bottom edge COCO uses; empty -> zeros."""
     boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)

@@ -50,6 +50,36 @@ def norm_layer(kind: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"unknown norm {kind!r}; expected gn, bn or frozen_bn")
 
 
+def build_trunk(
+    name: str = "resnet18",
+    norm: str = "gn",
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4),
+    weights: str | Path | None = None,
+) -> tuple[nn.Module, dict[str, str], list[int]]:
+    """A classification trunk, the names of its stages ``returned_layers`` (1..4: strides 4, 8, 16,
+    32) as ``IntermediateLayerGetter`` wants them, and their channels.
+
+    ``weights``: a local torchvision state dict of the same trunk (.pth or
+    .safetensors). MobileNetV3 is the mobile option (use ``norm="bn"``: its
+    channel counts do not all split into GroupNorm groups).
+    """
+    if name in RESNETS:
+        trunk = RESNETS[name](weights=None, norm_layer=norm_layer(norm))
+        if weights is not None:
+            load_backbone_weights(trunk, weights)
+        stage_channels = trunk.inplanes // 8  # output channels of layer1
+        channels = [stage_channels * 2 ** (i - 1) for i in returned_layers]
+        return trunk, {f"layer{i}": str(k) for k, i in enumerate(returned_layers)}, channels
+    if name in MOBILENETS:
+        build, stages = MOBILENETS[name]
+        net = build(weights=None, norm_layer=norm_layer(norm))
+        if weights is not None:
+            load_backbone_weights(net, weights)
+        channels = [stages[i][1] for i in returned_layers]
+        return net.features, {stages[i][0]: str(k) for k, i in enumerate(returned_layers)}, channels
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+
+
 def build_fpn_backbone(
     name: str = "resnet18",
     norm: str = "gn",
@@ -58,34 +88,12 @@ def build_fpn_backbone(
     weights: str | Path | None = None,
     extra: str = "maxpool",
 ) -> BackboneWithFPN:
-    """A trunk + FPN on its stages ``returned_layers`` (1..4: strides 4, 8, 16, 32).
-
-    ``weights``: a local torchvision state dict of the same trunk (.pth or
-    .safetensors). MobileNetV3 is the mobile option (use ``norm="bn"``: its
-    channel counts do not all split into GroupNorm groups). ``extra`` adds the
-    levels above the trunk: one max-pooled level (Mask R-CNN's P6) or two
-    strided convolutions on the top level (RetinaNet/FCOS's P6, P7).
-    """
+    """``build_trunk`` + an FPN on its stages. ``extra`` adds the levels above the trunk: one
+    max-pooled level (Mask R-CNN's P6) or two strided convolutions on the top level (RetinaNet/FCOS's
+    P6, P7)."""
     if extra not in ("maxpool", "p6p7"):
         raise ValueError(f"unknown extra FPN levels {extra!r}; expected maxpool or p6p7")
-    if name in RESNETS:
-        trunk = RESNETS[name](weights=None, norm_layer=norm_layer(norm))
-        if weights is not None:
-            load_backbone_weights(trunk, weights)
-        stage_channels = trunk.inplanes // 8  # output channels of layer1
-        in_channels = [stage_channels * 2 ** (i - 1) for i in returned_layers]
-        return_layers = {f"layer{i}": str(k) for k, i in enumerate(returned_layers)}
-        body: nn.Module = trunk
-    elif name in MOBILENETS:
-        build, stages = MOBILENETS[name]
-        net = build(weights=None, norm_layer=norm_layer(norm))
-        if weights is not None:
-            load_backbone_weights(net, weights)
-        in_channels = [stages[i][1] for i in returned_layers]
-        return_layers = {stages[i][0]: str(k) for k, i in enumerate(returned_layers)}
-        body = net.features
-    else:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    body, return_layers, in_channels = build_trunk(name, norm, returned_layers, weights)
     return BackboneWithFPN(
         body,
         return_layers=return_layers,

@@ -22,7 +22,7 @@ from instseg.losses import focal_loss_sum
 from instseg.matching import PointTargets, assign_points, feature_locations
 from instseg.models.backbones import norm_layer
 from instseg.models.nms import fast_nms_boxes
-from instseg.structures import mass_centres, upsample_masks
+from instseg.structures import masks_at_input, mass_centres
 
 MASK_STRIDE = 4  # the FCOS-based families predict and supervise masks at 1/4 of the input
 
@@ -217,15 +217,13 @@ def assemble_detections(
     are taken to the input resolution, where ``crop_to_boxes`` cuts them to
     their boxes; boxes are clipped and rescaled; empty masks are dropped.
     """
-    valid = (math.ceil(resized[0] / MASK_STRIDE), math.ceil(resized[1] / MASK_STRIDE))
-    scale = (MASK_STRIDE * original[0] / resized[0], MASK_STRIDE * original[1] / resized[1])
     boxes = boxes.clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, resized[1])
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, resized[0])
     boxes = resize_boxes(boxes, resized, original)
     masks = []
     for idx in torch.arange(len(boxes), device=boxes.device).split(chunk):
-        m = upsample_masks(mask_probs(idx)[:, : valid[0], : valid[1]], scale, original, threshold)
+        m = masks_at_input(mask_probs(idx), resized, original, threshold, MASK_STRIDE)
         masks.append(m & box_masks(boxes[idx], original, 1).to(m.device) if crop_to_boxes else m)
     masks = torch.cat(masks) if masks else torch.zeros((0, *original), dtype=torch.bool)
     nonempty = masks.flatten(1).any(1).to(boxes.device)

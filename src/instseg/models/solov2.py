@@ -26,7 +26,7 @@ from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_laye
 from instseg.models.nms import matrix_nms
 from instseg.models.solov2_targets import SOLOv2Criterion, cell_windows
 from instseg.models.transform import ResizeNormalize
-from instseg.structures import masks_to_boxes, upsample_masks
+from instseg.structures import masks_at_input, masks_to_boxes
 
 
 @dataclass
@@ -271,9 +271,7 @@ class SOLOv2(nn.Module):
         decayed = matrix_nms(hard, labels, (cand * maskness)[order], cfg.nms_kernel, cfg.nms_sigma)
         keep = torch.nonzero(decayed >= cfg.update_threshold).flatten()
         keep = keep[torch.argsort(decayed[keep], descending=True)][: cfg.detections_per_image]
-        valid = (math.ceil(resized[0] / 4), math.ceil(resized[1] / 4))
-        scale = (4 * original[0] / resized[0], 4 * original[1] / resized[1])
-        masks = upsample_masks(soft[keep][:, : valid[0], : valid[1]], scale, original, cfg.mask_threshold)
+        masks = masks_at_input(soft[keep], resized, original, cfg.mask_threshold)
         nonempty = masks.flatten(1).any(1)
         masks = masks[nonempty]
         return {
