@@ -1,4 +1,4 @@
-"""``instseg <command>``: demo, train, eval, predict, data.
+"""``instseg <command>``: demo, train, eval, predict, data, import.
 
 Training flags are generated from the config dataclasses: every field of
 ``TrainConfig`` and of the chosen family's config is a ``--flag``, and
@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=1)
     pr.add_argument("--no-overlays", action="store_true")
     pr.add_argument("--device", default="auto")
+
+    imp = sub.add_parser("import", help="convert another toolkit's checkpoint into an instseg checkpoint")
+    imp.add_argument(
+        "format", choices=["hf-mask2former"], help="hf-mask2former: a transformers save_pretrained dir"
+    )
+    imp.add_argument("source", help="the checkpoint to convert")
+    imp.add_argument("out", help="instseg checkpoint directory to write")
     return parser
 
 
@@ -213,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, rest)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "import":
+            from instseg.importers.hf_mask2former import import_hf_mask2former
+
+            print(f"wrote {import_hf_mask2former(args.source, args.out)}")
+            return 0
         if args.command == "data":
             from instseg.data.commands import run_data
 

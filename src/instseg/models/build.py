@@ -14,7 +14,7 @@ from torch import nn
 
 from instseg.config import config_from_dict
 from instseg.errors import InstsegError
-from instseg.models import condinst, mask_rcnn, solov2, yolact
+from instseg.models import condinst, mask2former, mask_rcnn, solov2, yolact
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,26 @@ FAMILIES: dict[str, Family] = {
     "yolact": Family(
         yolact.YOLACTConfig,
         yolact.build_yolact,
-        {"default": yolact.YOLACTConfig, "nuclei": yolact.nuclei_preset, "realtime": yolact.realtime_preset},
+        {
+            "default": yolact.YOLACTConfig,
+            "nuclei": yolact.nuclei_preset,
+            "realtime": yolact.realtime_preset,
+            "realtime_nuclei": yolact.realtime_nuclei_preset,
+        },
     ),
     "condinst": Family(
         condinst.CondInstConfig,
         condinst.build_condinst,
         {"default": condinst.CondInstConfig, "nuclei": condinst.nuclei_preset},
+    ),
+    "mask2former": Family(
+        mask2former.Mask2FormerConfig,
+        mask2former.build_mask2former,
+        {
+            "default": mask2former.Mask2FormerConfig,
+            "nuclei": mask2former.nuclei_preset,
+            "light": mask2former.light_preset,
+        },
     ),
 }
 

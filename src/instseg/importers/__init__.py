@@ -1,0 +1,1 @@
+"""Converters from checkpoints users already have into instseg checkpoints."""

@@ -1,0 +1,93 @@
+"""Mask2Former's set criterion: Hungarian matching per layer, then class + point-sampled mask losses.
+
+Classification is cross-entropy over K classes + "no object", whose weight is
+down-scaled (0.1) because nearly every query is unmatched. Masks are
+supervised on K points per matched pair, most of them where the prediction
+is uncertain (``points.uncertain_points``): BCE (mean over points) and Dice,
+each summed over matched masks and divided by the number of ground-truth
+objects in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instseg.losses import point_dice_loss
+from instseg.matching import HungarianMatcher
+from instseg.models.mask2former_decoder import mask_logits
+from instseg.points import point_sample, uncertain_points
+
+
+class SetCriterion(nn.Module):
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int = 12544,
+        oversample: float = 3.0,
+        importance: float = 0.75,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
+        self.num_points, self.oversample, self.importance = num_points, oversample, importance
+        weights = torch.ones(num_classes + 1)
+        weights[-1] = no_object_weight
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(
+        self, outputs: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """``outputs``: one prediction per decoder layer; ``targets``: 0-based ``labels`` and float ``masks``
+        covering the same extent as the mask features. Losses are summed over the layers."""
+        num_masks = max(sum(len(t["labels"]) for t in targets), 1)
+        totals = {"loss_class": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
+        for out in outputs:
+            indices = self.matcher(out["class_logits"], out["mask_embed"], out["mask_features"], targets)
+            for name, value in self.layer_losses(out, targets, indices, num_masks).items():
+                totals[name] = totals[name] + value
+        return totals  # type: ignore[return-value]
+
+    def layer_losses(
+        self,
+        out: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+        num_masks: int,
+    ) -> dict[str, Tensor]:
+        logits = out["class_logits"]
+        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
+            classes[b, rows.to(logits.device)] = t["labels"][cols.to(logits.device)]
+        loss_class = self.class_weight * F.cross_entropy(
+            logits.transpose(1, 2).float(), classes, self.class_weights
+        )
+        bce, dice = [], []
+        for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
+            if len(rows) == 0:
+                continue
+            # full masks of the matched queries only; the points go where they are least certain
+            pred = mask_logits(out["mask_embed"][b][rows], out["mask_features"][b])
+            points = uncertain_points(pred, self.num_points, self.oversample, self.importance)
+            pred = point_sample(pred[:, None], points)[:, 0]
+            # each target read at its query's points, without copying the target masks
+            target_points = points.new_zeros((len(t["masks"]), *points.shape[1:]))
+            target_points[cols] = points
+            true = point_sample(t["masks"][:, None], target_points)[cols, 0]
+            bce.append(F.binary_cross_entropy_with_logits(pred, true, reduction="none").mean(1))
+            dice.append(point_dice_loss(pred, true))
+        if not bce:  # no object in the batch: only "no object" to learn
+            zero = out["mask_embed"].sum() * 0.0
+            return {"loss_class": loss_class, "loss_mask": zero, "loss_dice": zero}
+        return {
+            "loss_class": loss_class,
+            "loss_mask": self.mask_weight * torch.cat(bce).sum() / num_masks,
+            "loss_dice": self.dice_weight * torch.cat(dice).sum() / num_masks,
+        }

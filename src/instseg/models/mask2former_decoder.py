@@ -1,0 +1,117 @@
+"""Mask2Former's transformer decoder: queries refined by masked cross-attention, round-robin over scales.
+
+Masked attention is the paper's key change to DETR: a query attends only to
+the pixels its previous prediction puts inside its mask (sigmoid >= 0.5), so
+it converges on its own object instead of the whole image. Every layer
+predicts classes and masks, and all of them are supervised (deep supervision).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instseg.models.position_encoding import sine_position_encoding
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int, layers: int = 3) -> None:
+        super().__init__()
+        dims = [dim] + [hidden] * (layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, [*dims[1:], out], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class MaskedAttentionLayer(nn.Module):
+    """Masked cross-attention, then self-attention among the queries, then an FFN (post-norm)."""
+
+    def __init__(self, dim: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.cross_attn = nn.MultiheadAttention(dim, heads)
+        self.cross_norm = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads)
+        self.self_norm = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, ffn)
+        self.linear2 = nn.Linear(ffn, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+
+    def forward(
+        self, x: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, mask: Tensor
+    ) -> Tensor:
+        """``x [Q, B, C]``, ``memory [S, B, C]``, ``mask [B * heads, Q, S]`` (True: not attended)."""
+        attended = self.cross_attn(
+            x + query_pos, memory + memory_pos, memory, attn_mask=mask, need_weights=False
+        )
+        x = self.cross_norm(x + attended[0])
+        q = x + query_pos
+        x = self.self_norm(x + self.self_attn(q, q, x, need_weights=False)[0])
+        return self.ffn_norm(x + self.linear2(F.relu(self.linear1(x))))
+
+
+class MaskedAttentionDecoder(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        num_queries: int = 100,
+        layers: int = 9,
+        heads: int = 8,
+        ffn: int = 2048,
+        levels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.heads, self.levels = heads, levels
+        self.query_feat = nn.Embedding(num_queries, dim)
+        self.query_pos = nn.Embedding(num_queries, dim)
+        self.level_embed = nn.Embedding(levels, dim)
+        self.layers = nn.ModuleList(MaskedAttentionLayer(dim, heads, ffn) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.class_head = nn.Linear(dim, num_classes + 1)  # the last class is "no object"
+        self.mask_embed = MLP(dim, dim, dim)
+
+    def predict(self, x: Tensor, attn_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Class logits ``[B, Q, K+1]``, mask embeddings ``[B, Q, C]`` and the next layer's attention mask.
+
+        The attention mask needs the mask logits at the next level's size only:
+        bilinear resizing commutes with the per-pixel dot product, so they are
+        computed from mask features resized once, not from full 1/4 masks.
+        """
+        y = self.norm(x).transpose(0, 1)
+        embed = self.mask_embed(y)
+        small = torch.einsum("bqc,bchw->bqhw", embed.detach(), attn_features)
+        blocked = small.sigmoid().flatten(2) < 0.5
+        blocked &= ~blocked.all(-1, keepdim=True)  # a query whose mask is empty attends everywhere
+        return self.class_head(y), embed, blocked.repeat_interleave(self.heads, dim=0)
+
+    def forward(self, maps: list[Tensor], mask_features: Tensor) -> list[dict[str, Tensor]]:
+        """``maps``: the pixel decoder's levels, coarsest first. One prediction per layer, plus one before:
+        ``class_logits``, ``mask_embed`` and the shared ``mask_features`` (see ``mask_logits``)."""
+        b = mask_features.shape[0]
+        memory, memory_pos, small_features = [], [], []
+        for i, m in enumerate(maps):
+            h, w = m.shape[-2:]
+            small_features.append(F.interpolate(mask_features, (h, w), mode="bilinear", align_corners=False))
+            memory.append((m.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
+            pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype)
+            memory_pos.append(pos.flatten(1).T[:, None])
+        query_pos = self.query_pos.weight[:, None].expand(-1, b, -1)
+        x = self.query_feat.weight[:, None].expand(-1, b, -1)
+        logits, embed, blocked = self.predict(x, small_features[0])
+        outputs = [{"class_logits": logits, "mask_embed": embed, "mask_features": mask_features}]
+        for i, layer in enumerate(self.layers):
+            level = i % self.levels
+            x = layer(x, query_pos, memory[level], memory_pos[level], blocked)
+            logits, embed, blocked = self.predict(x, small_features[(i + 1) % self.levels])
+            outputs.append({"class_logits": logits, "mask_embed": embed, "mask_features": mask_features})
+        return outputs
+
+
+def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
+    """Masks as the dot product of each query's embedding with every pixel's: ``[..., Q, C] x [..., C, h,
+    w]`` -> ``[..., Q, h, w]``. Computed only where needed (matched queries, kept detections)."""
+    return torch.einsum("...qc,...chw->...qhw", embed, features)

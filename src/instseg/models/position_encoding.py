@@ -1,0 +1,33 @@
+"""DETR's sine position encoding of a feature map, normalised to [0, 2 pi] so it does not depend on size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def sine_position_encoding(
+    height: int,
+    width: int,
+    channels: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``[channels, height, width]``: half the channels encode y, half x, as interleaved sin/cos pairs."""
+    half = channels // 2
+    y = torch.arange(1, height + 1, device=device, dtype=dtype)
+    x = torch.arange(1, width + 1, device=device, dtype=dtype)
+    y = y / (y[-1] + 1e-6) * 2 * math.pi
+    x = x / (x[-1] + 1e-6) * 2 * math.pi
+    freq = torch.arange(half, device=device).div(2, rounding_mode="floor").to(dtype)
+    freq = 10000 ** (2 * freq / half)
+
+    def encode(v: Tensor) -> Tensor:  # [n] -> [n, half]
+        phase = v[:, None] / freq
+        return torch.stack([phase[:, 0::2].sin(), phase[:, 1::2].cos()], dim=2).flatten(1)
+
+    ey = encode(y)[:, None, :].expand(height, width, half)
+    ex = encode(x)[None, :, :].expand(height, width, half)
+    return torch.cat([ey, ex], dim=2).permute(2, 0, 1)

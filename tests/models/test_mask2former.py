@@ -1,0 +1,180 @@
+"""Mask2Former: the matcher, the losses on sampled points, deformable attention, the three inferences,
+and the family checks every model passes."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from instseg.losses import pairwise_dice_loss, pairwise_sigmoid_bce, point_dice_loss
+from instseg.matching import HungarianMatcher, hungarian_match
+from instseg.models.deformable_attention import deformable_sample
+from instseg.models.mask2former_criterion import SetCriterion
+from instseg.models.mask2former_postprocess import instance_inference, panoptic_inference, semantic_inference
+from instseg.points import point_sample, uncertain_points
+from tests.models.family_checks import assert_output_contract, assert_overfits_scene
+
+TINY = {
+    "min_size": 96,
+    "max_size": 96,
+    "hidden_dim": 64,
+    "heads": 4,
+    "encoder_layers": 1,
+    "encoder_ffn": 128,
+    "decoder_layers": 3,
+    "decoder_ffn": 128,
+    "num_queries": 12,
+    "num_points": 1024,
+}
+
+
+def _brute_force(cost: torch.Tensor) -> float:
+    q, g = cost.shape
+    if q >= g:
+        return min(
+            sum(cost[r, c] for c, r in enumerate(rows)) for rows in itertools.permutations(range(q), g)
+        )
+    return min(sum(cost[r, c] for r, c in enumerate(cols)) for cols in itertools.permutations(range(g), q))
+
+
+def test_hungarian_match_is_the_least_cost_pairing():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1), (3, 3), (6, 2), (2, 5), (7, 4)]:
+        for _ in range(5):
+            cost = torch.rand(shape, generator=g)
+            rows, cols = hungarian_match(cost)
+            assert len(rows) == min(shape) and len(set(rows.tolist())) == len(rows)
+            assert len(set(cols.tolist())) == len(cols)
+            assert abs(cost[rows, cols].sum().item() - float(_brute_force(cost))) < 1e-6
+
+
+def test_hungarian_match_survives_nan_costs():
+    cost = torch.tensor([[float("nan"), 1.0], [0.5, float("inf")]])
+    rows, cols = hungarian_match(cost)
+    assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+
+
+def test_pairwise_costs_agree_with_the_per_pair_losses():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 50, generator=g) * 3
+    targets = (torch.rand(3, 50, generator=g) > 0.5).float()
+    dice = pairwise_dice_loss(logits, targets)
+    bce = pairwise_sigmoid_bce(logits, targets)
+    for i, j in itertools.product(range(4), range(3)):
+        assert torch.isclose(dice[i, j], point_dice_loss(logits[i : i + 1], targets[j : j + 1])[0], atol=1e-6)
+        ref = F.binary_cross_entropy_with_logits(logits[i], targets[j])
+        assert torch.isclose(bce[i, j], ref, atol=1e-5)
+
+
+def _masks() -> torch.Tensor:
+    masks = torch.zeros(3, 32, 32)
+    masks[0, 2:12, 2:12] = 1
+    masks[1, 16:30, 4:10] = 1
+    masks[2, 5:25, 18:30] = 1
+    return masks
+
+
+def test_matcher_recovers_a_permutation_of_the_targets():
+    masks, labels = _masks(), torch.tensor([0, 1, 1])
+    order = torch.tensor([4, 0, 2])  # target j is predicted by query order[j]
+    features = (F.interpolate(masks[None], size=(16, 16), mode="area") - 0.5) * 16  # one channel a mask
+    embed = torch.zeros(1, 5, 3)
+    class_logits = torch.zeros(1, 5, 3)
+    for j, q in enumerate(order.tolist()):
+        embed[0, q, j] = 1.0
+        class_logits[0, q, labels[j]] = 6.0
+    matcher = HungarianMatcher(num_points=2048)
+    rows, cols = matcher(class_logits, embed, features, [{"labels": labels, "masks": masks}])[0]
+    assert dict(zip(cols.tolist(), rows.tolist(), strict=True)) == dict(enumerate(order.tolist()))
+
+
+def test_uncertain_points_concentrate_on_the_boundary():
+    torch.manual_seed(0)
+    x = torch.linspace(-8, 8, 64)
+    logits = x[None, None, :].expand(1, 64, 64)  # boundary at the middle column
+    points = uncertain_points(logits, 400, oversample=3.0, importance=0.75)
+    values = point_sample(logits[:, None], points)[0, 0].abs()
+    assert values[:300].mean() < 0.5 * values[300:].mean()
+
+
+def test_criterion_on_images_with_and_without_objects():
+    torch.manual_seed(0)
+    crit = SetCriterion(2, HungarianMatcher(num_points=256), num_points=256)
+    features = torch.randn(2, 4, 8, 8)
+    outputs = [
+        {
+            "class_logits": torch.randn(2, 5, 3, requires_grad=True),
+            "mask_embed": torch.randn(2, 5, 4, requires_grad=True),
+            "mask_features": features,
+        }
+        for _ in range(2)
+    ]
+    targets = [
+        {"labels": torch.tensor([0, 1, 1]), "masks": _masks()},
+        {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32)},
+    ]
+    losses = crit(outputs, targets)
+    assert set(losses) == {"loss_class", "loss_mask", "loss_dice"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    empty = crit(outputs, [targets[1], targets[1]])
+    assert empty["loss_mask"] == 0 and empty["loss_dice"] == 0 and empty["loss_class"] > 0
+    empty["loss_class"].backward()  # "no object" is still learnt on an image without objects
+
+
+def test_deformable_sampling_reads_the_pixel_it_points_at():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5, 6)]
+    heads, d = 2, 3
+    value = torch.randn(1, 12 + 30, heads, d, generator=g)
+    locations = torch.zeros(1, 1, heads, 2, 1, 2)
+    weights = torch.zeros(1, 1, heads, 2, 1)
+    # head 0 reads level 0 at (x=2, y=1); head 1 reads level 1 at (x=5, y=4)
+    locations[0, 0, 0, 0, 0] = torch.tensor([(2 + 0.5) / 4, (1 + 0.5) / 3])
+    locations[0, 0, 1, 1, 0] = torch.tensor([(5 + 0.5) / 6, (4 + 0.5) / 5])
+    weights[0, 0, 0, 0, 0] = 1.0
+    weights[0, 0, 1, 1, 0] = 1.0
+    out = deformable_sample(value, shapes, locations, weights)[0, 0]
+    torch.testing.assert_close(out[:d], value[0, 1 * 4 + 2, 0])
+    torch.testing.assert_close(out[d:], value[0, 12 + 4 * 6 + 5, 1])
+
+
+def _pairs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query 0: class 0 on the left half; 1 and 2: class 1 (stuff) on the right, split; 3: no object.
+    Query q's mask is feature channel q."""
+    class_logits = torch.full((4, 3), -10.0)
+    class_logits[0, 0] = class_logits[1, 1] = class_logits[2, 1] = class_logits[3, 2] = 10.0
+    mask_logits = torch.full((4, 8, 8), -10.0)
+    mask_logits[0, :, :4] = 10.0
+    mask_logits[1, :4, 4:] = 10.0
+    mask_logits[2, 4:, 4:] = 10.0
+    mask_logits[3] = 10.0
+    return class_logits, torch.eye(4), mask_logits
+
+
+def test_instance_inference_scores_and_boxes():
+    out = instance_inference(*_pairs(), (32, 32), (32, 32), detections=3)
+    assert out["labels"].tolist() == [1, 2, 2]
+    assert torch.all(out["scores"] > 0.99)
+    assert out["masks"][0, :, :16].all() and not out["masks"][0, :, 16:].any()
+    torch.testing.assert_close(out["boxes"][0], torch.tensor([0.0, 0.0, 16.0, 32.0]))
+
+
+def test_semantic_and_panoptic_inference():
+    semantic = semantic_inference(*_pairs(), (32, 32), (32, 32))
+    assert semantic.shape == (2, 32, 32)
+    assert (semantic.argmax(0)[:, :16] == 0).all() and (semantic.argmax(0)[:, 16:] == 1).all()
+    segments, info = panoptic_inference(*_pairs(), (32, 32), (32, 32), torch.tensor([True, False]))
+    assert [(s["label"], s["isthing"]) for s in info] == [(1, True), (2, False)]  # stuff halves merged
+    right = segments[:, 16:]
+    assert (segments[:, :16] == 1).all() and set(right.unique().tolist()) <= {0, 2}
+    assert (right[:14] == 2).all() and (right[18:] == 2).all()  # void only where the halves blur
+
+
+def test_mask2former_output_contract():
+    assert_output_contract("mask2former", TINY)
+
+
+def test_mask2former_overfits_one_image():
+    assert_overfits_scene("mask2former", {**TINY, "pixel_decoder": "fpn"}, steps=150, lr=1e-3)
