@@ -40,7 +40,12 @@ import torch.nn.functional as F
 from instseg.models.build import FAMILIES, build_model, count_parameters, model_config
 
 # (family, preset): the rows; every family registered in models/build.py gets its default preset.
-EXTRA_ROWS = [("solov2", "light"), ("yolact", "realtime"), ("yolact", "realtime_nuclei")]
+EXTRA_ROWS = [
+    ("solov2", "light"),
+    ("yolact", "realtime"),
+    ("yolact", "realtime_nuclei"),
+    ("mask2former", "light"),
+]
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "ultralytics_latency.py"
 

@@ -125,23 +125,30 @@ class Mask2Former(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
-        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]
+        if not self.training:
+            cfg = self.cfg
+            return [
+                instance_inference(*readout, cfg.detections_per_image, cfg.mask_threshold)
+                for readout in self.readouts(images)
+            ]
         batch, targets = self.transform(images, targets)
         outputs = self.network(batch.tensors)
-        if self.training:
-            return self.criterion(outputs, self.set_targets(targets, batch.tensors.shape[-2:]))
-        final = outputs[-1]
+        return self.criterion(outputs, self.set_targets(targets, batch.tensors.shape[-2:]))
+
+    def readouts(self, images: list[Tensor]) -> list[tuple]:
+        """Per image, what the postprocessors read: the final layer's ``class_logits``, ``mask_embed``,
+        ``mask_features``, and the resized and original image sizes."""
+        batch, _ = self.transform(images, None)
+        final = self.network(batch.tensors)[-1]
         return [
-            instance_inference(
+            (
                 final["class_logits"][b],
                 final["mask_embed"][b],
                 final["mask_features"][b],
                 batch.image_sizes[b],
-                size,
-                self.cfg.detections_per_image,
-                self.cfg.mask_threshold,
+                (im.shape[-2], im.shape[-1]),
             )
-            for b, size in enumerate(original_sizes)
+            for b, im in enumerate(images)
         ]
 
     @staticmethod
@@ -158,18 +165,7 @@ class Mask2Former(nn.Module):
     @torch.no_grad()
     def semantic(self, images: list[Tensor]) -> list[Tensor]:
         """Per image, ``[K, H, W]`` class scores; ``argmax(0) + 1`` is the label map."""
-        batch, _ = self.transform(images, None)
-        final = self.network(batch.tensors)[-1]
-        return [
-            semantic_inference(
-                final["class_logits"][b],
-                final["mask_embed"][b],
-                final["mask_features"][b],
-                batch.image_sizes[b],
-                size,
-            )
-            for b, size in enumerate((im.shape[-2], im.shape[-1]) for im in images)
-        ]
+        return [semantic_inference(*readout) for readout in self.readouts(images)]
 
     @torch.no_grad()
     def panoptic(
@@ -180,20 +176,9 @@ class Mask2Former(nn.Module):
         overlap_threshold: float = 0.8,
     ) -> list[tuple[Tensor, list[dict]]]:
         """Per image, a segment-id map and its segments; ``is_thing [K]`` says which classes are things."""
-        batch, _ = self.transform(images, None)
-        final = self.network(batch.tensors)[-1]
         return [
-            panoptic_inference(
-                final["class_logits"][b],
-                final["mask_embed"][b],
-                final["mask_features"][b],
-                batch.image_sizes[b],
-                size,
-                is_thing,
-                object_threshold,
-                overlap_threshold,
-            )
-            for b, size in enumerate((im.shape[-2], im.shape[-1]) for im in images)
+            panoptic_inference(*readout, is_thing, object_threshold, overlap_threshold)
+            for readout in self.readouts(images)
         ]
 
 
