@@ -205,6 +205,27 @@ def masks_at_input(
     return upsample_masks(probs[:, : valid[0], : valid[1]], scale, original, threshold)
 
 
+def detections_from_masks(
+    probs: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    resized: tuple[int, int],
+    original: tuple[int, int],
+    threshold: float = 0.5,
+) -> dict[str, Tensor]:
+    """The output dict of a family whose detections are masks (SOLOv2, Mask2Former): ``masks_at_input``,
+    empty masks dropped, boxes taken from the masks, 0-based ``labels`` made 1-based."""
+    masks = masks_at_input(probs, resized, original, threshold)
+    nonempty = masks.flatten(1).any(1)
+    masks = masks[nonempty]
+    return {
+        "boxes": masks_to_boxes(masks).to(scores.device),
+        "labels": labels[nonempty.to(labels.device)] + 1,
+        "scores": scores[nonempty.to(scores.device)],
+        "masks": masks,
+    }
+
+
 def masks_to_boxes(masks: Tensor) -> Tensor:
     """Tight xyxy boxes of bool masks, with the exclusive right/bottom edge COCO uses; empty -> zeros."""
     boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)

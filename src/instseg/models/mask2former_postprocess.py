@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from instseg.models.mask2former_decoder import mask_logits
-from instseg.structures import masks_at_input, masks_to_boxes
+from instseg.structures import detections_from_masks
 
 MASK_STRIDE = 4
 
@@ -38,15 +38,7 @@ def instance_inference(
     hard = soft > threshold
     scores = scores * (soft * hard).flatten(1).sum(1) / (hard.flatten(1).sum(1) + 1e-6)
     order = torch.argsort(scores, descending=True)
-    masks = masks_at_input(soft[order], resized, original, threshold, MASK_STRIDE)
-    nonempty = masks.flatten(1).any(1)
-    masks = masks[nonempty]
-    return {
-        "boxes": masks_to_boxes(masks).to(scores.device),
-        "labels": labels[order][nonempty] + 1,
-        "scores": scores[order][nonempty],
-        "masks": masks,
-    }
+    return detections_from_masks(soft[order], labels[order], scores[order], resized, original, threshold)
 
 
 def probs_at_input(logits: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:

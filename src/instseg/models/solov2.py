@@ -26,7 +26,7 @@ from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_laye
 from instseg.models.nms import matrix_nms
 from instseg.models.solov2_targets import SOLOv2Criterion, cell_windows
 from instseg.models.transform import ResizeNormalize
-from instseg.structures import masks_at_input, masks_to_boxes
+from instseg.structures import detections_from_masks
 
 
 @dataclass
@@ -271,15 +271,9 @@ class SOLOv2(nn.Module):
         decayed = matrix_nms(hard, labels, (cand * maskness)[order], cfg.nms_kernel, cfg.nms_sigma)
         keep = torch.nonzero(decayed >= cfg.update_threshold).flatten()
         keep = keep[torch.argsort(decayed[keep], descending=True)][: cfg.detections_per_image]
-        masks = masks_at_input(soft[keep], resized, original, cfg.mask_threshold)
-        nonempty = masks.flatten(1).any(1)
-        masks = masks[nonempty]
-        return {
-            "boxes": masks_to_boxes(masks).to(mask_feats.device),
-            "labels": labels[keep][nonempty] + 1,
-            "scores": decayed[keep][nonempty],
-            "masks": masks,
-        }
+        return detections_from_masks(
+            soft[keep], labels[keep], decayed[keep], resized, original, cfg.mask_threshold
+        )
 
 
 def build_solov2(cfg: SOLOv2Config, num_classes: int) -> SOLOv2:
