@@ -56,6 +56,7 @@ class FCOSConfig:
     nms_threshold: float = 0.6
     detections_per_image: int = 100
     mask_threshold: float = 0.5
+    mask_rescore: bool = True  # score x maskness (mean probability inside the mask), as SOLOv2 ranks
 
 
 # Small dense objects (DSB2018 nuclei, ~7-40 px) at x1.5: P2-P6, small size ranges, light heads,
@@ -198,5 +199,13 @@ class FCOSInstanceModel(nn.Module):
             return self.mask_probs(head["extra"][sel], mask_input, locations[sel], level_of[sel], boxes[idx])
 
         return assemble_detections(
-            probs, boxes, labels, scores, resized, original, cfg.mask_threshold, self.crop_to_boxes
+            probs,
+            boxes,
+            labels,
+            scores,
+            resized,
+            original,
+            cfg.mask_threshold,
+            self.crop_to_boxes,
+            cfg.mask_rescore,
         )
