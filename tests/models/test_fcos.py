@@ -2,7 +2,8 @@
 
 import torch
 
-from instseg.models.fcos import FCOSHead, LevelNorms, assemble_detections
+from instseg.models.conv_tower import LevelNorms
+from instseg.models.fcos import FCOSHead, assemble_detections
 
 
 def _levels(means: list[float], size: int = 32) -> list[torch.Tensor]:

@@ -5,6 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from instseg.models.build import build_model, model_config
+from instseg.models.conv_tower import LevelNorms
 from instseg.models.nms import fast_nms, matrix_nms
 from instseg.models.solov2_targets import assign_level
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene
@@ -102,3 +104,13 @@ def test_cell_windows_follow_each_cells_level_and_position():
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (1, 4, 1, 4)
     ys, xs = torch.nonzero(win[2], as_tuple=True)  # centre (24, 24) px, radius 10 -> feature px 3..7
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (3, 7, 3, 7)
+
+
+def test_batchnorm_grid_head_keeps_statistics_per_level():
+    model = build_model("solov2", model_config("solov2", "default", {**SMALL, "norm": "bn"}), 2)
+    norms = [m for m in model.head.modules() if isinstance(m, LevelNorms)]
+    assert len(norms) == 4 and all(len(n) == 5 for n in norms)  # 2 branches x 2 convs, P2..P6
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 80)])
+    assert out[0]["masks"].shape[-2:] == (64, 80)

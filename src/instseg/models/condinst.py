@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from instseg.losses import dice_loss
 from instseg.matching import PointTargets, feature_locations
+from instseg.models.conv_tower import conv_tower
 from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
-from instseg.models.fcos import MASK_STRIDE, conv_tower
+from instseg.models.fcos import MASK_STRIDE
 from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
 from instseg.structures import downsample_masks
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_layer
+from instseg.models.conv_tower import conv_tower
 from instseg.models.nms import matrix_nms
 from instseg.models.solov2_targets import SOLOv2Criterion, cell_windows
 from instseg.models.transform import ResizeNormalize
@@ -93,12 +94,6 @@ def nuclei_preset() -> SOLOv2Config:
     )
 
 
-def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm_layer(norm)(cout), nn.ReLU(inplace=True)
-    )
-
-
 def coord_channels(x: Tensor) -> Tensor:
     """Normalised x and y in [-1, 1], one channel each (CoordConv)."""
     b, _, h, w = x.shape
@@ -114,12 +109,9 @@ class GridHead(nn.Module):
     def __init__(self, cfg: SOLOv2Config, num_classes: int) -> None:
         super().__init__()
         c = cfg.head_channels
-        self.kernel_convs = nn.Sequential(
-            *[_conv_block(cfg.fpn_channels + 2 if i == 0 else c, c, cfg.norm) for i in range(cfg.head_convs)]
-        )
-        self.cate_convs = nn.Sequential(
-            *[_conv_block(cfg.fpn_channels if i == 0 else c, c, cfg.norm) for i in range(cfg.head_convs)]
-        )
+        levels = len(cfg.grid_cells)
+        self.kernel_convs = conv_tower(cfg.fpn_channels + 2, c, cfg.head_convs, cfg.norm, levels)
+        self.cate_convs = conv_tower(cfg.fpn_channels, c, cfg.head_convs, cfg.norm, levels)
         self.kernel_out = nn.Conv2d(c, cfg.kernel_dim, 3, padding=1)
         self.cate_out = nn.Conv2d(c, num_classes, 3, padding=1)
         nn.init.normal_(self.kernel_out.weight, std=0.01)
@@ -127,11 +119,11 @@ class GridHead(nn.Module):
         nn.init.normal_(self.cate_out.weight, std=0.01)
         nn.init.constant_(self.cate_out.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
 
-    def forward(self, feature: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def forward(self, feature: Tensor, grid: tuple[int, int], level: int) -> tuple[Tensor, Tensor]:
         x = torch.cat([feature, coord_channels(feature)], 1)
         x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
-        kernels = self.kernel_out(self.kernel_convs(x))
-        cate = self.cate_out(self.cate_convs(x[:, :-2]))
+        kernels = self.kernel_out(self.kernel_convs(x, level))
+        cate = self.cate_out(self.cate_convs(x[:, :-2], level))
         return cate, kernels
 
 
@@ -146,7 +138,7 @@ class MaskFeatures(nn.Module):
             blocks: list[nn.Module] = []
             cin = cfg.fpn_channels + (2 if level == 3 else 0)
             for k in range(max(level, 1)):
-                blocks.append(_conv_block(cin if k == 0 else c, c, cfg.norm))
+                blocks.append(conv_tower(cin if k == 0 else c, c, 1, cfg.norm))
                 if level > 0:
                     blocks.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.levels.append(nn.Sequential(*blocks))
@@ -213,8 +205,8 @@ class SOLOv2(nn.Module):
         padded = tuple(batch.tensors.shape[-2:])
         features = list(self.backbone(batch.tensors).values())  # P2..P6
         cate, kernels = [], []
-        for feature, grid in zip(features, self.grids(padded), strict=True):
-            c, k = self.head(feature, grid)
+        for level, (feature, grid) in enumerate(zip(features, self.grids(padded), strict=True)):
+            c, k = self.head(feature, grid, level)
             cate.append(c)
             kernels.append(k)
         mask_feats = self.mask_features(features[:4])

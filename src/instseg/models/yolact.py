@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from instseg.losses import dice_loss
 from instseg.matching import PointTargets
-from instseg.models.fcos import MASK_STRIDE, box_masks, conv_tower
+from instseg.models.conv_tower import conv_tower
+from instseg.models.fcos import MASK_STRIDE, box_masks
 from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
 from instseg.structures import downsample_masks
 
