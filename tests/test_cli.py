@@ -91,11 +91,15 @@ def test_train_eval_predict_from_the_command_line(tiny_coco, tmp_path, capsys):
                 str(pred),
                 "--score-threshold",
                 "0",
+                "--set",
+                "detections_per_image=2",
             ]
         )
         == 0
     )
     results = json.loads((pred / "predictions.json").read_text())
+    per_image = [sum(r["file_name"] == f for r in results) for f in {r["file_name"] for r in results}]
+    assert max(per_image) <= 2  # the inference override reached the model
     assert {r["file_name"].rsplit("/", 1)[-1] for r in results} <= {
         "val_000.png",
         "val_001.png",
@@ -111,12 +115,15 @@ def test_train_eval_predict_from_the_command_line(tiny_coco, tmp_path, capsys):
     assert len(list((pred / "overlays").glob("*.png"))) == 4
 
 
-def test_errors_are_one_line_and_exit_2(tiny_coco, tmp_path, capsys):
+def test_errors_are_one_line_and_exit_2(trained, tiny_coco, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--data", str(tiny_coco)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("instseg: error:") and "checkpoint not found" in err and "\n" not in err
     assert main(["train", "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path / "r")]) == 2
     assert "missing.json: no such annotations file" in capsys.readouterr().err
+    typo = ["eval", "--checkpoint", str(trained.checkpoint), "--data", str(tiny_coco), "--set", "nms_tresh=1"]
+    assert main(typo) == 2
+    assert "unknown field(s) nms_tresh" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse rejects the value before anything runs
         main(["train", "--data", str(tiny_coco), "--norm", "ln"])
     assert exit_info.value.code == 2 and "invalid choice: 'ln'" in capsys.readouterr().err

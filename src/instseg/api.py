@@ -18,9 +18,10 @@ from instseg.predictor import ImageLike, Predictor
 from instseg.structures import Instances
 
 
-def load(checkpoint: str | Path, device: str = "auto") -> Predictor:
-    """Rebuild a model from a checkpoint directory or ``.safetensors`` file alone."""
-    return Predictor.from_checkpoint(checkpoint, device)
+def load(checkpoint: str | Path, device: str = "auto", **overrides: Any) -> Predictor:
+    """Rebuild a model from a checkpoint directory or ``.safetensors`` file alone; ``overrides`` change
+    model config fields (``load(ck, score_threshold=0.01, mask_rescore=False)``)."""
+    return Predictor.from_checkpoint(checkpoint, device, overrides)
 
 
 def predict(

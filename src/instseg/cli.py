@@ -16,6 +16,20 @@ from pathlib import Path
 
 from instseg.errors import InstsegError
 
+SET_HELP = "model config fields for inference, e.g. nms_threshold=0.5 mask_rescore=false (YAML values)"
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, object]:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InstsegError(f"--set {pair!r}: expected FIELD=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -63,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
     ev.add_argument("--out", help="folder for metrics.json, results.json and plots")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help=SET_HELP)
 
     from instseg.data.commands import add_data_parser
 
@@ -73,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="IMAGES")
     pr.add_argument("--out", required=True)
     pr.add_argument("--score-threshold", type=float, default=0.5)
+    pr.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     pr.add_argument("--batch-size", type=int, default=1)
     pr.add_argument("--no-overlays", action="store_true")
     pr.add_argument("--device", default="auto")
@@ -134,7 +150,7 @@ def _eval(args: argparse.Namespace) -> int:
         report = evaluate_results(args.results, args.data, not args.no_boundary, args.out, **options)
     else:
         ev = evaluate(
-            load(args.checkpoint, args.device),
+            load(args.checkpoint, args.device, **_overrides(args.set)),
             args.data,
             args.split,
             args.images,
@@ -158,7 +174,7 @@ def _predict(args: argparse.Namespace) -> int:
     from instseg.engine.inference import run_inference
     from instseg.eval.plots import save_overlay
 
-    predictor = load(args.checkpoint, args.device)
+    predictor = load(args.checkpoint, args.device, **_overrides(args.set))
     paths = list_images(args.inputs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -62,11 +62,15 @@ class Predictor:
         self.meta = meta or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", overrides: dict[str, Any] | None = None
+    ) -> Predictor:
+        """``overrides``: model config fields to change, e.g. inference thresholds; the model is rebuilt
+        with them, so a field that changes the architecture fails on the weights rather than silently."""
         meta = ckpt.load_meta(path)
         try:
             fam = family(meta["family"])
-            config = config_from_dict(fam.config, meta["model_config"])
+            config = config_from_dict(fam.config, {**meta["model_config"], **(overrides or {})})
             categories = [Category(**c) for c in meta["categories"]]
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
