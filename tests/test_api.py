@@ -11,7 +11,7 @@ def test_load_predict_evaluate(trained, tiny_coco, tmp_path):
     from_path = predictor.predict(path)
     array = np.asarray(Image.open(path))
     from_array = predictor(array)
-    from_tensor = instseg.predict(predictor, [torch.from_numpy(array).permute(2, 0, 1)])[0]
+    from_tensor = instseg.predict(predictor, [torch.from_numpy(array.copy()).permute(2, 0, 1)])[0]
     assert isinstance(from_path, instseg.Instances) and from_path.image_size == (64, 64)
     assert torch.equal(from_path.masks, from_array.masks) and torch.equal(from_path.masks, from_tensor.masks)
     high = predictor.predict(path, score_threshold=0.5)
