@@ -120,7 +120,7 @@ def main() -> int:
     model_fields = {f for f in instseg.models.build.family(args.model).config.__dataclass_fields__}
     model_options = {k: v for k, v in overrides.items() if k in model_fields}
     train_options = {
-        "batch_size": 4,
+        "batch_size": 2,  # more updates beat bigger batches on a 30-minute budget (BENCHMARKS.md)
         "lr": 5e-4,
         "warmup_steps": 30,
         "crop_size": 256,
