@@ -1,5 +1,6 @@
 """CondInst: FCOS assignment, the batched dynamic mask head, the output contract, overfitting one image."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -94,27 +95,50 @@ def test_overfits_one_image():
     assert_overfits_scene("condinst", SMALL, steps=150)
 
 
-def test_mask_windows_equal_the_whole_map_inside_them():
-    """Windows are an exact shortcut: the same logits as the head run on the whole map, where they overlap."""
+@pytest.mark.parametrize("mask_stride", [4, 2])
+def test_mask_windows_equal_the_whole_map_inside_them(mask_stride):
+    """Windows are an exact shortcut: the same logits as the head run on the whole map, where they overlap.
+
+    At mask stride 2 the whole map is the mask features upsampled x2, and a window is as many input
+    pixels wide as at stride 4, so twice as many cells.
+    """
     torch.manual_seed(0)
-    model = build_model("condinst", model_config("condinst", "default", SMALL), 2)
+    cfg = model_config("condinst", "default", {**SMALL, "mask_stride": mask_stride})
+    model = build_model("condinst", cfg, 2)
     feats = torch.randn(8, 24, 24)
     locs = torch.tensor([[6.0, 6.0], [20.0, 44.0], [60.0, 12.0], [40.0, 40.0]])
     levels = torch.tensor([0, 1, 2, 1])
     params = torch.randn(4, model.num_dynamic)
-    pixels = feature_locations([(24, 24)], [4], torch.device("cpu")).T
-    full = dynamic_mask_logits(params, feats.flatten(1), pixels, locs, model.soi[levels], 8, 3)
-    full = full.view(4, 24, 24)
+    side = 24 * 4 // mask_stride
+    assert model.mask_size(feats) == (side, side)
+    dense = F.interpolate(feats[None], size=(side, side), mode="bilinear")[0]
+    pixels = feature_locations([(side, side)], [mask_stride], torch.device("cpu")).T
+    full = dynamic_mask_logits(params, dense.flatten(1), pixels, locs, model.soi[levels], 8, 3)
+    full = full.view(4, side, side)
     seen = []
     for win in model.mask_windows(params, feats, locs, levels):
-        inside = win.paste(torch.ones_like(win.logits), (24, 24)).bool()
-        pasted = win.paste(win.logits, (24, 24))
+        inside = win.paste(torch.ones_like(win.logits), (side, side)).bool()
+        pasted = win.paste(win.logits, (side, side))
         for k, i in enumerate(win.index.tolist()):
             torch.testing.assert_close(pasted[k][inside[k]], full[i][inside[k]], rtol=1e-5, atol=1e-5)
-            # a level-0 location (bound 16 px) owns only boxes within 16 px of it: 4 px cells +-4, +1 margin
+            # a level-0 location (bound 16 px) owns only boxes within 16 px of it: cells +-16 px, +1 margin
             if levels[i] == 0:
                 ys, xs = torch.nonzero(inside[k], as_tuple=True)
-                assert ys.max() * 4 + 4 >= locs[i, 1] + 16 and xs.max() * 4 + 4 >= locs[i, 0] + 16
+                assert (ys.max() + 1) * mask_stride >= locs[i, 1] + 16
+                assert (xs.max() + 1) * mask_stride >= locs[i, 0] + 16
             seen.append(i)
         torch.testing.assert_close(win.crop(pasted), win.logits * win.crop(inside.float()))
     assert sorted(seen) == [0, 1, 2, 3]
+
+
+def test_mask_stride_2_trains_and_predicts_finer_masks():
+    """Masks at 1/2: the loss is taken against 1/2 targets, and predictions keep the output contract."""
+    torch.manual_seed(0)
+    overrides = {**SMALL, "mask_stride": 2, "mask_bce_weight": 1.0}
+    model = build_model("condinst", model_config("condinst", "default", overrides), 2).train()
+    image, target = scene()
+    losses = model([image], [target])
+    assert torch.isfinite(losses["loss_mask"]) and losses["loss_mask"] > 0
+    sum(losses.values()).backward()
+    assert model.mask_branch.out.weight.grad.abs().sum() > 0
+    assert_output_contract("condinst", {**overrides, "score_threshold": 0.0, "mask_threshold": 0.3})

@@ -1,9 +1,11 @@
 """The FCOS head and output assembly that CondInst and YOLACT share."""
 
 import torch
+from torchvision.ops import box_iou
 
+from instseg.matching import PointTargets, centerness
 from instseg.models.conv_tower import LevelNorms
-from instseg.models.fcos import FCOSHead, assemble_detections
+from instseg.models.fcos import FCOSHead, assemble_detections, fcos_losses, ltrb_iou, ltrb_to_boxes
 
 
 def _levels(means: list[float], size: int = 32) -> list[torch.Tensor]:
@@ -55,3 +57,31 @@ def test_rescoring_by_maskness_ranks_confident_masks_first():
     torch.testing.assert_close(rescored["scores"], torch.tensor([0.5 * 0.99, 0.55 * 0.6]))
     torch.testing.assert_close(rescored["boxes"], plain["boxes"].flip(0))
     assert rescored["masks"][0, 20, 20] and not rescored["masks"][0, 8, 8]
+
+
+def test_ltrb_iou_is_the_iou_of_the_boxes():
+    torch.manual_seed(0)
+    point = torch.rand(50, 2) * 100
+    a, b = torch.rand(50, 4) * 40, torch.rand(50, 4) * 40
+    expected = box_iou(ltrb_to_boxes(point, a), ltrb_to_boxes(point, b)).diagonal()
+    torch.testing.assert_close(ltrb_iou(a, b), expected)
+
+
+def test_iou_quality_trains_the_centreness_branch_on_the_predicted_boxes_iou():
+    """Two positives: one predicts its box exactly (target 1), one a box twice as wide (target 0.5)."""
+    locations = torch.tensor([[10.0, 10.0], [30.0, 10.0], [50.0, 10.0]])
+    truth = torch.tensor([[4.0, 4.0, 4.0, 4.0], [2.0, 3.0, 6.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
+    predicted = truth.clone()
+    predicted[1, [0, 2]] *= 2  # twice as wide, same height
+    head = {
+        "cls": torch.zeros(1, 3, 1),
+        "ltrb": predicted[None],
+        "ctr": torch.full((1, 3), 1.5),
+    }
+    targets = [PointTargets(torch.tensor([0, 1, -1]), truth, centerness(truth).nan_to_num(0))]
+    labels = [torch.tensor([1, 1])]
+    geometric = fcos_losses(head, targets, labels, locations)["loss_ctr"]
+    iou = fcos_losses(head, targets, labels, locations, quality="iou")["loss_ctr"]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(iou, bce(torch.full((2,), 1.5), torch.tensor([1.0, 0.5]), reduction="sum") / 2)
+    assert not torch.isclose(geometric, iou)

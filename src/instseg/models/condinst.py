@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +28,11 @@ from instseg.structures import downsample_masks
 
 @dataclass
 class MaskWindow:
-    """Mask logits of some instances on equal-sized windows of the 1/4-resolution map."""
+    """Mask logits of some instances on equal-sized windows of the mask-stride map."""
 
     index: Tensor  # [n] positions of these instances among those asked for
-    logits: Tensor  # [n, h, w] at 1/4 resolution
-    top: Tensor  # [n] window origin on the 1/4 map (may be negative: windows run off the map)
+    logits: Tensor  # [n, h, w] at the mask stride
+    top: Tensor  # [n] window origin on the mask map (may be negative: windows run off the map)
     left: Tensor
 
     def _cells(self, pad: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,6 +67,9 @@ class CondInstConfig(FCOSConfig):
     dynamic_width: int = 8
     dynamic_layers: int = 3
     mask_weight: float = 1.0  # Dice
+    # output stride of the masks: 4 (the paper), or 2: the dynamic head runs on the mask features
+    # upsampled x2, so a 10-pixel object gets 5 mask cells across instead of 2-3
+    mask_stride: Literal[2, 4] = 4
     mask_bce_weight: float = 0.0  # optional BCE beside Dice
 
 
@@ -109,7 +113,8 @@ class CondInst(FCOSInstanceModel):
     def mask_windows(
         self, params: Tensor, mask_feats: Tensor, locations: Tensor, levels: Tensor
     ) -> list[MaskWindow]:
-        """Dynamic-head logits of N instances of one image, each on the window its level allows.
+        """Dynamic-head logits of N instances of one image at the mask stride, each on the window its
+        level allows.
 
         A location only owns objects whose box sides all lie within its level's
         upper size bound, so the object's mask lies inside a square of that
@@ -117,10 +122,13 @@ class CondInst(FCOSInstanceModel):
         construction, and the head runs on ~(2 bound)^2 pixels instead of the
         whole map. Levels whose window would cover the map use the map.
         """
-        stride = self.strides[0]
-        up = stride // MASK_STRIDE
-        h, w = mask_feats.shape[-2:]
         cfg = self.cfg
+        stride = self.head_stride
+        if stride < self.strides[0]:
+            up_feats = self.strides[0] // stride
+            mask_feats = F.interpolate(mask_feats[None], scale_factor=up_feats, mode="bilinear")[0]
+        up = stride // cfg.mask_stride
+        h, w = mask_feats.shape[-2:]
         out = []
         for level in torch.unique(levels).tolist():
             idx = torch.nonzero(levels == level).flatten()
@@ -177,7 +185,7 @@ class CondInst(FCOSInstanceModel):
             pos = self.sample_positives(a)
             if len(pos) == 0:
                 continue
-            small = downsample_masks(t["masks"], MASK_STRIDE, size)
+            small = downsample_masks(t["masks"], cfg.mask_stride, size)
             windows = self.mask_windows(head["extra"][b, pos], mask_input[b], locations[pos], level_of[pos])
             for win in windows:
                 gt = win.crop(small[a.owner[pos[win.index]]])
@@ -192,8 +200,17 @@ class CondInst(FCOSInstanceModel):
             loss = loss + cfg.mask_bce_weight * torch.cat(bce).mean()
         return {"loss_mask": loss}
 
+    @property
+    def mask_stride(self) -> int:
+        return self.cfg.mask_stride
+
+    @property
+    def head_stride(self) -> int:
+        """Where the dynamic head runs: the mask branch's stride, or finer when masks are asked for at 1/2."""
+        return self.cfg.mask_stride if self.cfg.mask_stride < MASK_STRIDE else self.strides[0]
+
     def mask_size(self, mask_input: Tensor) -> tuple[int, int]:
-        up = self.strides[0] // MASK_STRIDE
+        up = self.strides[0] // self.cfg.mask_stride
         return (mask_input.shape[-2] * up, mask_input.shape[-1] * up)
 
     def mask_probs(

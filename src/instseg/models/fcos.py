@@ -111,6 +111,15 @@ def ltrb_to_boxes(locations: Tensor, ltrb: Tensor) -> Tensor:
     return torch.cat([locations - ltrb[..., :2], locations + ltrb[..., 2:]], -1)
 
 
+def ltrb_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of box pairs given as distances from one shared point to their sides, ``[N, 4]`` each."""
+    lo = torch.minimum(a, b)
+    inter = (lo[:, 0] + lo[:, 2]) * (lo[:, 1] + lo[:, 3])
+    area_a = (a[:, 0] + a[:, 2]) * (a[:, 1] + a[:, 3])
+    area_b = (b[:, 0] + b[:, 2]) * (b[:, 1] + b[:, 3])
+    return inter / (area_a + area_b - inter).clamp(min=1e-6)
+
+
 def fcos_losses(
     head: dict[str, Tensor],
     targets: list[PointTargets],
@@ -118,11 +127,15 @@ def fcos_losses(
     locations: Tensor,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    quality: str = "centerness",
 ) -> dict[str, Tensor]:
     """Focal classification over all locations, GIoU and centre-ness BCE over positives.
 
     The box loss is weighted by the centre-ness targets (as in FCOS), so the
-    boxes that inference ranks highest are the ones trained hardest.
+    boxes that inference ranks highest are the ones trained hardest. With
+    ``quality="iou"`` the centre-ness branch learns the IoU of the box its
+    location predicts instead (IoU-aware ranking, Wu et al. 2020): geometry
+    says where a good box should come from, the IoU says whether it did.
     """
     num_classes = head["cls"].shape[-1]
     cls_t = torch.stack(
@@ -145,7 +158,8 @@ def fcos_losses(
         ltrb_to_boxes(loc, head["ltrb"][pos]), ltrb_to_boxes(loc, ltrb_t), reduction="none"
     )
     loss_box = (giou * ctr_t).sum() / ctr_t.sum().clamp(min=1e-6)
-    loss_ctr = F.binary_cross_entropy_with_logits(head["ctr"][pos], ctr_t, reduction="sum") / num_pos
+    quality_t = ltrb_iou(head["ltrb"][pos].detach(), ltrb_t) if quality == "iou" else ctr_t
+    loss_ctr = F.binary_cross_entropy_with_logits(head["ctr"][pos], quality_t, reduction="sum") / num_pos
     return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_ctr": loss_ctr}
 
 
@@ -198,10 +212,11 @@ def assemble_detections(
     crop_to_boxes: bool = False,
     rescore: bool = False,
     chunk: int = 64,
+    stride: int = MASK_STRIDE,
 ) -> dict[str, Tensor]:
     """The output dict of one image.
 
-    Masks come from ``mask_probs(detection indices)`` (1/4-resolution
+    Masks come from ``mask_probs(detection indices)`` (1/``stride``
     probabilities on the padded batch), a chunk at a time to bound memory, and
     are taken to the input resolution, where ``crop_to_boxes`` cuts them to
     their boxes; boxes are clipped and rescaled; empty masks are dropped.
@@ -215,7 +230,7 @@ def assemble_detections(
     masks, maskness = [], []
     for idx in torch.arange(len(boxes), device=boxes.device).split(chunk):
         probs = mask_probs(idx)
-        m = masks_at_input(probs, resized, original, threshold, MASK_STRIDE)
+        m = masks_at_input(probs, resized, original, threshold, stride)
         masks.append(m & box_masks(boxes[idx], original, 1).to(m.device) if crop_to_boxes else m)
         if rescore:
             hard = probs > threshold

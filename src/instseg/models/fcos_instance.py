@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from instseg.matching import PointTargets
 from instseg.models.backbones import BackboneName, build_fpn_backbone
 from instseg.models.fcos import (
+    MASK_STRIDE,
     FCOSHead,
     assemble_detections,
     assign_targets,
@@ -49,6 +50,9 @@ class FCOSConfig:
     head_convs: int = 4
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # what the centre-ness branch learns and inference ranks by: FCOS's geometric centre-ness,
+    # or the IoU of the location's own predicted box with its object's (IoU-aware ranking)
+    quality: Literal["centerness", "iou"] = "centerness"
     max_masks_per_image: int = 256  # positive locations given a mask loss, sampled beyond this
     score_threshold: float = 0.05
     pre_nms_top: int = 1000  # per level
@@ -78,6 +82,7 @@ class FCOSInstanceModel(nn.Module):
     """The detection contract: ``model(images, targets)`` -> losses; ``model(images)`` -> results."""
 
     crop_to_boxes = False  # cut masks to their detection's box at the input resolution
+    mask_stride = MASK_STRIDE  # the stride of ``mask_probs``
 
     def __init__(self, cfg: FCOSConfig, num_classes: int, mask_outputs: int) -> None:
         super().__init__()
@@ -127,7 +132,7 @@ class FCOSInstanceModel(nn.Module):
         levels: Tensor,
         boxes: Tensor,
     ) -> Tensor:
-        """1/4-resolution mask probabilities ``[N, h, w]`` of N detections of one image."""
+        """Mask probabilities ``[N, h, w]`` at ``mask_stride`` of N detections of one image."""
         raise NotImplementedError
 
     def sample_positives(self, assigned: PointTargets) -> Tensor:
@@ -153,7 +158,9 @@ class FCOSInstanceModel(nn.Module):
             radius = cfg.center_radius
             assigned = assign_targets(targets, locations, level_of, self.strides, self.ranges, radius)
             labels = [t["labels"] for t in targets]
-            losses = fcos_losses(head, assigned, labels, locations, cfg.focal_alpha, cfg.focal_gamma)
+            losses = fcos_losses(
+                head, assigned, labels, locations, cfg.focal_alpha, cfg.focal_gamma, cfg.quality
+            )
             mask = self.mask_loss(head, mask_input, features, targets, assigned, locations, level_of)
             return {**losses, **mask}
         return [
@@ -208,4 +215,5 @@ class FCOSInstanceModel(nn.Module):
             cfg.mask_threshold,
             self.crop_to_boxes,
             cfg.mask_rescore,
+            stride=self.mask_stride,
         )
