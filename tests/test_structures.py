@@ -6,7 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from instseg.structures import Category, Instances, encode_masks, masks_to_boxes, paste_masks, upsample_masks
+from instseg.structures import (
+    Category,
+    Instances,
+    class_maps,
+    encode_masks,
+    masks_to_boxes,
+    paste_masks,
+    upsample_masks,
+)
 
 
 @pytest.mark.parametrize("resolution", [14, 28])
@@ -102,3 +110,21 @@ def test_upsample_masks_equals_full_interpolation():
             0
         ]
         assert torch.equal(upsample_masks(probs, scale, size), full > 0.5)
+
+
+def test_class_maps_cover_the_union_of_each_class_at_the_stride():
+    masks = torch.zeros((3, 8, 8), dtype=torch.bool)
+    masks[0, :4, :2] = True  # two halves of the top-left 4x4 cell, from two touching objects
+    masks[1, :4, 2:4] = True
+    masks[2, 4:, 4:6] = True  # half of the bottom-right cell, class 2
+    targets = [
+        {"masks": masks, "labels": torch.tensor([1, 1, 2])},
+        {"masks": masks[:0], "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    maps = class_maps(targets, num_classes=3, stride=4, size=(3, 2))  # padded past the image
+    assert maps.shape == (2, 3, 3, 2)
+    expected = torch.zeros((3, 3, 2))
+    expected[0, 0, 0] = 1.0  # the union covers the cell, although neither object covers more than half
+    expected[1, 1, 1] = 0.5
+    torch.testing.assert_close(maps[0], expected)
+    assert maps[1].sum() == 0

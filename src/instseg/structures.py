@@ -270,3 +270,20 @@ def downsample_masks(masks: Tensor, stride: int, size: tuple[int, int]) -> Tenso
     pad_w = size[1] * stride - m.shape[-1]
     m = F.pad(m, (0, max(pad_w, 0), 0, max(pad_h, 0)))[..., : size[0] * stride, : size[1] * stride]
     return F.avg_pool2d(m, stride)[:, 0]
+
+
+def class_maps(
+    targets: list[dict[str, Tensor]], num_classes: int, stride: int, size: tuple[int, int]
+) -> Tensor:
+    """``[B, K, h, w]`` fraction of each 1/stride cell that each class's masks cover (their union): the
+    targets of the one-stage families' auxiliary semantic losses. The union is taken at full resolution,
+    one map per class present, so the cost does not grow with the number of instances."""
+    device = targets[0]["masks"].device if targets else None
+    maps = torch.zeros((len(targets), num_classes, *size), device=device)
+    for b, t in enumerate(targets):
+        present = torch.unique(t["labels"])
+        if len(present) == 0:
+            continue
+        unions = torch.stack([t["masks"][t["labels"] == k].amax(0) for k in present])
+        maps[b, present - 1] = downsample_masks(unions, stride, size)
+    return maps

@@ -142,3 +142,23 @@ def test_mask_stride_2_trains_and_predicts_finer_masks():
     sum(losses.values()).backward()
     assert model.mask_branch.out.weight.grad.abs().sum() > 0
     assert_output_contract("condinst", {**overrides, "score_threshold": 0.0, "mask_threshold": 0.3})
+
+
+def test_semantic_auxiliary_loss_reaches_the_backbone_and_scores_the_class_union():
+    torch.manual_seed(0)
+    model = build_model("condinst", model_config("condinst", "default", {**SMALL, "semantic_weight": 1.0}), 2)
+    image, target = scene()
+    losses = model.train()([image], [target])
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_semantic"}
+    losses["loss_semantic"].backward()
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
+    masks = torch.zeros((2, 16, 16), dtype=torch.uint8)
+    masks[0, :8, :8] = masks[1, 8:, 8:] = 1
+    small = {"masks": masks, "labels": torch.tensor([1, 2])}
+    union = torch.zeros((1, 2, 4, 4), dtype=torch.bool)
+    union[0, 0, :2, :2] = union[0, 1, 2:, 2:] = True
+    right = torch.where(union, 20.0, -20.0)
+    assert model.semantic_loss(right, [small]).item() < 1e-6
+    assert model.semantic_loss(-right, [small]).item() > 1.0
+    wrong_class = right.flip(1)  # the right cells, the other class
+    assert model.semantic_loss(wrong_class, [small]).item() > 1.0

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.losses import dice_loss
+from instseg.losses import dice_loss, focal_loss_sum
 from instseg.matching import PointTargets, feature_locations
 from instseg.models.conv_tower import conv_tower
 from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
 from instseg.models.fcos import MASK_STRIDE
 from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
-from instseg.structures import downsample_masks
+from instseg.structures import class_maps, downsample_masks
 
 
 @dataclass
@@ -71,6 +71,9 @@ class CondInstConfig(FCOSConfig):
     # upsampled x2, so a 10-pixel object gets 5 mask cells across instead of 2-3
     mask_stride: Literal[2, 4] = 4
     mask_bce_weight: float = 0.0  # optional BCE beside Dice
+    # optional auxiliary semantic segmentation on the finest level: focal loss per class against the
+    # union of its masks (the paper's "w/ sem. loss"), training only
+    semantic_weight: float = 0.0
 
 
 def nuclei_preset() -> CondInstConfig:
@@ -96,6 +99,19 @@ class MaskBranch(nn.Module):
         return self.out(self.tower(x))
 
 
+class SemanticHead(nn.Module):
+    """Two convs and class logits on the finest level: its loss shapes the features the mask branch reads."""
+
+    def __init__(self, cfg: CondInstConfig, num_classes: int, prior: float = 0.01) -> None:
+        super().__init__()
+        self.tower = conv_tower(cfg.fpn_channels, cfg.mask_branch_channels, 2, cfg.norm)
+        self.logits = nn.Conv2d(cfg.mask_branch_channels, num_classes, 1)
+        nn.init.constant_(self.logits.bias, -math.log((1 - prior) / prior))
+
+    def forward(self, finest: Tensor) -> Tensor:
+        return self.logits(self.tower(finest))
+
+
 class CondInst(FCOSInstanceModel):
     """FCOS + a controller output of dynamic mask-head parameters; see ``FCOSInstanceModel``."""
 
@@ -104,6 +120,7 @@ class CondInst(FCOSInstanceModel):
         super().__init__(cfg, num_classes, num_dynamic)
         self.num_dynamic = num_dynamic
         self.mask_branch = MaskBranch(cfg)
+        self.semantic = SemanticHead(cfg, num_classes) if cfg.semantic_weight > 0 else None
         soi = [*cfg.size_bounds, 2 * cfg.size_bounds[-1]]
         self.register_buffer("soi", torch.tensor(soi), persistent=False)
 
@@ -193,12 +210,23 @@ class CondInst(FCOSInstanceModel):
                 if cfg.mask_bce_weight > 0:
                     pixel = F.binary_cross_entropy_with_logits(win.logits, gt, reduction="none")
                     bce.append(pixel.mean((1, 2)))
-        if not dice:
-            return {"loss_mask": head["extra"].sum() * 0.0 + mask_input.sum() * 0.0}
-        loss = cfg.mask_weight * torch.cat(dice).mean()
-        if bce:
-            loss = loss + cfg.mask_bce_weight * torch.cat(bce).mean()
-        return {"loss_mask": loss}
+        if dice:
+            loss = cfg.mask_weight * torch.cat(dice).mean()
+            if bce:
+                loss = loss + cfg.mask_bce_weight * torch.cat(bce).mean()
+        else:
+            loss = head["extra"].sum() * 0.0 + mask_input.sum() * 0.0
+        losses = {"loss_mask": loss}
+        if self.semantic is not None:
+            losses["loss_semantic"] = self.semantic_loss(self.semantic(features[0]), targets)
+        return losses
+
+    def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """Focal loss over every cell, normalised by the cells a class covers (at least half of)."""
+        wanted = class_maps(targets, logits.shape[1], self.strides[0], tuple(logits.shape[-2:])) >= 0.5
+        alpha, gamma = self.cfg.focal_alpha, self.cfg.focal_gamma
+        loss = focal_loss_sum(logits, wanted, alpha, gamma) / max(int(wanted.sum()), 1)
+        return self.cfg.semantic_weight * loss
 
     @property
     def mask_stride(self) -> int:

@@ -28,7 +28,7 @@ from instseg.matching import PointTargets
 from instseg.models.conv_tower import conv_tower
 from instseg.models.fcos import MASK_STRIDE, box_masks
 from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
-from instseg.structures import downsample_masks
+from instseg.structures import class_maps, downsample_masks
 
 
 @dataclass
@@ -156,13 +156,8 @@ class YOLACT(FCOSInstanceModel):
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Per-class BCE against the union of that class's masks, at the finest level (training only)."""
-        stride = self.strides[0]
-        wanted = torch.zeros_like(logits)
-        for b, t in enumerate(targets):
-            small = downsample_masks(t["masks"], stride, tuple(logits.shape[-2:]))
-            index = (t["labels"] - 1)[:, None].expand(-1, small[0].numel())
-            wanted[b].view(len(wanted[b]), -1).scatter_reduce_(0, index, small.flatten(1), "amax")
-        return self.cfg.semantic_weight * F.binary_cross_entropy_with_logits(logits, wanted)
+        wanted = class_maps(targets, logits.shape[1], self.strides[0], tuple(logits.shape[-2:]))
+        return self.cfg.semantic_weight * F.binary_cross_entropy_with_logits(logits, wanted.to(logits))
 
     def mask_probs(
         self, extra: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
