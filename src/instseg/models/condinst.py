@@ -210,16 +210,8 @@ class CondInst(FCOSInstanceModel):
                 if cfg.mask_bce_weight > 0:
                     pixel = F.binary_cross_entropy_with_logits(win.logits, gt, reduction="none")
                     bce.append(pixel.mean((1, 2)))
-        if dice:
-            loss = cfg.mask_weight * torch.cat(dice).mean()
-            if bce:
-                loss = loss + cfg.mask_bce_weight * torch.cat(bce).mean()
-        else:
-            loss = head["extra"].sum() * 0.0 + mask_input.sum() * 0.0
-        losses = {"loss_mask": loss}
-        if self.semantic is not None:
-            losses["loss_semantic"] = self.semantic_loss(self.semantic(features[0]), targets)
-        return losses
+        parts = [(cfg.mask_weight, dice), (cfg.mask_bce_weight, bce)]
+        return self.finish_mask_losses(parts, head, mask_input, features, targets)
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Focal loss over every cell, normalised by the cells a class covers (at least half of)."""

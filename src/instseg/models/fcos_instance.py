@@ -107,6 +107,7 @@ class FCOSInstanceModel(nn.Module):
             extra_outputs=mask_outputs,
         )
         self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
+        self.semantic: nn.Module | None = None  # a family's auxiliary semantic head on the finest level
 
     def mask_input(self, head: dict[str, Tensor], features: list[Tensor]) -> Tensor:
         """The image-wide part of the masks, ``[B, ...]`` (may also transform ``head["extra"]``)."""
@@ -123,6 +124,27 @@ class FCOSInstanceModel(nn.Module):
         level_of: Tensor,
     ) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """The auxiliary semantic loss of families that have a ``semantic`` head."""
+        raise NotImplementedError
+
+    def finish_mask_losses(
+        self,
+        parts: list[tuple[float, list[Tensor]]],
+        head: dict[str, Tensor],
+        mask_input: Tensor,
+        features: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """``loss_mask``: the weighted means of the per-instance terms (a zero that keeps the graph when no
+        image had positives); plus ``loss_semantic`` when the family has a semantic head."""
+        terms = [weight * torch.cat(values).mean() for weight, values in parts if values]
+        zero = head["extra"].sum() * 0.0 + mask_input.sum() * 0.0
+        losses = {"loss_mask": sum(terms, zero)}
+        if self.semantic is not None:
+            losses["loss_semantic"] = self.semantic_loss(self.semantic(features[0]), targets)
+        return losses
 
     def mask_probs(
         self,

@@ -143,16 +143,8 @@ class YOLACT(FCOSInstanceModel):
             bce.append((pixel * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1))
             if cfg.dice_weight > 0:
                 dice.append(dice_loss(logits.masked_fill(inside == 0, -30.0), gt))
-        if bce:
-            loss = cfg.mask_weight * torch.cat(bce).mean()
-            if dice:
-                loss = loss + cfg.dice_weight * torch.cat(dice).mean()
-        else:
-            loss = head["extra"].sum() * 0.0 + mask_input.sum() * 0.0
-        losses = {"loss_mask": loss}
-        if self.semantic is not None:
-            losses["loss_semantic"] = self.semantic_loss(self.semantic(features[0]), targets)
-        return losses
+        parts = [(cfg.mask_weight, bce), (cfg.dice_weight, dice)]
+        return self.finish_mask_losses(parts, head, mask_input, features, targets)
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Per-class BCE against the union of that class's masks, at the finest level (training only)."""
