@@ -137,11 +137,12 @@ class FCOSInstanceModel(nn.Module):
         features: list[Tensor],
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
-        """``loss_mask``: the weighted means of the per-instance terms (a zero that keeps the graph when no
-        image had positives); plus ``loss_semantic`` when the family has a semantic head."""
+        """``loss_mask``: the weighted means of the per-instance terms; plus ``loss_semantic`` when the
+        family has a semantic head."""
         terms = [weight * torch.cat(values).mean() for weight, values in parts if values]
-        zero = head["extra"].sum() * 0.0 + mask_input.sum() * 0.0
-        losses = {"loss_mask": sum(terms, zero)}
+        if not terms:  # no positives in the batch: a zero that keeps the graph
+            terms = [head["extra"].sum() * 0.0 + mask_input.sum() * 0.0]
+        losses = {"loss_mask": torch.stack(terms).sum()}
         if self.semantic is not None:
             losses["loss_semantic"] = self.semantic_loss(self.semantic(features[0]), targets)
         return losses
