@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from instseg.models.build import build_model, model_config
 from instseg.models.conv_tower import LevelNorms
 from instseg.models.nms import fast_nms, matrix_nms
+from instseg.models.solov2_cells import cell_windows, relative_position_logits
 from instseg.models.solov2_targets import assign_level
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene
 
@@ -91,9 +92,60 @@ def test_overfits_one_image():
     assert_overfits_scene("solov2", SMALL)
 
 
-def test_cell_windows_follow_each_cells_level_and_position():
-    from instseg.models.solov2_targets import cell_windows
+def test_overfits_one_image_with_relative_coordinates():
+    assert_overfits_scene("solov2", {**SMALL, "coordinates": "relative"})
 
+
+def test_relative_prior_is_one_quadratic_around_every_cell_and_bounded():
+    grids = [(8, 8), (4, 4)]  # on a 64x64 input: 8-px cells, then 16-px cells; mask map 16x16 at stride 4
+    cells = torch.tensor([8 * 2 + 2, 8 * 4 + 5, 64 + 4 + 1])  # level 0 (2,2) and (4,5); level 1 (1,1)
+    bowl = torch.tensor([[0.0, 0.0, -1.0, -1.0, 0.0]]).repeat(3, 1)  # -(dx^2 + dy^2)
+    prior = relative_position_logits(bowl, cells, grids, (16, 16), scales=[8.0, 16.0], reach=1.5)
+    # a level-0 cell centre (20 px) sits on a mask-pixel corner: the four pixels around it are the peak
+    assert set(map(tuple, torch.nonzero(prior[0] == prior[0].max()).tolist())) == {
+        (4, 4),
+        (4, 5),
+        (5, 4),
+        (5, 5),
+    }
+    # the second cell's map is the first's, moved by its offset (2, 3 cells = 16, 24 px = 4, 6 map pixels)
+    assert torch.allclose(prior[1][8:14, 10:16], prior[0][4:10, 4:10])
+    # clamped at reach: far pixels all take the same bounded value, -(1.5^2 + 1.5^2)
+    assert torch.isclose(prior[0].min(), torch.tensor(-4.5)) and prior[0][15, 15] == -4.5
+    # pixel (5, 9) is at (22, 38) px: from the level-1 cell at (24, 24) in 16-px units, (-0.125, 0.875);
+    # from the level-0 cell at (20, 20) in 8-px units, (0.25, 2.25), clamped to (0.25, 1.5)
+    assert torch.isclose(prior[2][5, 9], torch.tensor(-(0.125**2 + 0.875**2)))
+    assert torch.isclose(prior[0][5, 9], torch.tensor(-(0.25**2 + 1.5**2)))
+    # the linear and cross terms move and tilt the envelope: weight on dx shifts its peak
+    shifted = relative_position_logits(
+        torch.tensor([[0.5, 0.0, -1.0, -1.0, 0.0]]), cells[:1], grids, (16, 16), [8.0, 16.0], 4.0
+    )
+    assert shifted[0, 4].argmax() > prior[0, 4].argmax()
+
+
+def test_relative_coordinates_drop_every_image_coordinate_channel():
+    image = build_model("solov2", model_config("solov2", "default", SMALL), 2)
+    relative = build_model(
+        "solov2", model_config("solov2", "default", {**SMALL, "coordinates": "relative"}), 2
+    )
+    convs = [m for m in relative.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert image.head.kernel_convs[0].in_channels == 32 + 2
+    assert relative.head.kernel_convs[0].in_channels == 32
+    assert relative.head.kernel_out.out_channels == 32 + 5
+    assert not any(m.in_channels == 32 + 2 for m in convs)  # nor in the mask features' P5
+    # the prior enters the logits: with zero features, a kernel's dx^2 weight alone shapes its mask
+    kernels = torch.zeros(1, 32 + 5)
+    kernels[0, 32 + 2] = -1.0
+    grids = [(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)]  # a 32x32 input, 8x8 mask map
+    logits = relative.mask_logits(kernels, torch.tensor([3]), grids, torch.zeros(32, 8, 8))[0]
+    assert (logits[:, 0].std() == 0) and (logits[0].std() > 0)  # varies along x only
+    assert set(torch.nonzero(logits[0] == logits[0].max()).flatten().tolist()) == {
+        6,
+        7,
+    }  # cell (0, 3): x 28 px
+
+
+def test_cell_windows_follow_each_cells_level_and_position():
     grids = [(4, 4), (2, 2)]  # on a 32x32 input: 8-px cells, then 16-px cells
     cells = torch.tensor([0, 5, 16 + 3])  # level 0 (0,0); level 0 (1,1); level 1 (1,1)
     rows, cols = cell_windows(cells, grids, (8, 8), radii=[6.0, 10.0], stride=4)

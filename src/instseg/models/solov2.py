@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_layer
 from instseg.models.conv_tower import conv_tower
 from instseg.models.nms import matrix_nms
-from instseg.models.solov2_targets import SOLOv2Criterion, cell_windows
+from instseg.models.solov2_cells import POSITION_TERMS, cell_windows, relative_position_logits
+from instseg.models.solov2_targets import SOLOv2Criterion
 from instseg.models.transform import ResizeNormalize
 from instseg.structures import detections_from_masks
 
@@ -59,6 +60,13 @@ class SOLOv2Config:
     detections_per_image: int = 100
     # Masks only within (window x the level's largest object size + one cell) of their cell; 0: off (SOLOv2).
     mask_window: float = 0.0
+    # How masks know where their instance is. "image": CoordConv x, y normalised to [-1, 1] over the
+    # input (SOLOv2), so the same distance in pixels reads smaller on a larger image. "relative": no
+    # absolute coordinates; each kernel also predicts a quadratic in the offset from its cell, in units
+    # of position_scale cells clamped to position_reach, added to its mask logits: the same on any size.
+    coordinates: Literal["image", "relative"] = "image"
+    position_scale: float = 2.0
+    position_reach: float = 4.0
 
 
 def light_preset() -> SOLOv2Config:
@@ -104,15 +112,20 @@ def coord_channels(x: Tensor) -> Tensor:
 
 
 class GridHead(nn.Module):
-    """Category and kernel branches, shared across levels; the kernel branch sees coordinates."""
+    """Category and kernel branches, shared across levels. The kernel branch sees image coordinates
+    (``coordinates="image"``), or predicts its cell's position-prior weights too ("relative")."""
 
     def __init__(self, cfg: SOLOv2Config, num_classes: int) -> None:
         super().__init__()
         c = cfg.head_channels
         levels = len(cfg.grid_cells)
-        self.kernel_convs = conv_tower(cfg.fpn_channels + 2, c, cfg.head_convs, cfg.norm, levels)
+        self.coords = cfg.coordinates == "image"
+        extra = 0 if self.coords else POSITION_TERMS
+        self.kernel_convs = conv_tower(
+            cfg.fpn_channels + 2 * self.coords, c, cfg.head_convs, cfg.norm, levels
+        )
         self.cate_convs = conv_tower(cfg.fpn_channels, c, cfg.head_convs, cfg.norm, levels)
-        self.kernel_out = nn.Conv2d(c, cfg.kernel_dim, 3, padding=1)
+        self.kernel_out = nn.Conv2d(c, cfg.kernel_dim + extra, 3, padding=1)
         self.cate_out = nn.Conv2d(c, num_classes, 3, padding=1)
         nn.init.normal_(self.kernel_out.weight, std=0.01)
         nn.init.zeros_(self.kernel_out.bias)
@@ -120,23 +133,26 @@ class GridHead(nn.Module):
         nn.init.constant_(self.cate_out.bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
 
     def forward(self, feature: Tensor, grid: tuple[int, int], level: int) -> tuple[Tensor, Tensor]:
-        x = torch.cat([feature, coord_channels(feature)], 1)
-        x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+        if self.coords:
+            feature = torch.cat([feature, coord_channels(feature)], 1)
+        x = F.interpolate(feature, size=grid, mode="bilinear", align_corners=False)
         kernels = self.kernel_out(self.kernel_convs(x, level))
-        cate = self.cate_out(self.cate_convs(x[:, :-2], level))
+        cate = self.cate_out(self.cate_convs(x[:, : x.shape[1] - 2 * self.coords], level))
         return cate, kernels
 
 
 class MaskFeatures(nn.Module):
-    """P2..P5 brought to 1/4 resolution and summed (P5 with coordinates), then projected to E channels."""
+    """P2..P5 brought to 1/4 resolution and summed (P5 with image coordinates, if used), then
+    projected to E channels."""
 
     def __init__(self, cfg: SOLOv2Config) -> None:
         super().__init__()
         c = cfg.mask_channels
+        self.coords = cfg.coordinates == "image"
         self.levels = nn.ModuleList()
         for level in range(4):
             blocks: list[nn.Module] = []
-            cin = cfg.fpn_channels + (2 if level == 3 else 0)
+            cin = cfg.fpn_channels + (2 if level == 3 and self.coords else 0)
             for k in range(max(level, 1)):
                 blocks.append(conv_tower(cin if k == 0 else c, c, 1, cfg.norm))
                 if level > 0:
@@ -152,7 +168,7 @@ class MaskFeatures(nn.Module):
         out = self.levels[0](features[0])
         for level in range(1, 4):
             x = features[level]
-            if level == 3:
+            if level == 3 and self.coords:
                 x = torch.cat([x, coord_channels(x)], 1)
             y = self.levels[level](x)
             out = out + y[..., : out.shape[-2], : out.shape[-1]]
@@ -183,7 +199,7 @@ class SOLOv2(nn.Module):
             cfg.focal_alpha,
             cfg.focal_gamma,
             cfg.max_masks_per_image,
-            self.window_radii if cfg.mask_window > 0 else None,
+            self.mask_logits,
         )
 
     @property
@@ -191,6 +207,23 @@ class SOLOv2(nn.Module):
         """Per level: how far (input px) from its cell an object's pixels can lie, given its size range."""
         hi = self.cfg.scale_ranges[1::2]
         return [self.cfg.mask_window * h + c for h, c in zip(hi, self.cfg.grid_cells, strict=True)]
+
+    def mask_logits(
+        self, kernels: Tensor, cells: Tensor, grids: list[tuple[int, int]], mask_feats: Tensor
+    ) -> Tensor:
+        """``[N, h, w]`` mask logits of N cells' kernels ``[N, D]`` on one image's mask features."""
+        cfg = self.cfg
+        e, h, w = mask_feats.shape
+        logits = (kernels[:, :e] @ mask_feats.flatten(1)).view(-1, h, w)
+        if cfg.coordinates == "relative":
+            scales = [cfg.position_scale * c for c in cfg.grid_cells]
+            logits = logits + relative_position_logits(
+                kernels[:, e:], cells, grids, (h, w), scales, cfg.position_reach
+            )
+        if cfg.mask_window > 0:
+            rows_in, cols_in = cell_windows(cells, grids, (h, w), self.window_radii)
+            logits = logits.masked_fill(~rows_in[:, :, None], -30.0).masked_fill(~cols_in[:, None, :], -30.0)
+        return logits
 
     def grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
         return [(max(1, round(padded[0] / c)), max(1, round(padded[1] / c))) for c in self.cfg.grid_cells]
@@ -242,17 +275,13 @@ class SOLOv2(nn.Module):
             torch.cat(kerns),
             torch.cat(min_area).to(mask_feats.device),
         )
-        h, w = mask_feats.shape[-2:]
         grids = [(c.shape[-2], c.shape[-1]) for c in cate]
         cells, labels = torch.nonzero(scores > cfg.score_threshold, as_tuple=True)
         cand = scores[cells, labels]
         if len(cand) > cfg.pre_nms_top:
             top = torch.topk(cand, cfg.pre_nms_top).indices
             cells, labels, cand = cells[top], labels[top], cand[top]
-        soft = (kerns[cells] @ mask_feats.flatten(1)).sigmoid().view(-1, h, w)
-        if cfg.mask_window > 0:
-            rows_in, cols_in = cell_windows(cells, grids, (h, w), self.window_radii)
-            soft.mul_(rows_in[:, :, None]).mul_(cols_in[:, None, :])
+        soft = self.mask_logits(kerns[cells], cells, grids, mask_feats).sigmoid()
         hard = soft > cfg.mask_threshold
         area = hard.flatten(1).sum(1).float()
         keep = area > min_area[cells]

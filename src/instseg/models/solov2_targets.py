@@ -10,6 +10,7 @@ claimant, which trains one kernel towards two masks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -61,31 +62,6 @@ def assign_level(
     return LevelTargets(cls, owner)
 
 
-def cell_windows(
-    cells: Tensor, grids: list[tuple[int, int]], size: tuple[int, int], radii: list[float], stride: int = 4
-) -> tuple[Tensor, Tensor]:
-    """Rows ``[N, h]`` and columns ``[N, w]`` of the ``size`` map inside each cell's window.
-
-    ``cells`` index the cells of all levels flattened in order. The window is
-    their outer product; it is returned as two vectors so that it can be
-    applied by broadcasting without building ``[N, h, w]``.
-    """
-    h, w = size
-    starts = torch.tensor([0] + [gh * gw for gh, gw in grids]).cumsum(0)
-    level = torch.bucketize(cells.cpu(), starts[1:], right=True)
-    local = cells.cpu() - starts[level]
-    gh = torch.tensor([g[0] for g in grids])[level]
-    gw = torch.tensor([g[1] for g in grids])[level]
-    cy = ((local // gw).float() + 0.5) * (h * stride / gh)
-    cx = ((local % gw).float() + 0.5) * (w * stride / gw)
-    r = torch.tensor(radii)[level]
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * stride
-    rows = (ys[None, :] - cy[:, None]).abs() <= r[:, None]
-    cols = (xs[None, :] - cx[:, None]).abs() <= r[:, None]
-    return rows.to(cells.device), cols.to(cells.device)
-
-
 class SOLOv2Criterion:
     """Raw head outputs + targets -> ``loss_cate`` (focal) and ``loss_mask`` (Dice)."""
 
@@ -98,9 +74,11 @@ class SOLOv2Criterion:
         focal_alpha: float,
         focal_gamma: float,
         max_masks_per_image: int,
-        window_radii: list[float] | None = None,
+        mask_logits: Callable[[Tensor, Tensor, list[tuple[int, int]], Tensor], Tensor],
         mask_stride: int = 4,
     ) -> None:
+        """``mask_logits(kernels [N, D], cells [N], grids, mask_feats [E, h, w])`` -> ``[N, h, w]``: the
+        model's own, so training and inference make masks the same way."""
         self.num_classes = num_classes
         self.sigma = sigma
         self.scale_ranges = scale_ranges
@@ -108,20 +86,20 @@ class SOLOv2Criterion:
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.max_masks = max_masks_per_image
-        self.window_radii = window_radii
+        self.mask_logits = mask_logits
         self.mask_stride = mask_stride
 
     def __call__(
         self,
         cate_logits: list[Tensor],  # per level [B, K, S_h, S_w]
-        kernels: list[Tensor],  # per level [B, E, S_h, S_w]
+        kernels: list[Tensor],  # per level [B, D, S_h, S_w]: a kernel (E) and any position weights
         mask_feats: Tensor,  # [B, E, h, w] at 1/mask_stride of the padded batch
         targets: list[dict[str, Tensor]],
         padded_size: tuple[int, int],
     ) -> dict[str, Tensor]:
         device = mask_feats.device
         cate_preds, cate_targets = [], []
-        mask_logits, mask_targets = [], []
+        pred_masks, mask_targets = [], []
         h, w = mask_feats.shape[-2:]
         for b, t in enumerate(targets):
             masks = t["masks"]
@@ -146,22 +124,17 @@ class SOLOv2Criterion:
                 keep = torch.randperm(len(owner), device=device)[: self.max_masks]
                 rows, owner, cell = rows[keep], owner[keep], cell[keep]
             if len(owner):
-                logits = (rows @ mask_feats[b].flatten(1)).view(-1, h, w)
-                if self.window_radii is not None:
-                    grids = [(c.shape[-2], c.shape[-1]) for c in cate_logits]
-                    rows_in, cols_in = cell_windows(cell, grids, (h, w), self.window_radii, self.mask_stride)
-                    logits = logits.masked_fill(~rows_in[:, :, None], -30.0).masked_fill(
-                        ~cols_in[:, None, :], -30.0
-                    )
-                mask_logits.append(logits)
+                grids = [(c.shape[-2], c.shape[-1]) for c in cate_logits]
+                logits = self.mask_logits(rows, cell, grids, mask_feats[b])
+                pred_masks.append(logits)
                 mask_targets.append(small[owner])
         labels = torch.cat(cate_targets)
         onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
         num_pos = int((labels > 0).sum())
         loss_cate = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma)
         loss_cate = loss_cate / (num_pos + 1)
-        if mask_logits:
-            loss_mask = dice_loss(torch.cat(mask_logits), torch.cat(mask_targets)).mean() * self.dice_weight
+        if pred_masks:
+            loss_mask = dice_loss(torch.cat(pred_masks), torch.cat(mask_targets)).mean() * self.dice_weight
         else:
             loss_mask = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
         return {"loss_cate": loss_cate, "loss_mask": loss_mask}
