@@ -37,7 +37,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = instseg.load(args.checkpoint, device="cpu").model.eval()
+    predictor = instseg.load(args.checkpoint, device="cpu")
+    model = predictor.inference  # what predict runs: BatchNorm folded, channels-last
     index = CocoIndex(resolve_source(args.data, "val"))
     images = []
     for info in index.images[: args.images]:
@@ -72,7 +73,7 @@ def main() -> int:
         "checkpoint": args.checkpoint,
         "size": args.size,
         "threads": args.threads,
-        "params_M": count_parameters(model) / 1e6,
+        "params_M": count_parameters(predictor.model) / 1e6,
         "GFLOPs": counter.get_total_flops() / 1e9,
         "total_ms": total,
         "postprocess_ms": post,

@@ -5,7 +5,9 @@ Each model is built for 80 classes with its input resized to exactly SIZE x SIZE
 (smooth noise). Untrained weights give arbitrary detections, so the forward
 pass (backbone + heads) and the postprocessing are timed apart: the forward
 time is what a trained model costs too; the postprocessing time depends on
-how many candidates pass the score threshold.
+how many candidates pass the score threshold. What is timed is the copy that
+``Predictor.predict`` runs (``models/fusion.py``: BatchNorm folded into its
+convolution, channels-last memory); ``--plain`` adds the model as built.
 
     python benchmarks/latency.py --sizes 512 640 --runs 20
 
@@ -36,8 +38,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from instseg.models.build import FAMILIES, build_model, count_parameters, model_config
+from instseg.models.fusion import inference_model
 
 # (family, preset): the rows; every family registered in models/build.py gets its default preset.
 EXTRA_ROWS = [
@@ -67,15 +71,23 @@ def _timed(fn, runs: int, warmup: int) -> float:
     return statistics.median(times) * 1000
 
 
-def measure(name: str, preset: str, size: int, runs: int, warmup: int) -> dict[str, float]:
-    cfg = model_config(name, preset, {"min_size": size, "max_size": size, "scale": None})
-    model = build_model(name, cfg, 80).eval()
+def measure(name: str, preset: str, size: int, runs: int, warmup: int, plain: bool) -> dict[str, float]:
+    """Times the copy ``predict`` runs (BatchNorm folded, channels-last); ``plain``: also the model
+    as built."""
+    base, _, fields = preset.partition("+")  # "preset+field=value,field=value": the preset, changed
+    changed = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in fields.split(",") if f)}
+    cfg = model_config(name, base, {**changed, "min_size": size, "max_size": size, "scale": None})
+    built = build_model(name, cfg, 80).eval()
+    model = inference_model(built)
     image = _image(size)
     with torch.inference_mode():
         total = _timed(lambda: model([image]), runs, warmup)
         batch, _ = model.transform([image])
         forward = _timed(lambda: model.backbone(batch.tensors), runs, warmup)
-    return {"total_ms": total, "backbone_fpn_ms": forward, "params_M": count_parameters(model) / 1e6}
+        row = {"total_ms": total, "backbone_fpn_ms": forward, "params_M": count_parameters(built) / 1e6}
+        if plain:
+            row["plain_total_ms"] = _timed(lambda: built([image]), runs, warmup)
+    return row
 
 
 def peer_rows(python: Path, sizes: list[int], runs: int, warmup: int, threads: int) -> list[dict]:
@@ -103,7 +115,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
-    parser.add_argument("--only", nargs="*", default=None, help="instseg rows to time, as family:preset")
+    parser.add_argument("--only", nargs="*", default=None, help="family:preset[+field=value,...]")
+    parser.add_argument("--plain", action="store_true", help="also time models as built (NCHW, BN)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [(name, "default") for name in FAMILIES] + EXTRA_ROWS
@@ -113,16 +126,18 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} threads, batch 1, median of {args.runs} after {args.warmup} warm-up runs"
     )
-    print("| model | input | params (M) | backbone+FPN ms | end-to-end ms (untrained) |")
-    print("|---|---|---|---|---|")
+    plain = " as built ms |" if args.plain else ""
+    print(f"| model | input | params (M) | backbone+FPN ms | end-to-end ms (untrained) |{plain}")
+    print("|---|---|---|---|---|" + ("---|" if args.plain else ""))
     ours = {}
     for size in args.sizes:
         for name, preset in rows:
-            r = measure(name, preset, size, args.runs, args.warmup)
+            r = measure(name, preset, size, args.runs, args.warmup, args.plain)
             ours[(name, preset, size)] = r
+            extra = f" {r['plain_total_ms']:.0f} |" if args.plain else ""
             print(
                 f"| {name} `{preset}` | {size} | {r['params_M']:.1f} | {r['backbone_fpn_ms']:.0f} "
-                f"| {r['total_ms']:.0f} |",
+                f"| {r['total_ms']:.0f} |{extra}",
                 flush=True,
             )
     if not args.peer_python.exists():
