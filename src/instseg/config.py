@@ -41,8 +41,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.02
     clip_grad: float | None = 10.0
     ema: bool = False
+    precise_bn_batches: int = 200  # BatchNorm statistics averaged over this many batches at the end; 0: off
     ema_decay: float = 0.999
     amp: bool = False  # autocast on CUDA
+    channels_last: bool = False  # NHWC weights and activations: faster for BatchNorm/MobileNet models on CPU
     device: str = "auto"
     threads: int | None = None  # torch CPU threads
     workers: int = 2

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from instseg.data.transforms import TrainTransform
 from instseg.engine import checkpoint as ckpt
 from instseg.engine.ema import build_ema
 from instseg.engine.evaluation import evaluate_model
+from instseg.engine.precise_bn import recompute_batch_norm_statistics
 from instseg.engine.schedule import lr_factor
 from instseg.errors import DataError, TrainingDiverged
 from instseg.eval.coco import format_table
@@ -55,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _datasets(cfg: TrainConfig) -> tuple[CocoIndex, CocoIndex | None]:
+def training_indexes(cfg: TrainConfig) -> tuple[CocoIndex, CocoIndex | None]:
     if not cfg.data:
         raise DataError("no training data given (--data)")
     train = CocoIndex(resolve_source(cfg.data, "train", cfg.images))
@@ -91,6 +93,12 @@ def _loader(dataset: CocoTrainDataset, cfg: TrainConfig, start_step: int) -> Dat
     )
 
 
+def training_batches(index: CocoIndex, cfg: TrainConfig, start_step: int = 0) -> Iterator[Any]:
+    """The seeded stream of augmented training batches that step ``start_step`` onwards would see."""
+    transform = TrainTransform(cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter)
+    return iter(_loader(CocoTrainDataset(index, transform), cfg, start_step))
+
+
 def _single_thread(_: int) -> None:
     torch.set_num_threads(1)  # workers share the cores with the training process
 
@@ -104,7 +112,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_index, val_index = _datasets(cfg)
+    train_index, val_index = training_indexes(cfg)
     categories = train_index.categories
     if val_index is not None and {c.id for c in val_index.categories} != {c.id for c in categories}:
         raise DataError(f"{val_index.source.annotations}: categories differ from the training set's")
@@ -112,6 +120,8 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, model_cfg, len(categories)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)
     ema = build_ema(model, cfg.ema_decay) if cfg.ema else None
     meta = {
@@ -133,10 +143,7 @@ def train(
         torch.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", resume, step)
 
-    dataset = CocoTrainDataset(
-        train_index, TrainTransform(cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter)
-    )
-    batches = iter(_loader(dataset, cfg, step))
+    batches = training_batches(train_index, cfg, step)
     log_file = out / "metrics.jsonl"
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
@@ -256,6 +263,9 @@ def train(
                     log.info("step %d\n%s", step, format_table(metrics))
                 started = time.perf_counter() - elapsed  # evaluation time is not training time
         bar.close()
+        finished = ema.module if ema is not None else model
+        if recompute_batch_norm_statistics(finished, batches, cfg.precise_bn_batches, device, progress):
+            log.info("BatchNorm statistics averaged over %d training batches", cfg.precise_bn_batches)
         metrics, seconds_per_image = evaluate()
         if metrics:
             jsonl.write(json.dumps({"step": step, "time": round(elapsed, 2), "eval": metrics}) + "\n")
