@@ -39,6 +39,24 @@ def test_groupnorm_head_is_shared_and_keeps_its_parameter_names():
     assert {"cls_tower.1.weight", "box_tower.4.bias"} <= set(head.state_dict())
 
 
+def test_shared_separable_head_has_one_depthwise_tower_that_feeds_every_output():
+    options = {"extra_outputs": 5, "shared_tower": True, "separable": True}
+    head = FCOSHead(8, 3, (8, 16), channels=8, depth=2, norm="bn", **options)
+    assert head.box_tower is None
+    convs = [m for m in head.cls_tower.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.groups, c.kernel_size) for c in convs] == [(8, (3, 3)), (1, (1, 1))] * 2
+    features = [torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
+    out = head.eval()(features)
+    assert out["cls"].shape == (1, 80, 3) and out["extra"].shape == (1, 80, 5)
+    # box, centre-ness and extra outputs read the class tower: changing it changes them
+    before = {k: v.clone() for k, v in out.items()}
+    with torch.no_grad():
+        convs[-1].weight.mul_(2.0)
+    after = head(features)
+    for key in ("cls", "ltrb", "ctr", "extra"):
+        assert not torch.allclose(after[key], before[key]), key
+
+
 def _assemble(rescore: bool) -> dict[str, torch.Tensor]:
     probs = torch.zeros(2, 8, 8)
     probs[0, 1:4, 1:4] = 0.6  # a hesitant mask

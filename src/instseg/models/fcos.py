@@ -30,6 +30,9 @@ MASK_STRIDE = 4  # the FCOS-based families predict and supervise masks at 1/4 of
 class FCOSHead(nn.Module):
     """Class, box and centre-ness outputs (plus ``extra_outputs`` channels from the box tower), all levels.
 
+    ``shared_tower``: one tower feeds every output, as in YOLACT's head (FCOS
+    has two); ``separable``: depthwise-separable tower convs (``conv_tower``).
+
     Returns per-level tensors flattened to ``[B, L_level, C]`` and concatenated
     over levels: ``cls`` [B, L, K] logits, ``ltrb`` [B, L, 4] in input pixels,
     ``ctr`` [B, L] logits, ``extra`` [B, L, E].
@@ -45,11 +48,15 @@ class FCOSHead(nn.Module):
         norm: str = "gn",
         extra_outputs: int = 0,
         prior: float = 0.01,
+        shared_tower: bool = False,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         self.strides = strides
-        self.cls_tower = conv_tower(in_channels, channels, depth, norm, len(strides))
-        self.box_tower = conv_tower(in_channels, channels, depth, norm, len(strides))
+        self.cls_tower = conv_tower(in_channels, channels, depth, norm, len(strides), separable)
+        self.box_tower = (
+            None if shared_tower else conv_tower(in_channels, channels, depth, norm, len(strides), separable)
+        )
         self.cls_out = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.box_out = nn.Conv2d(channels, 4, 3, padding=1)
         self.ctr_out = nn.Conv2d(channels, 1, 3, padding=1)
@@ -65,7 +72,7 @@ class FCOSHead(nn.Module):
         outs: dict[str, list[Tensor]] = {"cls": [], "ltrb": [], "ctr": [], "extra": []}
         for level, (x, stride) in enumerate(zip(features, self.strides, strict=True)):
             c = self.cls_tower(x, level)
-            b = self.box_tower(x, level)
+            b = c if self.box_tower is None else self.box_tower(x, level)
             outs["cls"].append(self.cls_out(c).flatten(2).transpose(1, 2))
             ltrb = F.relu(self.box_out(b) * self.scales[level]) * stride
             outs["ltrb"].append(ltrb.flatten(2).transpose(1, 2))

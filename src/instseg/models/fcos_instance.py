@@ -48,6 +48,8 @@ class FCOSConfig:
     center_radius: float = 1.5  # centre sampling, in strides
     head_channels: int = 256
     head_convs: int = 4
+    shared_tower: bool = False  # one tower for class, box and masks (YOLACT's head) instead of two
+    separable_head: bool = False  # depthwise-separable tower convs (mobile presets)
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     # what the centre-ness branch learns and inference ranks by: FCOS's geometric centre-ness,
@@ -105,6 +107,8 @@ class FCOSInstanceModel(nn.Module):
             cfg.head_convs,
             cfg.norm,
             extra_outputs=mask_outputs,
+            shared_tower=cfg.shared_tower,
+            separable=cfg.separable_head,
         )
         self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
         self.semantic: nn.Module | None = None  # a family's auxiliary semantic head on the finest level
