@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 import instseg
+from instseg.config import field_values
 from instseg.models.build import count_parameters
 
 # Peers trained from scratch on this 2-core machine, predicted on val at full resolution,
@@ -116,7 +116,7 @@ def main() -> int:
         (out / "benchmark.json").write_text(json.dumps(row, indent=2))
         print(json.dumps(row, indent=2))
         return 0
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = field_values(args.set)
     model_fields = {f for f in instseg.models.build.family(args.model).config.__dataclass_fields__}
     model_options = {k: v for k, v in overrides.items() if k in model_fields}
     train_options = {

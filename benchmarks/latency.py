@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
+from instseg.config import field_values
 from instseg.models.build import FAMILIES, build_model, count_parameters, model_config
 from instseg.models.fusion import inference_model
 
@@ -75,7 +75,7 @@ def measure(name: str, preset: str, size: int, runs: int, warmup: int, plain: bo
     """Times the copy ``predict`` runs (BatchNorm folded, channels-last); ``plain``: also the model
     as built."""
     base, _, fields = preset.partition("+")  # "preset+field=value,field=value": the preset, changed
-    changed = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in fields.split(",") if f)}
+    changed = field_values(f for f in fields.split(",") if f)
     cfg = model_config(name, base, {**changed, "min_size": size, "max_size": size, "scale": None})
     built = build_model(name, cfg, 80).eval()
     model = inference_model(built)

@@ -24,6 +24,7 @@ from instseg.engine.evaluation import evaluate_model
 from instseg.engine.precise_bn import recompute_batch_norm_statistics
 from instseg.engine.trainer import training_batches, training_indexes
 from instseg.eval.report import EvalOptions
+from instseg.models.fusion import inference_model
 
 
 def main() -> int:
@@ -45,7 +46,8 @@ def main() -> int:
             if name == "averaged":
                 batches = training_batches(train_index, cfg)
                 recompute_batch_norm_statistics(model, batches, args.batches, progress=False)
-            ev = evaluate_model(model, val_index, train_index.categories, options=options, progress=False)
+            fast = inference_model(model)
+            ev = evaluate_model(fast, val_index, train_index.categories, options=options, progress=False)
             row[name] = {t: round(ev.metrics[t]["AP"], 4) for t in ("segm", "bbox")}
         print(json.dumps(row), flush=True)
     return 0

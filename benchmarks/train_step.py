@@ -16,13 +16,12 @@ import argparse
 import platform
 import statistics
 import time
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
+from instseg.config import field_values
 from instseg.data.synthetic import class_looks, preset, render_scene
 from instseg.models.build import build_model, model_config
 from instseg.structures import masks_to_boxes
@@ -45,10 +44,6 @@ def synthetic_batch(
     return images, targets
 
 
-def parse_variant(text: str) -> dict[str, Any]:
-    return {k: yaml.safe_load(v) for k, v in (pair.split("=", 1) for pair in text.split())}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family")
@@ -69,7 +64,7 @@ def main() -> None:
     )
     for text, channels_last in variants:
         model = build_model(
-            args.family, model_config(args.family, args.preset, parse_variant(text)), 1
+            args.family, model_config(args.family, args.preset, field_values(text.split())), 1
         ).train()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

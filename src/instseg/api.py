@@ -69,7 +69,7 @@ def evaluate(
     predictor = model if isinstance(model, Predictor) else load(model)
     index = CocoIndex(resolve_source(data, split, images), keep_crowd=True)
     ev = evaluate_model(
-        predictor.model,
+        predictor.inference,
         index,
         predictor.categories,
         predictor.device,

@@ -19,18 +19,6 @@ from instseg.errors import InstsegError
 SET_HELP = "model config fields for inference, e.g. nms_threshold=0.5 mask_rescore=false (YAML values)"
 
 
-def _overrides(pairs: Sequence[str]) -> dict[str, object]:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InstsegError(f"--set {pair!r}: expected FIELD=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instseg", description="Instance segmentation: train, evaluate, predict."
@@ -133,6 +121,7 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from instseg.api import evaluate, evaluate_results, load
+    from instseg.config import field_values
 
     options = {
         "boundary_dilation_ratio": args.boundary_dilation,
@@ -150,7 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
         report = evaluate_results(args.results, args.data, not args.no_boundary, args.out, **options)
     else:
         ev = evaluate(
-            load(args.checkpoint, args.device, **_overrides(args.set)),
+            load(args.checkpoint, args.device, **field_values(args.set)),
             args.data,
             args.split,
             args.images,
@@ -169,12 +158,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from instseg.api import load
+    from instseg.config import field_values
     from instseg.data.datasets import ImageListDataset
     from instseg.data.images import list_images
     from instseg.engine.inference import run_inference
     from instseg.eval.plots import save_overlay
 
-    predictor = load(args.checkpoint, args.device, **_overrides(args.set))
+    predictor = load(args.checkpoint, args.device, **field_values(args.set))
     paths = list_images(args.inputs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
             save_overlay(image, shown, out / "overlays" / f"{paths[image_id].stem}.png")
 
     run = run_inference(
-        predictor.model,
+        predictor.inference,
         ImageListDataset(paths),
         predictor.categories,
         predictor.device,

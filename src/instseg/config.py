@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -130,6 +131,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def field_values(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["nms_threshold=0.5", "mask_rescore=false"]`` -> fields with YAML values (``--set``)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InstsegError(f"{pair!r}: expected FIELD=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def run_demo(
             overlays.append(save_overlay(image, instances, out / "overlays" / f"val_{image_id}.png"))
 
     ev = evaluate_model(
-        predictor.model,
+        predictor.inference,
         val,
         predictor.categories,
         predictor.device,

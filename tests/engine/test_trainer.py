@@ -137,14 +137,22 @@ def test_channels_last_gives_the_same_losses_and_gradients():
     assert float((a - b).abs().max() / a.abs().max()) < 1e-9
 
 
-def test_channels_last_training_saves_a_loadable_checkpoint_with_precise_batch_norm(tiny_coco, tmp_path):
+def test_channels_last_training_saves_a_loadable_checkpoint_with_precise_batch_norm(
+    tiny_coco, tmp_path, monkeypatch
+):
     import instseg
+
+    built = []
+    build = trainer_module.build_model
+    monkeypatch.setattr(trainer_module, "build_model", lambda *a: built.append(build(*a)) or built[-1])
 
     small = {"min_size": 64, "max_size": 64, "size_bounds": [16, 32, 64, 128]}
     mcfg = model_config("yolact", "realtime", small)
     opts = {"steps": 3, "checkpoint_every": 3, "val_data": None, "precise_bn_batches": 2}
     cfg = _cfg(tiny_coco, tmp_path / "nhwc", channels_last=True, **opts)
     result = trainer_module.train(cfg, "yolact", mcfg, progress=False)
+    convs = [m for m in built[0].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs), "trained NHWC"
     weights = ckpt.load_weights(result.checkpoint)  # written contiguous, as safetensors requires
     # the BatchNorm statistics were recomputed over 2 batches once training ended
     assert {int(v) for k, v in weights.items() if k.endswith("num_batches_tracked")} == {2}

@@ -8,35 +8,38 @@ from torch import nn
 
 from instseg.models.backbones import build_fpn_backbone
 from instseg.models.conv_tower import LevelNorms, PerLevel, conv_tower
-from instseg.models.fusion import fold_batch_norms, inference_model
+from instseg.models.fusion import NORMS, fold_batch_norms, inference_model
 
 
 def _trained_statistics(model: nn.Module) -> nn.Module:
     """Running statistics and affine parameters far from their initial values, as after training."""
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        if isinstance(m, NORMS):
+            n = m.running_mean.numel()
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
     return model.eval()
 
 
-@pytest.mark.parametrize("trunk", ["resnet18", "mobilenet_v3_small"])
-def test_folded_channels_last_backbone_matches_and_keeps_no_batch_norm(trunk):
-    backbone = _trained_statistics(build_fpn_backbone(trunk, norm="bn", fpn_channels=16))
+@pytest.mark.parametrize(
+    ("trunk", "norm"), [("resnet18", "bn"), ("resnet50", "frozen_bn"), ("mobilenet_v3_small", "bn")]
+)
+def test_folded_channels_last_backbone_matches_and_keeps_no_batch_norm(trunk, norm):
+    backbone = _trained_statistics(build_fpn_backbone(trunk, norm=norm, fpn_channels=16))
     fast = inference_model(backbone, channels_last=True)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()), "the original was changed"
+    assert not any(isinstance(m, NORMS) for m in fast.modules())
+    assert any(isinstance(m, NORMS) for m in backbone.modules()), "the original was changed"
     convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
         want, got = backbone(x), fast(x)
     assert want.keys() == got.keys()
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-4, msg=k)
+    for k in want:  # float32 rounding, relative to the map's scale (ResNet-50's reach ~150)
+        assert float((got[k] - want[k]).abs().max() / want[k].abs().max()) < 1e-5, k
 
 
 def test_a_tower_shared_by_levels_folds_into_one_convolution_per_level():

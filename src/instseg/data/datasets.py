@@ -106,3 +106,11 @@ class SeededEpochSampler(Sampler):
 def collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+def batch_to(
+    images: list[Tensor], targets: list[dict[str, Tensor]], device: torch.device | str
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """A training batch on ``device``."""
+    images = [im.to(device, non_blocking=True) for im in images]
+    return images, [{k: v.to(device) for k, v in t.items()} for t in targets]

@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from instseg.data.datasets import ImageListDataset, collate
-from instseg.models.fusion import inference_model
 from instseg.structures import Category, Instances, encode_masks, results_to_coco
 
 ImageCallback = Callable[[int, torch.Tensor, Instances], None]
@@ -44,32 +43,37 @@ def run_inference(
 ) -> InferenceRun:
     """COCO results (RLE masks) for every image; ``on_image`` sees each image's full Instances.
 
-    Runs a BatchNorm-folded, channels-last (on CPU) copy (``models/fusion.py``); ``model`` is untouched.
+    ``model`` runs as given; pass ``Predictor.inference`` (or ``models.fusion.inference_model``'s
+    copy) for BatchNorm folded and channels-last memory.
     """
     device = torch.device(device)
-    model = inference_model(model)
+    was_training = model.training
+    model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     run = InferenceRun()
-    for images, image_ids in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        batch = [im.to(device) for im in images]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        outputs = model(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        run.model_seconds += time.perf_counter() - start
-        run.images += len(batch)
-        for image, image_id, out in zip(images, image_ids, outputs, strict=True):
-            out = {k: v.cpu() for k, v in out.items()}
-            run.results += results_to_coco(
-                image_id,
-                out["boxes"],
-                out["labels"],
-                out["scores"],
-                encode_masks(out["masks"]),
-                categories,
-            )
-            if on_image is not None:
-                on_image(image_id, image, Instances.from_output(out, tuple(image.shape[-2:]), categories))
+    try:
+        for images, image_ids in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+            batch = [im.to(device) for im in images]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outputs = model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            run.model_seconds += time.perf_counter() - start
+            run.images += len(batch)
+            for image, image_id, out in zip(images, image_ids, outputs, strict=True):
+                out = {k: v.cpu() for k, v in out.items()}
+                run.results += results_to_coco(
+                    image_id,
+                    out["boxes"],
+                    out["labels"],
+                    out["scores"],
+                    encode_masks(out["masks"]),
+                    categories,
+                )
+                if on_image is not None:
+                    on_image(image_id, image, Instances.from_output(out, tuple(image.shape[-2:]), categories))
+    finally:
+        model.train(was_training)
     return run

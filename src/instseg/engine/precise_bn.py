@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from instseg.data.datasets import batch_to
+
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
 
@@ -55,9 +57,7 @@ def recompute_batch_norm_statistics(
     model.train()
     try:
         for _ in tqdm(range(count), desc="BatchNorm statistics", disable=not progress, unit="batch"):
-            images, targets = next(batches)
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            model([im.to(device) for im in images], targets)
+            model(*batch_to(*next(batches), device))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

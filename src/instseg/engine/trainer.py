@@ -26,7 +26,7 @@ from tqdm import tqdm
 from instseg import __version__
 from instseg.config import TrainConfig, config_to_dict
 from instseg.data.coco import CocoIndex, resolve_source
-from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler, collate
+from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler, batch_to, collate
 from instseg.data.transforms import TrainTransform
 from instseg.engine import checkpoint as ckpt
 from instseg.engine.ema import build_ema
@@ -37,6 +37,7 @@ from instseg.errors import DataError, TrainingDiverged
 from instseg.eval.coco import format_table
 from instseg.eval.report import EvalOptions
 from instseg.models.build import build_model
+from instseg.models.fusion import inference_model
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)
     ema = build_ema(model, cfg.ema_decay) if cfg.ema else None
+    finished = ema.module if ema is not None else model  # what is saved, evaluated and predicted with
     meta = {
         "instseg_version": __version__,
         "family": model_name,
@@ -156,10 +158,9 @@ def train(
         return max(p, seconds / cfg.time_budget_s) if cfg.time_budget_s else p
 
     def save(path: Path, metrics: dict[str, Any] | None = None, resumable: bool = True) -> None:
-        inference = ema.module if ema is not None else model
         if not resumable:
             ckpt.save_checkpoint(
-                path, inference.state_dict(), {**meta, "step": step, "metrics": metrics or {}}
+                path, finished.state_dict(), {**meta, "step": step, "metrics": metrics or {}}
             )
             return
         state = {
@@ -172,7 +173,7 @@ def train(
             state["ema"] = ema.state_dict()
         ckpt.save_checkpoint(
             path,
-            inference.state_dict(),
+            finished.state_dict(),
             {**meta, "step": step, "metrics": metrics or {}},
             train_state=state,
             train_weights=model.state_dict() if ema is not None else None,
@@ -182,7 +183,7 @@ def train(
         if val_index is None:
             return {}, None
         ev = evaluate_model(
-            ema.module if ema is not None else model,
+            inference_model(finished),
             val_index,
             categories,
             device,
@@ -210,8 +211,7 @@ def train(
     with log_file.open("a") as jsonl:
         while progress_of(step, elapsed) < 1.0:
             images, targets = next(batches)
-            images = [im.to(device, non_blocking=True) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            images, targets = batch_to(images, targets, device)
             factor = lr_factor(
                 step, progress_of(step, elapsed), cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio
             )
@@ -263,7 +263,6 @@ def train(
                     log.info("step %d\n%s", step, format_table(metrics))
                 started = time.perf_counter() - elapsed  # evaluation time is not training time
         bar.close()
-        finished = ema.module if ema is not None else model
         if recompute_batch_norm_statistics(finished, batches, cfg.precise_bn_batches, device, progress):
             log.info("BatchNorm statistics averaged over %d training batches", cfg.precise_bn_batches)
         metrics, seconds_per_image = evaluate()
