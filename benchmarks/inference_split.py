@@ -28,6 +28,17 @@ from instseg.models.build import count_parameters
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
 
+def val_images(data: Path, count: int, size: int) -> list[torch.Tensor]:
+    """The first ``count`` val images of ``data``, resized to ``size`` x ``size``, as float [0, 1]."""
+    index = CocoIndex(resolve_source(data, "val"))
+    images = []
+    for info in index.images[:count]:
+        image = read_image(index.image_path(info), (int(info["height"]), int(info["width"])))
+        image = image.float()[None] / 255
+        images.append(F.interpolate(image, size=(size, size), mode="bilinear")[0])
+    return images
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -39,12 +50,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     predictor = instseg.load(args.checkpoint, device="cpu")
     model = predictor.inference  # what predict runs: BatchNorm folded, channels-last
-    index = CocoIndex(resolve_source(args.data, "val"))
-    images = []
-    for info in index.images[: args.images]:
-        image = read_image(index.image_path(info), (int(info["height"]), int(info["width"])))
-        image = image.float()[None] / 255
-        images.append(F.interpolate(image, size=(args.size, args.size), mode="bilinear")[0])
+    images = val_images(args.data, args.images, args.size)
     post_times: list[float] = []  # appended to by the wrapper below
     postprocess = model.postprocess
 

@@ -1,13 +1,21 @@
 """CPU latency of every instseg family: batch 1, fixed threads, median of N runs after warm-up.
 
-Each model is built for 80 classes with its input resized to exactly SIZE x SIZE
-(min_size = max_size = SIZE, no fixed scale) and timed on a photo-like image
-(smooth noise). Untrained weights give arbitrary detections, so the forward
-pass (backbone + heads) and the postprocessing are timed apart: the forward
-time is what a trained model costs too; the postprocessing time depends on
-how many candidates pass the score threshold. What is timed is the copy that
-``Predictor.predict`` runs (``models/fusion.py``: BatchNorm folded into its
-convolution, channels-last memory); ``--plain`` adds the model as built.
+Each model is built for 80 classes (``--classes``; the peers too) with its
+input resized to exactly SIZE x SIZE (min_size = max_size = SIZE, no fixed
+scale) and timed on a photo-like image (smooth noise). Untrained weights give
+arbitrary detections, so the forward pass (backbone + heads) and the
+postprocessing are timed apart: the forward time is what a trained model costs
+too; the postprocessing time depends on how many candidates pass the score
+threshold. What is timed is the copy that ``Predictor.predict`` runs
+(``models/fusion.py``: BatchNorm folded into its convolution, channels-last
+memory); ``--plain`` adds the model as built.
+
+``--checkpoints`` adds trained models as they were trained (their own input
+scaling, class count and thresholds), timed end to end on val images resized
+to SIZE x SIZE, so the postprocessing handles the detections the model really
+makes; the row reports their median count. Give ``--classes`` the
+checkpoints' class count so that the peers are built alike (their untrained
+networks detect nothing, so their postprocessing costs them almost nothing).
 
     python benchmarks/latency.py --sizes 512 640 --runs 20
 
@@ -38,7 +46,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from inference_split import DEFAULT_DATA, val_images
 
+import instseg
 from instseg.config import field_values
 from instseg.models.build import FAMILIES, build_model, count_parameters, model_config
 from instseg.models.fusion import inference_model
@@ -71,13 +81,15 @@ def _timed(fn, runs: int, warmup: int) -> float:
     return statistics.median(times) * 1000
 
 
-def measure(name: str, preset: str, size: int, runs: int, warmup: int, plain: bool) -> dict[str, float]:
+def measure(
+    name: str, preset: str, size: int, runs: int, warmup: int, plain: bool, classes: int = 80
+) -> dict[str, float]:
     """Times the copy ``predict`` runs (BatchNorm folded, channels-last); ``plain``: also the model
     as built."""
     base, _, fields = preset.partition("+")  # "preset+field=value,field=value": the preset, changed
     changed = field_values(f for f in fields.split(",") if f)
     cfg = model_config(name, base, {**changed, "min_size": size, "max_size": size, "scale": None})
-    built = build_model(name, cfg, 80).eval()
+    built = build_model(name, cfg, classes).eval()
     model = inference_model(built)
     image = _image(size)
     with torch.inference_mode():
@@ -90,7 +102,33 @@ def measure(name: str, preset: str, size: int, runs: int, warmup: int, plain: bo
     return row
 
 
-def peer_rows(python: Path, sizes: list[int], runs: int, warmup: int, threads: int) -> list[dict]:
+def measure_checkpoint(path: str, size: int, runs: int, warmup: int, data: Path) -> dict[str, float]:
+    """A trained checkpoint's ``predict`` copy on val images at SIZE x SIZE, cycled over ``runs``."""
+    predictor = instseg.load(path, device="cpu")
+    model = predictor.inference
+    images = val_images(data, runs, size)
+    with torch.inference_mode():
+        for image in images[:warmup]:
+            model([image])
+        times, detections = [], []
+        for image in images:
+            start = time.perf_counter()
+            out = model([image])[0]
+            times.append(time.perf_counter() - start)
+            detections.append(len(out["scores"]))
+        batch, _ = model.transform([images[0]])
+        forward = _timed(lambda: model.backbone(batch.tensors), runs, warmup)
+    return {
+        "total_ms": statistics.median(times) * 1000,
+        "backbone_fpn_ms": forward,
+        "params_M": count_parameters(predictor.model) / 1e6,
+        "detections": statistics.median(detections),
+    }
+
+
+def peer_rows(
+    python: Path, sizes: list[int], runs: int, warmup: int, threads: int, classes: int
+) -> list[dict]:
     """YOLO-seg timings from the peer environment, offline, with a private settings folder and font."""
     import matplotlib
 
@@ -100,7 +138,7 @@ def peer_rows(python: Path, sizes: list[int], runs: int, warmup: int, threads: i
         shutil.copy(font, Path(config) / "Ultralytics" / "Arial.ttf")  # else it tries to download Arial
         env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": config}
         cmd = [str(python), str(PEER_SCRIPT), "--sizes", *map(str, sizes), "--runs", str(runs)]
-        cmd += ["--warmup", str(warmup), "--threads", str(threads)]
+        cmd += ["--warmup", str(warmup), "--threads", str(threads), "--classes", str(classes)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"peer run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -117,6 +155,11 @@ def main() -> int:
     parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     parser.add_argument("--only", nargs="*", default=None, help="family:preset[+field=value,...]")
     parser.add_argument("--plain", action="store_true", help="also time models as built (NCHW, BN)")
+    parser.add_argument("--classes", type=int, default=80, help="class count of every model, peers included")
+    parser.add_argument("--checkpoints", nargs="*", default=[], help="trained models, timed on val images")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="COCO dataset of --checkpoints' images"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [(name, "default") for name in FAMILIES] + EXTRA_ROWS
@@ -124,15 +167,16 @@ def main() -> int:
         rows = [tuple(r.split(":")) for r in args.only]
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} threads, batch 1, median of {args.runs} after {args.warmup} warm-up runs"
+        f"{args.threads} threads, batch 1, median of {args.runs} after {args.warmup} warm-up runs, "
+        f"{args.classes} classes"
     )
     plain = " as built ms |" if args.plain else ""
-    print(f"| model | input | params (M) | backbone+FPN ms | end-to-end ms (untrained) |{plain}")
+    print(f"| model (untrained unless named) | input | params (M) | backbone+FPN ms | end-to-end ms |{plain}")
     print("|---|---|---|---|---|" + ("---|" if args.plain else ""))
     ours = {}
     for size in args.sizes:
         for name, preset in rows:
-            r = measure(name, preset, size, args.runs, args.warmup, args.plain)
+            r = measure(name, preset, size, args.runs, args.warmup, args.plain, args.classes)
             ours[(name, preset, size)] = r
             extra = f" {r['plain_total_ms']:.0f} |" if args.plain else ""
             print(
@@ -140,10 +184,18 @@ def main() -> int:
                 f"| {r['total_ms']:.0f} |{extra}",
                 flush=True,
             )
+        for path in args.checkpoints:
+            r = measure_checkpoint(path, size, args.runs, args.warmup, args.data)
+            ours[(path, "trained", size)] = r
+            print(
+                f"| {path} (trained, {r['detections']:.0f} detections) | {size} | {r['params_M']:.1f} "
+                f"| {r['backbone_fpn_ms']:.0f} | {r['total_ms']:.0f} |",
+                flush=True,
+            )
     if not args.peer_python.exists():
         print(f"(no peer environment at {args.peer_python}: ultralytics rows skipped)")
         return 0
-    peers = peer_rows(args.peer_python, args.sizes, args.runs, args.warmup, args.threads)
+    peers = peer_rows(args.peer_python, args.sizes, args.runs, args.warmup, args.threads, args.classes)
     print("\n| peer (ultralytics, from YAML) | input | params (M) | network ms (fused) | predict ms |")
     print("|---|---|---|---|---|")
     for p in peers:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 from ultralytics import YOLO
+from ultralytics.nn.tasks import SegmentationModel
 
 
 def _timed(fn, runs: int, warmup: int) -> float:
@@ -37,10 +38,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=80, help="the detection head's class count")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
         yolo = YOLO(f"{name}.yaml")
+        if args.classes != 80:  # the YAML's nc is 80; rebuild the network with the dataset's count
+            yolo.model = SegmentationModel(f"{name}.yaml", nc=args.classes, verbose=False)
         params = sum(p.numel() for p in yolo.model.parameters()) / 1e6
         for size in args.sizes:
             rng = np.random.default_rng(0)
@@ -55,7 +59,14 @@ def main() -> int:
             net = yolo.model
             with torch.inference_mode():
                 forward = _timed(lambda net=net, x=x: net(x), args.runs, args.warmup)
-            row = {"model": name, "size": size, "params_M": params, "forward_ms": forward, "total_ms": total}
+            row = {
+                "model": name,
+                "size": size,
+                "classes": args.classes,
+                "params_M": params,
+                "forward_ms": forward,
+                "total_ms": total,
+            }
             print(json.dumps(row), flush=True)
     return 0
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from instseg.models.backbones import build_fpn_backbone
 from instseg.models.conv_tower import LevelNorms, PerLevel, conv_tower
+from instseg.models.fcos import FCOSHead
 from instseg.models.fusion import NORMS, fold_batch_norms, inference_model
 
 
@@ -25,7 +26,8 @@ def _trained_statistics(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    ("trunk", "norm"), [("resnet18", "bn"), ("resnet50", "frozen_bn"), ("mobilenet_v3_small", "bn")]
+    ("trunk", "norm"),
+    [("resnet18", "bn"), ("resnet18_half", "bn"), ("resnet50", "frozen_bn"), ("mobilenet_v3_small", "bn")],
 )
 def test_folded_channels_last_backbone_matches_and_keeps_no_batch_norm(trunk, norm):
     backbone = _trained_statistics(build_fpn_backbone(trunk, norm=norm, fpn_channels=16))
@@ -61,3 +63,21 @@ def test_group_norm_and_training_statistics_are_left_alone():
     assert fold_batch_norms(gn) == 0
     no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
     assert fold_batch_norms(no_stats) == 0 and isinstance(no_stats[1], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("shared_tower", [False, True])
+def test_inference_copy_merges_the_head_outputs_that_read_one_tower(shared_tower):
+    head = FCOSHead(8, 3, (8, 16), channels=8, depth=1, norm="bn", extra_outputs=5, shared_tower=shared_tower)
+    head = _trained_statistics(head)
+    for conv in (head.cls_out, head.box_out, head.ctr_out, head.extra_out):  # outputs far from their init
+        nn.init.normal_(conv.weight, std=0.3)
+    features = [torch.rand(1, 8, 10, 10), torch.rand(1, 8, 5, 5)]
+    fast = inference_model(head, channels_last=True)
+    # box (4) + centre-ness (1) + extra (5) read the box tower; with a shared tower the 3 classes too
+    assert fast.merged_out.out_channels == 10 + 3 * shared_tower and head.merged_out is None
+    with torch.no_grad():
+        want, got = head(features), fast(features)
+    assert want.keys() == got.keys() == {"cls", "ltrb", "ctr", "extra"}
+    for k in want:
+        assert want[k].abs().max() > 0.1, k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)

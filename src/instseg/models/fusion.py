@@ -23,6 +23,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from instseg.models.conv_tower import LevelNorms, PerLevel
+from instseg.models.fcos import FCOSHead
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -89,9 +90,13 @@ def fold_batch_norms(model: nn.Module) -> int:
 
 
 def inference_model(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
-    """An eval-mode copy of ``model`` with BatchNorms folded and, by default on CPU, channels-last."""
+    """An eval-mode copy of ``model`` with BatchNorms folded, FCOS heads' sibling output convolutions
+    merged (``FCOSHead.merge_outputs``) and, by default on CPU, channels-last."""
     fast = copy.deepcopy(model).eval()
     fold_batch_norms(fast)
+    for module in fast.modules():
+        if isinstance(module, FCOSHead):
+            module.merge_outputs()
     if channels_last is None:
         channels_last = all(p.device.type == "cpu" for p in fast.parameters())
     return fast.to(memory_format=torch.channels_last) if channels_last else fast
