@@ -28,6 +28,12 @@ from instseg.models.build import count_parameters
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
 
+def val_image_files(data: Path, count: int) -> list[Path]:
+    """The first ``count`` val images of ``data``."""
+    index = CocoIndex(resolve_source(data, "val"))
+    return [index.image_path(info) for info in index.images[:count]]
+
+
 def val_images(data: Path, count: int, size: int) -> list[torch.Tensor]:
     """The first ``count`` val images of ``data``, resized to ``size`` x ``size``, as float [0, 1]."""
     index = CocoIndex(resolve_source(data, "val"))

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from inference_split import DEFAULT_DATA, val_images
+from inference_split import DEFAULT_DATA, val_image_files, val_images
 
 import instseg
 from instseg.config import field_values
@@ -127,7 +127,15 @@ def measure_checkpoint(path: str, size: int, runs: int, warmup: int, data: Path)
 
 
 def peer_rows(
-    python: Path, sizes: list[int], runs: int, warmup: int, threads: int, classes: int
+    python: Path,
+    sizes: list[int],
+    runs: int,
+    warmup: int,
+    threads: int,
+    classes: int,
+    trained: list[str],
+    images: list[Path],
+    conf: float,
 ) -> list[dict]:
     """YOLO-seg timings from the peer environment, offline, with a private settings folder and font."""
     import matplotlib
@@ -139,6 +147,17 @@ def peer_rows(
         env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": config}
         cmd = [str(python), str(PEER_SCRIPT), "--sizes", *map(str, sizes), "--runs", str(runs)]
         cmd += ["--warmup", str(warmup), "--threads", str(threads), "--classes", str(classes)]
+        if trained:
+            cmd += [
+                "--trained",
+                *trained,
+                "--images",
+                *map(str, images),
+                "--conf",
+                str(conf),
+                "--max-det",
+                "500",
+            ]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"peer run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -160,6 +179,8 @@ def main() -> int:
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="COCO dataset of --checkpoints' images"
     )
+    parser.add_argument("--peer-weights", nargs="*", default=[], help="trained ultralytics .pt, timed alike")
+    parser.add_argument("--peer-conf", type=float, default=0.05, help="--peer-weights score threshold")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [(name, "default") for name in FAMILIES] + EXTRA_ROWS
@@ -195,18 +216,32 @@ def main() -> int:
     if not args.peer_python.exists():
         print(f"(no peer environment at {args.peer_python}: ultralytics rows skipped)")
         return 0
-    peers = peer_rows(args.peer_python, args.sizes, args.runs, args.warmup, args.threads, args.classes)
+    images = val_image_files(args.data, args.runs) if args.peer_weights else []
+    peers = peer_rows(
+        args.peer_python,
+        args.sizes,
+        args.runs,
+        args.warmup,
+        args.threads,
+        args.classes,
+        args.peer_weights,
+        images,
+        args.peer_conf,
+    )
     print("\n| peer (ultralytics, from YAML) | input | params (M) | network ms (fused) | predict ms |")
     print("|---|---|---|---|---|")
     for p in peers:
-        ms = f"{p['forward_ms']:.0f} | {p['total_ms']:.0f}"
-        print(f"| {p['model']} | {p['size']} | {p['params_M']:.1f} | {ms} |")
+        forward = f"{p['forward_ms']:.0f}" if "forward_ms" in p else f"({p['detections']:.0f} detections)"
+        print(f"| {p['model']} | {p['size']} | {p['params_M']:.1f} | {forward} | {p['total_ms']:.0f} |")
     print("\n| instseg model | input | end-to-end / YOLO11n-seg predict |")
     print("|---|---|---|")
     for (name, preset, size), r in ours.items():
         ref = [p["total_ms"] for p in peers if p["model"] == "yolo11n-seg" and p["size"] == size]
         if ref:
             print(f"| {name} `{preset}` | {size} | {r['total_ms'] / ref[0]:.2f}x |")
+        for p in peers:
+            if p["model"].endswith("(trained)") and p["size"] == size and preset == "trained":
+                print(f"| {name} / {p['model']} | {size} | {r['total_ms'] / p['total_ms']:.2f}x |")
     return 0
 
 

@@ -112,6 +112,26 @@ def test_upsample_masks_equals_full_interpolation():
         assert torch.equal(upsample_masks(probs, scale, size), full > 0.5)
 
 
+def test_upsample_masks_clipped_while_resampling_equals_cutting_afterwards():
+    torch.manual_seed(0)
+    probs = torch.nn.functional.avg_pool2d(torch.rand(1, 6, 20, 30), 5, 1, 2)[0]
+    size = (52, 99)
+    full = torch.nn.functional.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    # boxes with fractional edges, one past the image, one empty; a pixel counts when its centre is inside
+    clip = torch.tensor([[3.4, 2.5, 60.6, 40.5], [-5, -5, 200, 200], [10, 10, 10, 30], [0.2, 0.7, 2.2, 3.1]])
+    clip = torch.cat([clip, clip[:2] + 7.3])
+    ys, xs = torch.arange(size[0]) + 0.5, torch.arange(size[1]) + 0.5
+    inside = ((ys >= clip[:, 1:2]) & (ys < clip[:, 3:4]))[:, :, None] & (
+        (xs >= clip[:, 0:1]) & (xs < clip[:, 2:3])
+    )[:, None]
+    expected = (full > 0.5) & inside
+    assert expected.flatten(1).any(1).tolist() == [True, True, False, False, True, True]  # the cut matters
+    assert not torch.equal(expected, full > 0.5)
+    out = torch.zeros((6, *size), dtype=torch.bool)
+    assert upsample_masks(probs, (2.6, 3.3), size, clip=clip, out=out) is out
+    assert torch.equal(out, expected)
+
+
 def test_class_maps_cover_the_union_of_each_class_at_the_stride():
     masks = torch.zeros((3, 8, 8), dtype=torch.bool)
     masks[0, :4, :2] = True  # two halves of the top-left 4x4 cell, from two touching objects

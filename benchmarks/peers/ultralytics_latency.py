@@ -2,7 +2,9 @@
 
 Models are built from their YAML (no weights, no download). Prints one JSON
 line per model and size: the network forward alone, and ``predict`` end to end
-(letterbox, forward, NMS, mask assembly at the input size).
+(letterbox, forward, NMS, mask assembly at the input size). ``--trained`` adds
+trained weights, timed end to end on ``--images`` resized to SIZE x SIZE, with
+the median number of detections they make.
 
     YOLO_OFFLINE=1 YOLO_CONFIG_DIR=... python benchmarks/peers/ultralytics_latency.py --sizes 512 640
 """
@@ -16,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 from ultralytics import YOLO
 from ultralytics.nn.tasks import SegmentationModel
 
@@ -39,8 +42,43 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--classes", type=int, default=80, help="the detection head's class count")
+    parser.add_argument("--trained", nargs="*", default=[], help="trained weights (.pt) to time on --images")
+    parser.add_argument("--images", nargs="*", default=[], help="image files for --trained")
+    parser.add_argument("--conf", type=float, default=0.25, help="--trained score threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="--trained detections per image")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    for weights in args.trained:
+        yolo = YOLO(weights)
+        for size in args.sizes:
+            images = [
+                np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR))
+                for p in args.images
+            ]
+            for image in images[: args.warmup]:
+                yolo.predict(image, imgsz=size, device="cpu", verbose=False, retina_masks=True)
+            times, detections = [], []
+            for image in images:
+                start = time.perf_counter()
+                result = yolo.predict(
+                    image,
+                    imgsz=size,
+                    device="cpu",
+                    verbose=False,
+                    retina_masks=True,
+                    conf=args.conf,
+                    max_det=args.max_det,
+                )[0]
+                times.append(time.perf_counter() - start)
+                detections.append(len(result.boxes))
+            row = {
+                "model": f"{weights} (trained)",
+                "size": size,
+                "params_M": sum(p.numel() for p in yolo.model.parameters()) / 1e6,
+                "total_ms": statistics.median(times) * 1000,
+                "detections": statistics.median(detections),
+            }
+            print(json.dumps(row), flush=True)
     for name in args.models:
         yolo = YOLO(f"{name}.yaml")
         if args.classes != 80:  # the YAML's nc is 80; rebuild the network with the dataset's count

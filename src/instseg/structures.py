@@ -155,35 +155,55 @@ def paste_masks(
 
 
 def upsample_masks(
-    probs: Tensor, scale: tuple[float, float], image_size: tuple[int, int], threshold: float = 0.5
+    probs: Tensor,
+    scale: tuple[float, float],
+    image_size: tuple[int, int],
+    threshold: float = 0.5,
+    clip: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Mask probabilities ``[N, h, w]`` -> bool ``[N, H, W]``; ``scale`` is output px per input px.
 
     The same values as bilinear ``F.interpolate`` of the whole map (align_corners
     False), but each mask is resampled only around where it exceeds the
     threshold: outside that box, plus one pixel, every bilinear sample mixes
-    values below the threshold and stays below it.
+    values below the threshold and stays below it. ``clip``: xyxy boxes in
+    output pixels; pixels whose centre lies outside a mask's box stay False
+    (cut while resampling, not by a second full-size pass). ``out``: a zeroed
+    bool ``[N, H, W]`` to write into.
     """
     n = probs.shape[0]
     height, width = image_size
-    out = torch.zeros((n, height, width), dtype=torch.bool, device=probs.device)
+    if out is None:
+        out = torch.zeros((n, height, width), dtype=torch.bool, device=probs.device)
     if n == 0:
         return out
     sy, sx = scale
+    h, w = probs.shape[-2:]
     above = probs > threshold
     rows, cols = above.any(dim=2), above.any(dim=1)
-    h, w = probs.shape[-2:]
-    for i in torch.nonzero(rows.any(dim=1)).flatten().tolist():
-        ys, xs = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
-        fy0, fy1 = max(int(ys[0]) - 1, 0), min(int(ys[-1]) + 2, h)
-        fx0, fx1 = max(int(xs[0]) - 1, 0), min(int(xs[-1]) + 2, w)
+    present = torch.nonzero(rows.any(dim=1)).flatten()
+    # first and last row/column above the threshold of every mask, widened by one cell
+    y0 = (rows[present].int().argmax(1) - 1).clamp(min=0).tolist()
+    y1 = (h + 1 - rows[present].flip(1).int().argmax(1)).clamp(max=h).tolist()
+    x0 = (cols[present].int().argmax(1) - 1).clamp(min=0).tolist()
+    x1 = (w + 1 - cols[present].flip(1).int().argmax(1)).clamp(max=w).tolist()
+    # pixel p is inside [a, b) when its centre p + 0.5 is: p in [ceil(a - 0.5), ceil(b - 0.5))
+    limits = None if clip is None else torch.ceil(clip[present] - 0.5).to(torch.int64).tolist()
+    # the continuous source coordinate of every output pixel centre
+    source_y = (torch.arange(height, device=probs.device) + 0.5) / sy
+    source_x = (torch.arange(width, device=probs.device) + 0.5) / sx
+    for k, i in enumerate(present.tolist()):
+        fy0, fy1, fx0, fx1 = y0[k], y1[k], x0[k], x1[k]
         uy0, uy1 = max(int(fy0 * sy), 0), min(math.ceil(fy1 * sy), height)
         ux0, ux1 = max(int(fx0 * sx), 0), min(math.ceil(fx1 * sx), width)
+        if limits is not None:
+            bx0, by0, bx1, by1 = limits[k]
+            uy0, uy1, ux0, ux1 = max(uy0, by0), min(uy1, by1), max(ux0, bx0), min(ux1, bx1)
         if uy0 >= uy1 or ux0 >= ux1:
             continue
-        # continuous source coordinate of each output pixel centre, normalised over the crop
-        gy = ((torch.arange(uy0, uy1, device=probs.device) + 0.5) / sy - fy0) / (fy1 - fy0) * 2 - 1
-        gx = ((torch.arange(ux0, ux1, device=probs.device) + 0.5) / sx - fx0) / (fx1 - fx0) * 2 - 1
+        gy = source_y[uy0:uy1].sub(fy0).div_(fy1 - fy0).mul_(2).sub_(1)  # normalised over the crop
+        gx = source_x[ux0:ux1].sub(fx0).div_(fx1 - fx0).mul_(2).sub_(1)
         grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(probs.dtype)
         crop = probs[i, fy0:fy1, fx0:fx1][None, None]
         sampled = F.grid_sample(crop, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -197,12 +217,15 @@ def masks_at_input(
     original: tuple[int, int],
     threshold: float = 0.5,
     stride: int = 4,
+    clip: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """1/``stride`` mask probabilities on a padded batch ``[N, h, w]`` -> bool masks ``[N, H, W]`` of the
-    input image: the padding is cut off and the rest resampled onto the original pixels."""
+    input image: the padding is cut off and the rest resampled onto the original pixels (``clip`` and
+    ``out`` as in ``upsample_masks``)."""
     valid = (math.ceil(resized[0] / stride), math.ceil(resized[1] / stride))
     scale = (stride * original[0] / resized[0], stride * original[1] / resized[1])
-    return upsample_masks(probs[:, : valid[0], : valid[1]], scale, original, threshold)
+    return upsample_masks(probs[:, : valid[0], : valid[1]], scale, original, threshold, clip, out)
 
 
 def detections_from_masks(

@@ -77,6 +77,28 @@ def test_rescoring_by_maskness_ranks_confident_masks_first():
     assert rescored["masks"][0, 20, 20] and not rescored["masks"][0, 8, 8]
 
 
+def test_assembly_cuts_masks_to_their_boxes_orders_by_score_and_drops_empty_ones():
+    probs = torch.zeros(3, 8, 8)
+    probs[0, 1:7, 1:7] = 0.9  # bigger than its box, which cuts it
+    probs[1, 2:5, 2:5] = 0.8
+    probs[2, 6:8, 0:2] = 0.9  # entirely outside its box: empty once cut
+    boxes = torch.tensor([[8.0, 8.0, 16.0, 16.0], [4.0, 4.0, 24.0, 24.0], [16.0, 0.0, 32.0, 8.0]])
+    scores = torch.tensor([0.3, 0.6, 0.9])
+    out = assemble_detections(
+        lambda idx: probs[idx], boxes, torch.tensor([0, 1, 0]), scores, (32, 32), (32, 32), 0.5, True
+    )
+    torch.testing.assert_close(out["scores"], torch.tensor([0.6, 0.3]))
+    assert out["labels"].tolist() == [2, 1]
+    torch.testing.assert_close(out["boxes"], boxes[[1, 0]])
+    full = torch.nn.functional.interpolate(probs[None], size=(32, 32), mode="bilinear", align_corners=False)[
+        0
+    ]
+    cut = torch.zeros(32, 32, dtype=torch.bool)
+    cut[8:16, 8:16] = True
+    assert torch.equal(out["masks"][1], (full[0] > 0.5) & cut)
+    assert torch.equal(out["masks"][0], full[1] > 0.5)  # inside its box already
+
+
 def test_ltrb_iou_is_the_iou_of_the_boxes():
     torch.manual_seed(0)
     point = torch.rand(50, 2) * 100

@@ -257,34 +257,37 @@ def assemble_detections(
 
     Masks come from ``mask_probs(detection indices)`` (1/``stride``
     probabilities on the padded batch), a chunk at a time to bound memory, and
-    are taken to the input resolution, where ``crop_to_boxes`` cuts them to
-    their boxes; boxes are clipped and rescaled; empty masks are dropped.
-    ``rescore`` multiplies each score by its mask's mean probability inside
-    the thresholded mask (SOLOv2's maskness), so confident masks rank first.
+    are pasted at the input resolution into one output, best score first, where
+    ``crop_to_boxes`` cuts them to their boxes; boxes are clipped and rescaled;
+    empty masks are dropped. ``rescore`` multiplies each score by its mask's
+    mean probability inside the thresholded mask (SOLOv2's maskness), so
+    confident masks rank first; it is read at 1/``stride`` in a first pass, so
+    that full-size masks are written once, already in order.
     """
     boxes = boxes.clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, resized[1])
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, resized[0])
     boxes = resize_boxes(boxes, resized, original)
-    masks, maskness = [], []
-    for idx in torch.arange(len(boxes), device=boxes.device).split(chunk):
-        probs = mask_probs(idx)
-        m = masks_at_input(probs, resized, original, threshold, stride)
-        masks.append(m & box_masks(boxes[idx], original, 1).to(m.device) if crop_to_boxes else m)
-        if rescore:
+    chunks = torch.arange(len(boxes), device=boxes.device).split(chunk)
+    if rescore and len(boxes):
+        maskness = []
+        for idx in chunks:
+            probs = mask_probs(idx)
             hard = probs > threshold
             maskness.append((probs * hard).flatten(1).sum(1) / hard.flatten(1).sum(1).clamp(min=1))
-    masks = torch.cat(masks) if masks else torch.zeros((0, *original), dtype=torch.bool)
-    if maskness:
         scores = scores * torch.cat(maskness).to(scores.device)
-    nonempty = masks.flatten(1).any(1).to(boxes.device)
-    order = torch.argsort(scores[nonempty], descending=True)
-    return {
-        "boxes": boxes[nonempty][order],
-        "labels": labels[nonempty][order] + 1,
-        "scores": scores[nonempty][order],
-        "masks": masks[nonempty.to(masks.device)][order.to(masks.device)],
-    }
+    order = torch.argsort(scores, descending=True, stable=True)
+    masks = torch.zeros((len(boxes), *original), dtype=torch.bool, device=boxes.device)
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        clip = boxes[idx] if crop_to_boxes else None
+        out = masks[start : start + len(idx)]
+        masks_at_input(mask_probs(idx), resized, original, threshold, stride, clip, out)
+    boxes, labels, scores = boxes[order], labels[order], scores[order]
+    nonempty = masks.flatten(1).view(torch.uint8).amax(1) > 0  # ~10x faster than a bool any() here
+    if not bool(nonempty.all()):
+        masks, boxes, labels, scores = masks[nonempty], boxes[nonempty], labels[nonempty], scores[nonempty]
+    return {"boxes": boxes, "labels": labels + 1, "scores": scores, "masks": masks}
 
 
 def box_masks(boxes: Tensor, size: tuple[int, int], stride: int = MASK_STRIDE) -> Tensor:
