@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from instseg.models.build import build_model, model_config
 from instseg.models.fcos import box_masks
@@ -32,6 +32,24 @@ def test_fast_nms_lets_suppressed_boxes_suppress():
     assert fast_nms_boxes(boxes, labels, 0.4).tolist() == [True, False, False, True]
     # with box 1 in another class, nothing of class 1 overlaps box 2 enough
     assert fast_nms_boxes(boxes, torch.tensor([1, 2, 1, 1]), 0.4).tolist() == [True, True, True, True]
+
+
+def test_fast_nms_in_blocks_of_neighbours_equals_the_full_matrix():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(1200, 2, generator=g) * 500  # dense small boxes, some duplicates, a few large
+    sizes = torch.rand(1200, 2, generator=g) * 20 + 4
+    sizes[::97] *= 15
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], 1)
+    boxes = torch.cat([boxes, boxes[:300] + torch.rand(300, 4, generator=g)])
+    boxes[5, 3] = boxes[5, 1]  # degenerate: zero height, twice (zero union: IoU 0, not NaN)
+    boxes[7] = boxes[5]
+    labels = torch.randint(0, 3, (len(boxes),), generator=g)
+    labels[7] = labels[5]
+    full = box_iou(boxes, boxes).nan_to_num(0.0).triu(1) * (labels[:, None] == labels[None, :])
+    expected = full.amax(0) <= 0.5
+    assert 0 < int((~expected).sum()) < len(boxes) // 2
+    assert torch.equal(fast_nms_boxes(boxes, labels, 0.5, block=128), expected)
+    assert torch.equal(fast_nms_boxes(boxes, labels, 0.5, block=len(boxes)), expected)
 
 
 @settings(max_examples=60, deadline=None)
