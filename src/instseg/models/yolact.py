@@ -77,7 +77,7 @@ def realtime_nuclei_preset() -> YOLACTConfig:
     half-width ResNet-18 and at the input's own scale.
 
     On DSB2018 the half-width ResNet-18 trains 1.5x faster per step than
-    MobileNetV3-Large, runs faster on CPU, and reached 0.549 mask AP against
+    MobileNetV3-Large, runs faster on CPU, and reached 0.532-0.549 mask AP (two seeds) against
     0.460 (BENCHMARKS.md); at x1.0 the network trained is the one timed at 512.
     """
     return YOLACTConfig(**{**NUCLEI_FCOS, **REALTIME, "backbone": "resnet18_half", "scale": 1.0})
