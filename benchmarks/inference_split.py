@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +46,23 @@ def val_images(data: Path, count: int, size: int) -> list[torch.Tensor]:
     return images
 
 
+def timed_predictions(
+    model: torch.nn.Module, images: list[torch.Tensor], warmup: int, before: Callable[[], None] = lambda: None
+) -> tuple[list[float], list[int]]:
+    """Seconds and detection count of ``model([image])`` for every image, after ``warmup`` images
+    (``before`` runs between the two)."""
+    for image in images[:warmup]:
+        model([image])
+    before()
+    seconds, detections = [], []
+    for image in images:
+        start = time.perf_counter()
+        out = model([image])[0]
+        seconds.append(time.perf_counter() - start)
+        detections.append(len(out["scores"]))
+    return seconds, detections
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -67,15 +85,8 @@ def main() -> int:
         return out
 
     model.postprocess = timed_postprocess
-    totals, detections = [], []
     with torch.inference_mode():
-        model([images[0]])  # warm-up
-        post_times.clear()
-        for image in images:
-            start = time.perf_counter()
-            out = model([image])[0]
-            totals.append(time.perf_counter() - start)
-            detections.append(len(out["scores"]))
+        totals, detections = timed_predictions(model, images, warmup=3, before=post_times.clear)
         timed_posts = list(post_times)
         with FlopCounterMode(display=False) as counter:
             model([images[0]])

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from inference_split import DEFAULT_DATA, val_image_files, val_images
+from inference_split import DEFAULT_DATA, timed_predictions, val_image_files, val_images
 
 import instseg
 from instseg.config import field_values
@@ -103,19 +103,12 @@ def measure(
 
 
 def measure_checkpoint(path: str, size: int, runs: int, warmup: int, data: Path) -> dict[str, float]:
-    """A trained checkpoint's ``predict`` copy on val images at SIZE x SIZE, cycled over ``runs``."""
+    """A trained checkpoint's ``predict`` copy on the first ``runs`` val images at SIZE x SIZE."""
     predictor = instseg.load(path, device="cpu")
     model = predictor.inference
     images = val_images(data, runs, size)
     with torch.inference_mode():
-        for image in images[:warmup]:
-            model([image])
-        times, detections = [], []
-        for image in images:
-            start = time.perf_counter()
-            out = model([image])[0]
-            times.append(time.perf_counter() - start)
-            detections.append(len(out["scores"]))
+        times, detections = timed_predictions(model, images, warmup)
         batch, _ = model.transform([images[0]])
         forward = _timed(lambda: model.backbone(batch.tensors), runs, warmup)
     return {

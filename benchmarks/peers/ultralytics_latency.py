@@ -55,20 +55,14 @@ def main() -> int:
                 np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR))
                 for p in args.images
             ]
-            for image in images[: args.warmup]:
-                yolo.predict(image, imgsz=size, device="cpu", verbose=False, retina_masks=True)
+            options = {"imgsz": size, "device": "cpu", "verbose": False, "retina_masks": True}
+            options |= {"conf": args.conf, "max_det": args.max_det}
+            for image in images[: args.warmup]:  # warm-up on the same settings as the timed calls
+                yolo.predict(image, **options)
             times, detections = [], []
             for image in images:
                 start = time.perf_counter()
-                result = yolo.predict(
-                    image,
-                    imgsz=size,
-                    device="cpu",
-                    verbose=False,
-                    retina_masks=True,
-                    conf=args.conf,
-                    max_det=args.max_det,
-                )[0]
+                result = yolo.predict(image, **options)[0]
                 times.append(time.perf_counter() - start)
                 detections.append(len(result.boxes))
             row = {

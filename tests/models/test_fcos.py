@@ -4,6 +4,7 @@ import torch
 from torchvision.ops import box_iou
 
 from instseg.matching import PointTargets, centerness
+from instseg.models import fcos
 from instseg.models.conv_tower import LevelNorms
 from instseg.models.fcos import FCOSHead, assemble_detections, fcos_losses, ltrb_iou, ltrb_to_boxes
 
@@ -97,6 +98,31 @@ def test_assembly_cuts_masks_to_their_boxes_orders_by_score_and_drops_empty_ones
     cut[8:16, 8:16] = True
     assert torch.equal(out["masks"][1], (full[0] > 0.5) & cut)
     assert torch.equal(out["masks"][0], full[1] > 0.5)  # inside its box already
+
+
+def test_rescored_assembly_reuses_the_first_pass_probabilities_within_the_budget(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(150, 8, 8, generator=g)  # 3 chunks of 64
+    boxes = torch.rand(150, 2, generator=g) * 16
+    boxes = torch.cat([boxes, boxes + 12], 1)
+    scores, labels = torch.rand(150, generator=g), torch.zeros(150, dtype=torch.long)
+    calls: list[int] = []
+
+    def mask_probs(idx: torch.Tensor) -> torch.Tensor:
+        calls.extend(idx.tolist())
+        return probs[idx]
+
+    def run() -> dict[str, torch.Tensor]:
+        calls.clear()
+        return assemble_detections(mask_probs, boxes, labels, scores, (32, 32), (40, 40), 0.5, True, True)
+
+    cached = run()
+    assert sorted(calls) == list(range(150))  # each detection's masks computed once
+    monkeypatch.setattr(fcos, "MASK_CACHE_BYTES", 2 * 64 * 8 * 8 * 4)  # the third chunk does not fit
+    recomputed = run()
+    assert len(calls) == 300
+    for key in cached:
+        assert torch.equal(cached[key], recomputed[key]), key
 
 
 def test_ltrb_iou_is_the_iou_of_the_boxes():
