@@ -3,7 +3,8 @@ parameters and GFLOPs (torch's FlopCounterMode: convolutions and matrix products
 
 Images are val images resized to SIZE x SIZE, so the postprocessing handles as
 many detections as the trained model really makes. Works for the families
-whose ``forward`` ends in a ``postprocess`` method (SOLOv2, CondInst, YOLACT).
+built on the seam (``SegmentationModel``: SOLOv2, CondInst, YOLACT, Mask2Former), whose postprocessor is
+timed with forward hooks.
 
     python benchmarks/inference_split.py runs/bench/yolact_30/checkpoint --size 512
 """
@@ -25,6 +26,7 @@ import instseg
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.images import read_image
 from instseg.models.build import count_parameters
+from instseg.models.segmentation_model import SegmentationModel
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
@@ -75,16 +77,12 @@ def main() -> int:
     predictor = instseg.load(args.checkpoint, device="cpu")
     model = predictor.inference  # what predict runs: BatchNorm folded, channels-last
     images = val_images(args.data, args.images, args.size)
-    post_times: list[float] = []  # appended to by the wrapper below
-    postprocess = model.postprocess
-
-    def timed_postprocess(*a, **k):
-        start = time.perf_counter()
-        out = postprocess(*a, **k)
-        post_times.append(time.perf_counter() - start)
-        return out
-
-    model.postprocess = timed_postprocess
+    if not isinstance(model, SegmentationModel):
+        parser.error(f"{predictor.family} has no seam postprocessor (Mask R-CNN is torchvision's)")
+    post_times: list[float] = []  # appended to by the hooks below
+    started: list[float] = []
+    model.postprocessor.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+    model.postprocessor.register_forward_hook(lambda *_: post_times.append(time.perf_counter() - started[-1]))
     with torch.inference_mode():
         totals, detections = timed_predictions(model, images, warmup=3, before=post_times.clear)
         timed_posts = list(post_times)

@@ -23,8 +23,8 @@ from torch import nn
 
 from instseg.config import field_values
 from instseg.data.synthetic import class_looks, preset, render_scene
+from instseg.masks import masks_to_boxes
 from instseg.models.build import build_model, model_config
-from instseg.structures import masks_to_boxes
 
 
 def synthetic_batch(

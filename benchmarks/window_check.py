@@ -21,7 +21,8 @@ from pycocotools.coco import COCO
 
 import instseg
 from instseg.data.images import read_image
-from instseg.structures import Instances, encode_masks, masks_to_boxes
+from instseg.masks import encode_masks, masks_to_boxes
+from instseg.structures import Instances
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 SMALL_AREA = 320 * 256  # images up to this area are about the training crops' size (the by-size split)

@@ -14,7 +14,7 @@ def test_load_predict_evaluate(trained, tiny_coco, tmp_path):
     from_tensor = instseg.predict(predictor, [torch.from_numpy(array.copy()).permute(2, 0, 1)])[0]
     assert isinstance(from_path, instseg.Instances) and from_path.image_size == (64, 64)
     assert torch.equal(from_path.masks, from_array.masks) and torch.equal(from_path.masks, from_tensor.masks)
-    high = predictor.predict(path, score_threshold=0.5)
+    high = predictor.predict(path, min_score=0.5)
     assert (high.scores >= 0.5).all() and len(high) <= len(from_path)
     ev = instseg.evaluate(predictor, tiny_coco, max_dets=(1, 10, 100), out=tmp_path, progress=False)
     assert ev.images == 3 and (tmp_path / "results.json").is_file()

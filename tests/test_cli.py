@@ -89,7 +89,7 @@ def test_train_eval_predict_from_the_command_line(tiny_coco, tmp_path, capsys):
                 str(tiny_coco / "train" / "train_000.png"),
                 "--out",
                 str(pred),
-                "--score-threshold",
+                "--min-score",
                 "0",
                 "--set",
                 "detections_per_image=2",

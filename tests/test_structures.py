@@ -6,15 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from instseg.structures import (
-    Category,
-    Instances,
-    class_maps,
-    encode_masks,
-    masks_to_boxes,
-    paste_masks,
-    upsample_masks,
-)
+from instseg.masks import class_maps, encode_masks, masks_to_boxes
+from instseg.models.postprocess import paste_masks, upsample_masks
+from instseg.structures import Category, Instances
 
 
 @pytest.mark.parametrize("resolution", [14, 28])

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from ultralytics import YOLO
 
-from instseg.structures import Category, encode_masks, results_to_coco
+from instseg.masks import encode_masks
+from instseg.structures import Category, results_to_coco
 
 
 def main() -> int:

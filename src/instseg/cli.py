@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     lvis = ev.add_mutually_exclusive_group()
     lvis.add_argument("--lvis", dest="lvis", action="store_true", default=None, help="force LVIS federated")
     lvis.add_argument("--no-lvis", dest="lvis", action="store_false", help="plain COCO even on LVIS data")
-    ev.add_argument("--score-threshold", type=float, default=0.5, help="for the matching metrics")
+    ev.add_argument(
+        "--matching-score-threshold",
+        type=float,
+        default=0.5,
+        help="the matching metrics count only detections scoring at least this",
+    )
     ev.add_argument("--class-aware-matching", action="store_true", help="matching metrics per category")
     ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
     ev.add_argument("--out", help="folder for metrics.json, results.json and plots")
@@ -75,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("inputs", nargs="+", metavar="IMAGES")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--score-threshold", type=float, default=0.5)
+    pr.add_argument("--min-score", type=float, default=0.5, help="keep only instances scoring at least this")
     pr.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     pr.add_argument("--batch-size", type=int, default=1)
     pr.add_argument("--no-overlays", action="store_true")
@@ -128,7 +133,7 @@ def _eval(args: argparse.Namespace) -> int:
         "class_agnostic": args.class_agnostic,
         "lvis": args.lvis,
         "matching": not args.no_matching,
-        "matching_score_threshold": args.score_threshold,
+        "matching_score_threshold": args.matching_score_threshold,
         "matching_class_aware": args.class_aware_matching,
     }
     if args.max_dets:
@@ -162,7 +167,7 @@ def _predict(args: argparse.Namespace) -> int:
     from instseg.data.datasets import ImageListDataset
     from instseg.data.images import list_images
     from instseg.engine.inference import run_inference
-    from instseg.eval.plots import save_overlay
+    from instseg.pictures import save_overlay
 
     predictor = load(args.checkpoint, args.device, **field_values(args.set))
     paths = list_images(args.inputs)
@@ -171,17 +176,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     def on_image(image_id: int, image, instances) -> None:
         if not args.no_overlays:
-            keep = instances.scores >= args.score_threshold
-            from instseg.structures import Instances
-
-            shown = Instances(
-                instances.boxes[keep],
-                instances.labels[keep],
-                instances.scores[keep],
-                instances.masks[keep],
-                instances.image_size,
-                instances.categories,
-            )
+            shown = instances[instances.scores >= args.min_score]
             save_overlay(image, shown, out / "overlays" / f"{paths[image_id].stem}.png")
 
     run = run_inference(
@@ -193,9 +188,7 @@ def _predict(args: argparse.Namespace) -> int:
         on_image=on_image,
     )
     results = [
-        dict(r, file_name=str(paths[r["image_id"]]))
-        for r in run.results
-        if r["score"] >= args.score_threshold
+        dict(r, file_name=str(paths[r["image_id"]])) for r in run.results if r["score"] >= args.min_score
     ]
     (out / "predictions.json").write_text(json.dumps(results))
     print(f"{len(paths)} images, {len(results)} instances, {run.seconds_per_image:.3f} s/image")

@@ -1,6 +1,7 @@
-"""Typed configs: the training config, and the dict/YAML/flag plumbing every config shares.
+"""Typed configs: the training config, the base every model config extends, and the dict/YAML/flag
+plumbing every config shares.
 
-Model configs live beside their models. Any config dataclass round-trips
+Model configs live beside their models and extend ``ModelConfig``. Any config dataclass round-trips
 through a plain dict (JSON in checkpoints, YAML from users, ``--flags`` on the
 command line) with its field types enforced, so a typo fails loudly.
 """
@@ -21,6 +22,26 @@ import yaml
 from instseg.errors import InstsegError
 
 C = TypeVar("C")
+
+
+BackboneName = Literal[
+    "resnet18", "resnet18_half", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small"
+]
+NormName = Literal["gn", "bn", "frozen_bn"]
+
+
+@dataclass
+class ModelConfig:
+    """The fields every family's config has: its trunk, how images are resized, and what it outputs."""
+
+    backbone: BackboneName = "resnet18"
+    norm: NormName = "gn"  # GroupNorm or BatchNorm to train from scratch; frozen BatchNorm for fine-tuning
+    backbone_weights: str | None = None  # local torchvision state dict of the trunk
+    scale: float | None = None  # fixed resize factor; None: shorter side to min_size
+    min_size: int = 800
+    max_size: int = 1333  # longest side after resizing, in both modes
+    detections_per_image: int = 100
+    mask_threshold: float = 0.5  # probability above which a pixel is in an output mask
 
 
 @dataclass

@@ -15,9 +15,9 @@ from instseg.data.coco import CocoIndex, resolve_source
 from instseg.engine.evaluation import evaluate_model
 from instseg.engine.trainer import TrainResult, train
 from instseg.eval.coco import format_table
-from instseg.eval.plots import plot_loss_curve, save_overlay
 from instseg.eval.report import EvalOptions
 from instseg.models.build import model_config
+from instseg.pictures import plot_loss_curve, save_overlay
 
 MAX_DETS = (1, 10, 500)
 

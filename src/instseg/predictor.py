@@ -11,12 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from instseg.config import config_from_dict
 from instseg.data.images import read_image
 from instseg.engine import checkpoint as ckpt
-from instseg.engine.trainer import resolve_device
+from instseg.engine.device import resolve_device
 from instseg.errors import CheckpointError
-from instseg.models.build import build_model, family
+from instseg.models.build import build_model, checkpoint_config
 from instseg.models.fusion import inference_model
 from instseg.structures import Category, Instances
 
@@ -48,6 +47,7 @@ class Predictor:
 
     ``model`` is the trained module as loaded; ``predict`` runs ``inference``, a copy made once
     with BatchNorms folded and, on CPU, channels-last memory (``models/fusion.py``).
+    ``min_score``: only instances scoring at least this are returned.
     """
 
     def __init__(
@@ -75,8 +75,7 @@ class Predictor:
         with them, so a field that changes the architecture fails on the weights rather than silently."""
         meta = ckpt.load_meta(path)
         try:
-            fam = family(meta["family"])
-            config = config_from_dict(fam.config, {**meta["model_config"], **(overrides or {})})
+            config = checkpoint_config(meta, overrides)
             categories = [Category(**c) for c in meta["categories"]]
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
@@ -94,7 +93,7 @@ class Predictor:
         self,
         images: ImageLike | Sequence[ImageLike],
         batch_size: int = 1,
-        score_threshold: float | None = None,
+        min_score: float | None = None,
     ) -> Instances | list[Instances]:
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
@@ -104,17 +103,7 @@ class Predictor:
             outputs = self.inference([im.to(self.device) for im in batch])
             for image, o in zip(batch, outputs, strict=True):
                 inst = Instances.from_output(o, tuple(image.shape[-2:]), self.categories)
-                if score_threshold is not None:
-                    keep = inst.scores >= score_threshold
-                    inst = Instances(
-                        inst.boxes[keep],
-                        inst.labels[keep],
-                        inst.scores[keep],
-                        inst.masks[keep],
-                        inst.image_size,
-                        inst.categories,
-                    )
-                out.append(inst)
+                out.append(inst if min_score is None else inst[inst.scores >= min_score])
         return out[0] if single else out
 
     __call__ = predict

@@ -3,7 +3,7 @@ import torch
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler
 from instseg.data.transforms import TrainTransform
-from instseg.structures import masks_to_boxes
+from instseg.masks import masks_to_boxes
 
 
 def _dataset(tiny_coco, **kw):

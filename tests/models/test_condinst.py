@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instseg.matching import assign_points, centerness, feature_locations
 from instseg.models.build import build_model, model_config
-from instseg.models.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
+from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
+from instseg.models.fcos.targets import assign_points, centerness, feature_locations
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene, scene
 
 SMALL = {
@@ -88,7 +88,7 @@ def test_paper_levels_p3_to_p7():
     assert model.strides == (8, 16, 32, 64, 128)
     image, target = scene()
     losses = model.train()([image], [target])
-    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask"}
+    assert set(losses) == {"loss_class", "loss_box", "loss_quality", "loss_dice"}
 
 
 def test_overfits_one_image():
@@ -108,15 +108,16 @@ def test_mask_windows_equal_the_whole_map_inside_them(mask_stride):
     feats = torch.randn(8, 24, 24)
     locs = torch.tensor([[6.0, 6.0], [20.0, 44.0], [60.0, 12.0], [40.0, 40.0]])
     levels = torch.tensor([0, 1, 2, 1])
-    params = torch.randn(4, model.num_dynamic)
+    params = torch.randn(4, model.head.extra_out.out_channels)
     side = 24 * 4 // mask_stride
-    assert model.mask_size(feats) == (side, side)
+    masks = model.postprocessor.masks
+    assert masks.size(feats) == (side, side)
     dense = F.interpolate(feats[None], size=(side, side), mode="bilinear")[0]
     pixels = feature_locations([(side, side)], [mask_stride], torch.device("cpu")).T
-    full = dynamic_mask_logits(params, dense.flatten(1), pixels, locs, model.soi[levels], 8, 3)
+    full = dynamic_mask_logits(params, dense.flatten(1), pixels, locs, masks.soi[levels], 8, 3)
     full = full.view(4, side, side)
     seen = []
-    for win in model.mask_windows(params, feats, locs, levels):
+    for win in masks.windows(params, feats, locs, levels):
         inside = win.paste(torch.ones_like(win.logits), (side, side)).bool()
         pasted = win.paste(win.logits, (side, side))
         for k, i in enumerate(win.index.tolist()):
@@ -134,7 +135,7 @@ def test_mask_windows_equal_the_whole_map_inside_them(mask_stride):
 def test_mask_stride_2_trains_and_predicts_finer_masks():
     """Masks at 1/2: the loss is taken against 1/2 targets, and predictions keep the output contract."""
     torch.manual_seed(0)
-    overrides = {**SMALL, "mask_stride": 2, "mask_bce_weight": 1.0}
+    overrides = {**SMALL, "mask_stride": 2, "mask_weight": 1.0}
     model = build_model("condinst", model_config("condinst", "default", overrides), 2).train()
     image, target = scene()
     losses = model([image], [target])
@@ -149,7 +150,7 @@ def test_semantic_auxiliary_loss_reaches_the_backbone_and_scores_the_class_union
     model = build_model("condinst", model_config("condinst", "default", {**SMALL, "semantic_weight": 1.0}), 2)
     image, target = scene()
     losses = model.train()([image], [target])
-    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_semantic"}
+    assert set(losses) == {"loss_class", "loss_box", "loss_quality", "loss_dice", "loss_semantic"}
     losses["loss_semantic"].backward()
     assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
     masks = torch.zeros((2, 16, 16), dtype=torch.uint8)
@@ -158,7 +159,7 @@ def test_semantic_auxiliary_loss_reaches_the_backbone_and_scores_the_class_union
     union = torch.zeros((1, 2, 4, 4), dtype=torch.bool)
     union[0, 0, :2, :2] = union[0, 1, 2:, 2:] = True
     right = torch.where(union, 20.0, -20.0)
-    assert model.semantic_loss(right, [small]).item() < 1e-6
-    assert model.semantic_loss(-right, [small]).item() > 1.0
+    assert model.criterion.masks.semantic_loss(right, [small]).item() < 1e-6
+    assert model.criterion.masks.semantic_loss(-right, [small]).item() > 1.0
     wrong_class = right.flip(1)  # the right cells, the other class
-    assert model.semantic_loss(wrong_class, [small]).item() > 1.0
+    assert model.criterion.masks.semantic_loss(wrong_class, [small]).item() > 1.0

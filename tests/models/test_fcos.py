@@ -1,12 +1,15 @@
-"""The FCOS head and output assembly that CondInst and YOLACT share."""
+"""The FCOS head and losses that CondInst and YOLACT share, and the mask assembly every family shares."""
 
 import torch
 from torchvision.ops import box_iou
 
-from instseg.matching import PointTargets, centerness
-from instseg.models import fcos
+from instseg.models import postprocess
 from instseg.models.conv_tower import LevelNorms
-from instseg.models.fcos import FCOSHead, assemble_detections, fcos_losses, ltrb_iou, ltrb_to_boxes
+from instseg.models.fcos.criterion import detection_losses
+from instseg.models.fcos.head import FCOSHead, ltrb_iou, ltrb_to_boxes
+from instseg.models.fcos.model import FCOSOutputs
+from instseg.models.fcos.targets import PointTargets, centerness
+from instseg.models.postprocess import MaskAssembly, assemble_detections
 
 
 def _levels(means: list[float], size: int = 32) -> list[torch.Tensor]:
@@ -64,8 +67,9 @@ def _assemble(rescore: bool) -> dict[str, torch.Tensor]:
     probs[1, 4:7, 4:7] = 0.99  # a confident one
     boxes = torch.tensor([[4.0, 4.0, 16.0, 16.0], [16.0, 16.0, 28.0, 28.0]])
     scores = torch.tensor([0.55, 0.5])
+    assembly = MaskAssembly(0.5, rescore=rescore)
     return assemble_detections(
-        lambda idx: probs[idx], boxes, torch.tensor([0, 0]), scores, (32, 32), (32, 32), 0.5, rescore=rescore
+        lambda idx: probs[idx], boxes, torch.tensor([0, 0]), scores, (32, 32), (32, 32), assembly
     )
 
 
@@ -85,8 +89,9 @@ def test_assembly_cuts_masks_to_their_boxes_orders_by_score_and_drops_empty_ones
     probs[2, 6:8, 0:2] = 0.9  # entirely outside its box: empty once cut
     boxes = torch.tensor([[8.0, 8.0, 16.0, 16.0], [4.0, 4.0, 24.0, 24.0], [16.0, 0.0, 32.0, 8.0]])
     scores = torch.tensor([0.3, 0.6, 0.9])
+    cut = MaskAssembly(0.5, crop_to_boxes=True)
     out = assemble_detections(
-        lambda idx: probs[idx], boxes, torch.tensor([0, 1, 0]), scores, (32, 32), (32, 32), 0.5, True
+        lambda idx: probs[idx], boxes, torch.tensor([0, 1, 0]), scores, (32, 32), (32, 32), cut
     )
     torch.testing.assert_close(out["scores"], torch.tensor([0.6, 0.3]))
     assert out["labels"].tolist() == [2, 1]
@@ -114,11 +119,12 @@ def test_rescored_assembly_reuses_the_first_pass_probabilities_within_the_budget
 
     def run() -> dict[str, torch.Tensor]:
         calls.clear()
-        return assemble_detections(mask_probs, boxes, labels, scores, (32, 32), (40, 40), 0.5, True, True)
+        assembly = MaskAssembly(0.5, crop_to_boxes=True, rescore=True)
+        return assemble_detections(mask_probs, boxes, labels, scores, (32, 32), (40, 40), assembly)
 
     cached = run()
     assert sorted(calls) == list(range(150))  # each detection's masks computed once
-    monkeypatch.setattr(fcos, "MASK_CACHE_BYTES", 2 * 64 * 8 * 8 * 4)  # the third chunk does not fit
+    monkeypatch.setattr(postprocess, "MASK_CACHE_BYTES", 2 * 64 * 8 * 8 * 4)  # the third chunk does not fit
     recomputed = run()
     assert len(calls) == 300
     for key in cached:
@@ -139,15 +145,19 @@ def test_iou_quality_trains_the_centreness_branch_on_the_predicted_boxes_iou():
     truth = torch.tensor([[4.0, 4.0, 4.0, 4.0], [2.0, 3.0, 6.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
     predicted = truth.clone()
     predicted[1, [0, 2]] *= 2  # twice as wide, same height
-    head = {
-        "cls": torch.zeros(1, 3, 1),
-        "ltrb": predicted[None],
-        "ctr": torch.full((1, 3), 1.5),
-    }
+    outputs = FCOSOutputs(
+        class_logits=torch.zeros(1, 3, 1),
+        ltrb=predicted[None],
+        quality_logits=torch.full((1, 3), 1.5),
+        mask_params=torch.zeros(1, 3, 0),
+        mask_input=torch.zeros(1, 0),
+        locations=locations,
+        levels=torch.zeros(3, dtype=torch.int64),
+    )
     targets = [PointTargets(torch.tensor([0, 1, -1]), truth, centerness(truth).nan_to_num(0))]
     labels = [torch.tensor([1, 1])]
-    geometric = fcos_losses(head, targets, labels, locations)["loss_ctr"]
-    iou = fcos_losses(head, targets, labels, locations, quality="iou")["loss_ctr"]
+    geometric = detection_losses(outputs, targets, labels)["loss_quality"]
+    iou = detection_losses(outputs, targets, labels, quality="iou")["loss_quality"]
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     torch.testing.assert_close(iou, bce(torch.full((2,), 1.5), torch.tensor([1.0, 0.5]), reduction="sum") / 2)
     assert not torch.isclose(geometric, iou)

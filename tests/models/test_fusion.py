@@ -8,7 +8,7 @@ from torch import nn
 
 from instseg.models.backbones import build_fpn_backbone
 from instseg.models.conv_tower import LevelNorms, PerLevel, conv_tower
-from instseg.models.fcos import FCOSHead
+from instseg.models.fcos.head import FCOSHead
 from instseg.models.fusion import NORMS, fold_batch_norms, inference_model
 
 

@@ -8,12 +8,13 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from instseg.losses import pairwise_dice_loss, pairwise_sigmoid_bce, point_dice_loss
-from instseg.matching import HungarianMatcher, hungarian_match
-from instseg.models.deformable_attention import deformable_sample
-from instseg.models.mask2former_criterion import SetCriterion
-from instseg.models.mask2former_postprocess import instance_inference, panoptic_inference, semantic_inference
-from instseg.points import point_sample, uncertain_points
+from instseg.models.losses import pairwise_dice_loss, pairwise_sigmoid_bce, point_dice_loss
+from instseg.models.mask2former.criterion import SetCriterion
+from instseg.models.mask2former.decoder import QueryPredictions
+from instseg.models.mask2former.deformable_attention import deformable_sample
+from instseg.models.mask2former.postprocess import instance_inference, panoptic_inference, semantic_inference
+from instseg.models.matcher import HungarianMatcher, hungarian_match
+from instseg.models.point_sampling import point_sample, uncertain_points
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene
 
 TINY = {
@@ -104,21 +105,19 @@ def test_criterion_on_images_with_and_without_objects():
     crit = SetCriterion(2, HungarianMatcher(num_points=256), num_points=256)
     features = torch.randn(2, 4, 8, 8)
     outputs = [
-        {
-            "class_logits": torch.randn(2, 5, 3, requires_grad=True),
-            "mask_embed": torch.randn(2, 5, 4, requires_grad=True),
-            "mask_features": features,
-        }
+        QueryPredictions(
+            torch.randn(2, 5, 3, requires_grad=True), torch.randn(2, 5, 4, requires_grad=True), features
+        )
         for _ in range(2)
     ]
     targets = [
         {"labels": torch.tensor([0, 1, 1]), "masks": _masks()},
         {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32)},
     ]
-    losses = crit(outputs, targets)
+    losses = crit.layer_sum(outputs, targets)
     assert set(losses) == {"loss_class", "loss_mask", "loss_dice"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    empty = crit(outputs, [targets[1], targets[1]])
+    empty = crit.layer_sum(outputs, [targets[1], targets[1]])
     assert empty["loss_mask"] == 0 and empty["loss_dice"] == 0 and empty["loss_class"] > 0
     empty["loss_class"].backward()  # "no object" is still learnt on an image without objects
 
@@ -145,6 +144,7 @@ def _pairs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     Query q's mask is feature channel q."""
     class_logits = torch.full((4, 3), -10.0)
     class_logits[0, 0] = class_logits[1, 1] = class_logits[2, 1] = class_logits[3, 2] = 10.0
+    class_logits[1, 1] = class_logits[2, 1] = 2.0  # less sure than query 0: no score tie decides the order
     mask_logits = torch.full((4, 8, 8), -10.0)
     mask_logits[0, :, :4] = 10.0
     mask_logits[1, :4, 4:] = 10.0

@@ -9,7 +9,7 @@ from instseg.api import load
 from instseg.cli import main
 from instseg.errors import CheckpointError
 from instseg.importers.hf_mask2former import config_from_hf, import_hf_mask2former
-from instseg.models.mask2former_decoder import mask_logits
+from instseg.models.mask2former.decoder import mask_logits
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install '.[hf]')"
@@ -60,10 +60,10 @@ def test_imported_model_matches_transformers(tmp_path):
         ref = hf(pixel_values=pixels, output_auxiliary_logits=True)
         ours = [
             {
-                "class_logits": o["class_logits"],
-                "mask_logits": mask_logits(o["mask_embed"], o["mask_features"]),
+                "class_logits": o.class_logits,
+                "mask_logits": mask_logits(o.mask_embed, o.mask_features),
             }
-            for o in model.network(pixels)
+            for o in model.network(pixels).layers
         ]
     assert len(ours) == 4
     torch.testing.assert_close(ours[-1]["class_logits"], ref.class_queries_logits, atol=1e-4, rtol=1e-4)

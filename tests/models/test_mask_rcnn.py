@@ -5,7 +5,7 @@ from torchvision.ops import roi_pool
 
 from instseg.errors import CheckpointError, InstsegError
 from instseg.models.build import build_model, model_config
-from instseg.models.poolers import MultiScaleRoIPool
+from instseg.models.mask_rcnn import MultiScaleRoIPool
 
 
 def _targets():
@@ -36,11 +36,11 @@ def test_training_returns_finite_named_losses(tiny_model, pooler):
     model.train()
     losses = model([torch.rand(3, 60, 80), torch.rand(3, 48, 50)], [_targets(), _empty()])
     assert set(losses) == {
-        "loss_classifier",
-        "loss_box_reg",
+        "loss_class",
+        "loss_box",
         "loss_mask",
         "loss_objectness",
-        "loss_rpn_box_reg",
+        "loss_rpn_box",
     }
     total = sum(losses.values())
     assert torch.isfinite(total)

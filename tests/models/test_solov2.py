@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from instseg.models.build import build_model, model_config
 from instseg.models.conv_tower import LevelNorms
-from instseg.models.nms import fast_nms, matrix_nms
-from instseg.models.solov2_cells import cell_windows, relative_position_logits
-from instseg.models.solov2_targets import assign_level
+from instseg.models.nms import matrix_nms
+from instseg.models.solov2.cells import cell_windows, relative_position_logits
+from instseg.models.solov2.criterion import assign_level
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene
 
 SMALL = {
@@ -66,14 +66,6 @@ def test_matrix_nms_matches_the_per_pair_definition(n, seed, kernel):
     got = matrix_nms(torch.from_numpy(masks), torch.from_numpy(labels), torch.from_numpy(scores), kernel, 2.0)
     want = _reference_matrix_nms(masks, labels, scores, kernel, 2.0)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
-
-
-def test_fast_nms_drops_overlapping_lower_scores_of_the_same_class():
-    masks = torch.zeros(4, 10, 10, dtype=torch.bool)
-    masks[0, :5, :5] = masks[1, :5, :5] = masks[2, :5, :5] = True
-    masks[3, 5:, 5:] = True
-    keep = fast_nms(masks, torch.tensor([1, 1, 2, 1]), torch.tensor([0.9, 0.8, 0.7, 0.6]))
-    assert keep.tolist() == [True, False, True, True]
 
 
 def test_smaller_objects_win_contested_cells():
@@ -137,7 +129,7 @@ def test_relative_coordinates_drop_every_image_coordinate_channel():
     kernels = torch.zeros(1, 32 + 5)
     kernels[0, 32 + 2] = -1.0
     grids = [(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)]  # a 32x32 input, 8x8 mask map
-    logits = relative.mask_logits(kernels, torch.tensor([3]), grids, torch.zeros(32, 8, 8))[0]
+    logits = relative.postprocessor.masks.logits(kernels, torch.tensor([3]), grids, torch.zeros(32, 8, 8))[0]
     assert (logits[:, 0].std() == 0) and (logits[0].std() > 0)  # varies along x only
     assert set(torch.nonzero(logits[0] == logits[0].max()).flatten().tolist()) == {
         6,

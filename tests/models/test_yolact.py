@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import batched_nms, box_iou
 
+from instseg.masks import box_masks
 from instseg.models.build import build_model, model_config
-from instseg.models.fcos import box_masks
 from instseg.models.nms import fast_nms_boxes
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene, scene
 
@@ -94,7 +94,7 @@ def test_semantic_auxiliary_loss_and_mobile_backbone():
     model = build_model("yolact", model_config("yolact", "realtime", {"semantic_weight": 1.0}), 2).train()
     image, target = scene()
     losses = model([image], [target])
-    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_semantic"}
+    assert set(losses) == {"loss_class", "loss_box", "loss_quality", "loss_mask", "loss_semantic"}
     assert all(torch.isfinite(v) for v in losses.values())
 
 
@@ -110,5 +110,5 @@ def test_semantic_target_is_the_union_of_each_class_masks():
     union = torch.zeros((1, 2, 4, 4))
     union[0, 0, 0, 0] = union[0, 0, 2:, 2:] = union[0, 1, 0, 2:] = 1  # 1/4 resolution (first_level 2)
     logits = torch.where(union > 0, 20.0, -20.0)
-    assert model.semantic_loss(logits, [target]).item() < 1e-6
-    assert model.semantic_loss(-logits, [target]).item() > 1.0
+    assert model.criterion.masks.semantic_loss(logits, [target]).item() < 1e-6
+    assert model.criterion.masks.semantic_loss(-logits, [target]).item() > 1.0

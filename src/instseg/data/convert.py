@@ -85,11 +85,6 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def polygon_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
-    rles = mask_utils.frPyObjects([polygon.reshape(-1).tolist()], height, width)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-
-
 def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:

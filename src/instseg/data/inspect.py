@@ -19,7 +19,7 @@ import torch
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.images import read_image
 from instseg.errors import DataError
-from instseg.eval.plots import save_figure, save_overlay
+from instseg.pictures import save_figure, save_overlay
 from instseg.structures import Instances
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's area ranges

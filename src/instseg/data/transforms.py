@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 
 from instseg.data.coco import decode_window
-from instseg.structures import masks_to_boxes
+from instseg.masks import masks_to_boxes
 
 
 class TrainTransform:

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from instseg.data.datasets import ImageListDataset, collate
-from instseg.structures import Category, Instances, encode_masks, results_to_coco
+from instseg.masks import encode_masks
+from instseg.structures import Category, Instances, results_to_coco
 
 ImageCallback = Callable[[int, torch.Tensor, Instances], None]
 

@@ -2,11 +2,11 @@
 
 During training a BatchNorm's running statistics are an exponential average
 with momentum 0.1, so they are mostly the last ~10 batches. With the small
-batches a CPU budget allows (2 crops of 256 px) those batches vary a lot: on
-DSB2018 a MobileNetV3 YOLACT's final checkpoint scored 0.379 mask AP and its
-snapshot 30 steps earlier 0.469, at a learning rate near zero (BENCHMARKS.md).
-Averaging the statistics over many batches with the weights frozen removes
-that lottery, as detectron2's PreciseBN hook does. torch's
+batches a CPU budget allows (2 crops of 256 px) those batches vary a lot, and
+a final checkpoint can score well below a snapshot taken a few steps earlier
+at a learning rate near zero (BENCHMARKS.md shows it on DSB2018). Averaging
+the statistics over many batches with the weights frozen removes that
+lottery, as detectron2's PreciseBN hook does. torch's
 ``swa_utils.update_bn`` does the same but calls ``model(input)``; a training
 forward here needs its targets, so the loop is written out.
 """

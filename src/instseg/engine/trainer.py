@@ -1,4 +1,4 @@
-"""The training loop: one readable function on plain PyTorch.
+"""The training loop on plain PyTorch: ``Trainer.run`` on one screen, each step a named method.
 
 AdamW or SGD, warm-up + cosine/step schedule, gradient clipping, optional EMA
 and autocast, periodic checkpoints and evaluation, metrics to JSONL, and a
@@ -23,12 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from instseg import __version__
 from instseg.config import TrainConfig, config_to_dict
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler, batch_to, collate
 from instseg.data.transforms import TrainTransform
 from instseg.engine import checkpoint as ckpt
+from instseg.engine.device import resolve_device
 from instseg.engine.ema import build_ema
 from instseg.engine.evaluation import evaluate_model
 from instseg.engine.precise_bn import recompute_batch_norm_statistics
@@ -36,7 +36,7 @@ from instseg.engine.schedule import lr_factor
 from instseg.errors import DataError, TrainingDiverged
 from instseg.eval.coco import format_table
 from instseg.eval.report import EvalOptions
-from instseg.models.build import build_model
+from instseg.models.build import build_model, checkpoint_meta
 from instseg.models.fusion import inference_model
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ class TrainResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds_per_image: float | None = None
     log_file: Path | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def training_indexes(cfg: TrainConfig) -> tuple[CocoIndex, CocoIndex | None]:
@@ -104,178 +98,191 @@ def _single_thread(_: int) -> None:
     torch.set_num_threads(1)  # workers share the cores with the training process
 
 
+class Trainer:
+    """One training run's state and its named steps; ``run`` is the loop."""
+
+    def __init__(
+        self, cfg: TrainConfig, model_name: str, model_cfg: Any, resume: str | Path | None, progress: bool
+    ) -> None:
+        self.cfg, self.progress_bars = cfg, progress
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        train_index, self.val_index = training_indexes(cfg)
+        self.categories = train_index.categories
+        val = self.val_index
+        if val is not None and {c.id for c in val.categories} != {c.id for c in self.categories}:
+            raise DataError(f"{val.source.annotations}: categories differ from the training set's")
+        log.info("train: %d images from %s", len(train_index), train_index.source.annotations)
+
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(model_name, model_cfg, len(self.categories)).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _optimizer(self.model, cfg)
+        self.ema = build_ema(self.model, cfg.ema_decay) if cfg.ema else None
+        # what is saved, evaluated and predicted with
+        self.finished = self.ema.module if self.ema is not None else self.model
+        self.meta = checkpoint_meta(model_name, model_cfg, self.categories, train_config=config_to_dict(cfg))
+        self.step, self.elapsed = 0, 0.0
+        if resume is not None:
+            self.resume(resume)
+        self.batches = training_batches(train_index, cfg, self.step)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if cfg.amp and self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        self.images_seen = 0
+        self.window: dict[str, list[float]] = {}
+
+    def resume(self, path: str | Path) -> None:
+        state = ckpt.load_train_state(path)
+        self.model.load_state_dict(ckpt.load_weights(path, raw=True))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        torch.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def progress(self) -> float:
+        """Fraction of training done: by steps, or by time when there is a budget, whichever is further."""
+        p = self.step / self.cfg.steps
+        return max(p, self.elapsed / self.cfg.time_budget_s) if self.cfg.time_budget_s else p
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step on the next batch; returns (total loss, learning rate)."""
+        cfg = self.cfg
+        images, targets = batch_to(*next(self.batches), self.device)
+        lr = cfg.lr * lr_factor(self.step, self.progress(), cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            self.diverged(loss, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        self.images_seen += len(images)
+        for k, v in {"loss": loss, **losses}.items():
+            self.window.setdefault(k, []).append(float(v.detach()))
+        return float(loss.detach()), lr
+
+    def diverged(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        last = self.out / "last"
+        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"loss is {float(loss.detach())} at step {self.step + 1} ({parts}); stopped, {kept}. "
+            f"Try a lower --lr or a longer --warmup-steps."
+        )
+
+    def log(self, jsonl: Any, lr: float) -> None:
+        """The window's mean losses to the JSONL log."""
+        record = {"step": self.step, "time": round(self.elapsed, 2), "lr": lr}
+        record.update({k: sum(v) / len(v) for k, v in self.window.items()})
+        jsonl.write(json.dumps(record) + "\n")
+        jsonl.flush()
+        self.window.clear()
+
+    def save(self, path: Path, metrics: dict[str, Any] | None = None, resumable: bool = True) -> None:
+        meta = {**self.meta, "step": self.step, "metrics": metrics or {}}
+        if not resumable:
+            ckpt.save_checkpoint(path, self.finished.state_dict(), meta)
+            return
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        raw = self.model.state_dict() if self.ema is not None else None
+        ckpt.save_checkpoint(path, self.finished.state_dict(), meta, train_state=state, train_weights=raw)
+
+    def evaluate(self, jsonl: Any) -> tuple[dict[str, dict[str, float]], float | None]:
+        """Metrics on the validation set (none without one), also written to the JSONL log."""
+        if self.val_index is None:
+            return {}, None
+        iou_types = ("segm", "bbox", "boundary") if self.cfg.boundary_ap else ("segm", "bbox")
+        ev = evaluate_model(
+            inference_model(self.finished),
+            self.val_index,
+            self.categories,
+            self.device,
+            EvalOptions(iou_types=iou_types, max_dets=tuple(self.cfg.eval_max_dets)),
+            details=False,
+            progress=self.progress_bars,
+        )
+        self.model.train()
+        if ev.metrics:
+            record = {"step": self.step, "time": round(self.elapsed, 2), "eval": ev.metrics}
+            jsonl.write(json.dumps(record) + "\n")
+        return ev.metrics, ev.seconds_per_image
+
+    def run(self) -> TrainResult:
+        cfg, out = self.cfg, self.out
+        self.model.train()
+        total = cfg.steps if not cfg.time_budget_s else None
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress_bars, desc="train", unit="step")
+        started = time.perf_counter() - self.elapsed
+        with (out / "metrics.jsonl").open("a") as jsonl:
+            while self.progress() < 1.0:
+                loss, lr = self.train_step()
+                self.elapsed = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                if self.step % cfg.log_every == 0:
+                    self.log(jsonl, lr)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save(out / "last")
+                if cfg.keep_every and self.step % cfg.keep_every == 0:
+                    self.save(out / "snapshots" / f"step_{self.step:07d}", resumable=False)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.progress() < 1.0:
+                    metrics, _ = self.evaluate(jsonl)
+                    if metrics:
+                        log.info("step %d\n%s", self.step, format_table(metrics))
+                    started = time.perf_counter() - self.elapsed  # evaluation time is not training time
+            bar.close()
+            device, count = self.device, cfg.precise_bn_batches
+            if recompute_batch_norm_statistics(
+                self.finished, self.batches, count, device, self.progress_bars
+            ):
+                log.info("BatchNorm statistics averaged over %d training batches", count)
+            metrics, seconds_per_image = self.evaluate(jsonl)
+        self.save(out / "last", metrics)
+        self.save(out / "checkpoint", metrics, resumable=False)
+        return self.summary(metrics, seconds_per_image)
+
+    def summary(self, metrics: dict[str, dict[str, float]], seconds_per_image: float | None) -> TrainResult:
+        images_per_s = round(self.images_seen / max(self.elapsed, 1e-9), 3) if self.images_seen else None
+        summary = {
+            "steps": self.step,
+            "train_seconds": round(self.elapsed, 1),
+            "train_images_per_s": images_per_s,
+            "seconds_per_image": seconds_per_image,
+            "metrics": metrics,
+        }
+        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log_file = self.out / "metrics.jsonl"
+        return TrainResult(
+            self.out / "checkpoint", self.step, self.elapsed, metrics, seconds_per_image, log_file
+        )
+
+
 def train(
     cfg: TrainConfig, model_name: str, model_cfg: Any, resume: str | Path | None = None, progress: bool = True
 ) -> TrainResult:
     """Train ``model_name`` and write ``<out>/checkpoint`` (inference) and ``<out>/last`` (resume)."""
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_index, val_index = training_indexes(cfg)
-    categories = train_index.categories
-    if val_index is not None and {c.id for c in val_index.categories} != {c.id for c in categories}:
-        raise DataError(f"{val_index.source.annotations}: categories differ from the training set's")
-    log.info("train: %d images from %s", len(train_index), train_index.source.annotations)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_name, model_cfg, len(categories)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, cfg)
-    ema = build_ema(model, cfg.ema_decay) if cfg.ema else None
-    finished = ema.module if ema is not None else model  # what is saved, evaluated and predicted with
-    meta = {
-        "instseg_version": __version__,
-        "family": model_name,
-        "model_config": config_to_dict(model_cfg),
-        "categories": [vars(c) for c in categories],
-        "train_config": config_to_dict(cfg),
-    }
-
-    step, elapsed = 0, 0.0
-    if resume is not None:
-        state = ckpt.load_train_state(resume)
-        model.load_state_dict(ckpt.load_weights(resume, raw=True))
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and "ema" in state:
-            ema.load_state_dict(state["ema"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        torch.set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", resume, step)
-
-    batches = training_batches(train_index, cfg, step)
-    log_file = out / "metrics.jsonl"
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if cfg.amp and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-
-    def progress_of(s: int, seconds: float) -> float:
-        p = s / cfg.steps
-        return max(p, seconds / cfg.time_budget_s) if cfg.time_budget_s else p
-
-    def save(path: Path, metrics: dict[str, Any] | None = None, resumable: bool = True) -> None:
-        if not resumable:
-            ckpt.save_checkpoint(
-                path, finished.state_dict(), {**meta, "step": step, "metrics": metrics or {}}
-            )
-            return
-        state = {
-            "step": step,
-            "elapsed": elapsed,
-            "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
-        }
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        ckpt.save_checkpoint(
-            path,
-            finished.state_dict(),
-            {**meta, "step": step, "metrics": metrics or {}},
-            train_state=state,
-            train_weights=model.state_dict() if ema is not None else None,
-        )
-
-    def evaluate() -> tuple[dict[str, dict[str, float]], float | None]:
-        if val_index is None:
-            return {}, None
-        ev = evaluate_model(
-            inference_model(finished),
-            val_index,
-            categories,
-            device,
-            EvalOptions(
-                iou_types=("segm", "bbox", "boundary") if cfg.boundary_ap else ("segm", "bbox"),
-                max_dets=tuple(cfg.eval_max_dets),
-            ),
-            details=False,
-            progress=progress,
-        )
-        model.train()
-        return ev.metrics, ev.seconds_per_image
-
-    model.train()
-    bar = tqdm(
-        total=cfg.steps if not cfg.time_budget_s else None,
-        initial=step,
-        disable=not progress,
-        desc="train",
-        unit="step",
-    )
-    window: dict[str, list[float]] = {}
-    images_seen = 0
-    started = time.perf_counter() - elapsed
-    with log_file.open("a") as jsonl:
-        while progress_of(step, elapsed) < 1.0:
-            images, targets = next(batches)
-            images, targets = batch_to(images, targets, device)
-            factor = lr_factor(
-                step, progress_of(step, elapsed), cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * factor
-            with autocast:
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                last = out / "last"
-                kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved yet"
-                raise TrainingDiverged(
-                    f"loss is {float(loss.detach())} at step {step + 1} ({parts}); stopped, {kept}. "
-                    f"Try a lower --lr or a longer --warmup-steps."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            images_seen += len(images)
-            elapsed = time.perf_counter() - started
-            for k, v in {"loss": loss, **losses}.items():
-                window.setdefault(k, []).append(float(v.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{cfg.lr * factor:.2e}")
-            if step % cfg.log_every == 0:
-                record = {
-                    "step": step,
-                    "time": round(elapsed, 2),
-                    "lr": cfg.lr * factor,
-                    **{k: sum(v) / len(v) for k, v in window.items()},
-                }
-                jsonl.write(json.dumps(record) + "\n")
-                jsonl.flush()
-                window.clear()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save(out / "last")
-            if cfg.keep_every and step % cfg.keep_every == 0:
-                save(out / "snapshots" / f"step_{step:07d}", resumable=False)
-            if cfg.eval_every and step % cfg.eval_every == 0 and progress_of(step, elapsed) < 1.0:
-                metrics, _ = evaluate()
-                jsonl.write(json.dumps({"step": step, "time": round(elapsed, 2), "eval": metrics}) + "\n")
-                if metrics:
-                    log.info("step %d\n%s", step, format_table(metrics))
-                started = time.perf_counter() - elapsed  # evaluation time is not training time
-        bar.close()
-        if recompute_batch_norm_statistics(finished, batches, cfg.precise_bn_batches, device, progress):
-            log.info("BatchNorm statistics averaged over %d training batches", cfg.precise_bn_batches)
-        metrics, seconds_per_image = evaluate()
-        if metrics:
-            jsonl.write(json.dumps({"step": step, "time": round(elapsed, 2), "eval": metrics}) + "\n")
-    save(out / "last", metrics)
-    save(out / "checkpoint", metrics, resumable=False)
-    summary = {
-        "steps": step,
-        "train_seconds": round(elapsed, 1),
-        "train_images_per_s": round(images_seen / max(elapsed, 1e-9), 3) if images_seen else None,
-        "seconds_per_image": seconds_per_image,
-        "metrics": metrics,
-    }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(out / "checkpoint", step, elapsed, metrics, seconds_per_image, log_file)
+    return Trainer(cfg, model_name, model_cfg, resume, progress).run()

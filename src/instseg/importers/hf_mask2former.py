@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from instseg import __version__
-from instseg.config import config_to_dict
 from instseg.engine.checkpoint import save_checkpoint
 from instseg.errors import CheckpointError
-from instseg.models.mask2former import Mask2FormerConfig
+from instseg.models.build import checkpoint_meta
+from instseg.models.mask2former.model import Mask2FormerConfig
 from instseg.structures import Category
 
 # (layer type, depths, widths) of HF ResNetConfig -> instseg backbone
@@ -176,11 +175,5 @@ def import_hf_mask2former(source: str | Path, out: str | Path) -> Path:
     categories = [
         Category(id=int(i), name=str(name)) for i, name in sorted(labels.items(), key=lambda kv: int(kv[0]))
     ]
-    meta = {
-        "instseg_version": __version__,
-        "family": "mask2former",
-        "model_config": config_to_dict(cfg),
-        "categories": [vars(c) for c in categories],
-        "source": f"transformers Mask2Former ({source.name})",
-    }
+    meta = checkpoint_meta("mask2former", cfg, categories, source=f"transformers Mask2Former ({source.name})")
     return save_checkpoint(out, convert_state_dict(_read_state(source)), meta)

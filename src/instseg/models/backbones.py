@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -70,9 +69,6 @@ MOBILENETS: dict[str, tuple[Callable[..., nn.Module], dict[int, tuple[str, int]]
     ),
 }
 BACKBONES = (*RESNETS, *MOBILENETS)
-BackboneName = Literal[
-    "resnet18", "resnet18_half", "resnet34", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small"
-]
 
 
 def norm_layer(kind: str) -> Callable[[int], nn.Module]:

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
-from instseg.config import config_from_dict
+from instseg.config import config_from_dict, config_to_dict
 from instseg.errors import InstsegError
-from instseg.models import condinst, mask2former, mask_rcnn, solov2, yolact
+from instseg.models import mask_rcnn
+from instseg.models.fcos import condinst, yolact
+from instseg.models.mask2former import model as mask2former
+from instseg.models.solov2 import model as solov2
+from instseg.structures import Category
+from instseg.version import __version__
+
+# Config version written into checkpoints: 2 gave every meaning one field name. Older checkpoints'
+# fields are renamed on load (all of a family's renames at once, so that a swap of names is safe).
+CONFIG_VERSION = 2
+RENAMED_FIELDS: dict[str, dict[str, str]] = {
+    "condinst": {"mask_weight": "dice_weight", "mask_bce_weight": "mask_weight"},
+}
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,8 @@ class Family:
     config: type
     build: Callable[[Any, int], nn.Module]
     presets: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    # what output boxes are: the boxes the family predicts, or the tight boxes of its masks
+    boxes: Literal["predicted", "mask"] = "predicted"
 
 
 FAMILIES: dict[str, Family] = {
@@ -34,6 +48,7 @@ FAMILIES: dict[str, Family] = {
         solov2.SOLOv2Config,
         solov2.build_solov2,
         {"default": solov2.SOLOv2Config, "light": solov2.light_preset, "nuclei": solov2.nuclei_preset},
+        boxes="mask",
     ),
     "yolact": Family(
         yolact.YOLACTConfig,
@@ -58,6 +73,7 @@ FAMILIES: dict[str, Family] = {
             "nuclei": mask2former.nuclei_preset,
             "light": mask2former.light_preset,
         },
+        boxes="mask",
     ),
 }
 
@@ -73,6 +89,30 @@ def model_config(name: str, preset: str = "default", overrides: dict[str, Any] |
     if preset not in fam.presets:
         raise InstsegError(f"unknown preset {preset!r} for {name}; available: {', '.join(fam.presets)}")
     return config_from_dict(fam.config, overrides or {}, base=fam.presets[preset]())
+
+
+def checkpoint_meta(name: str, config: Any, categories: list[Category], **extra: Any) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild its model: family, full config, categories (``extra`` adds
+    the training recipe, step, metrics or source)."""
+    return {
+        "instseg_version": __version__,
+        "config_version": CONFIG_VERSION,
+        "family": name,
+        "model_config": config_to_dict(config),
+        "categories": [vars(c) for c in categories],
+        **extra,
+    }
+
+
+def checkpoint_config(meta: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
+    """The model config stored in a checkpoint's metadata (older field names renamed), with
+    ``overrides`` applied on top."""
+    name = meta["family"]
+    values = dict(meta["model_config"])
+    if meta.get("config_version", 1) < 2:
+        renames = RENAMED_FIELDS.get(name, {})
+        values = {renames.get(k, k): v for k, v in values.items()}
+    return config_from_dict(family(name).config, {**values, **(overrides or {})})
 
 
 def build_model(name: str, config: Any, num_classes: int) -> nn.Module:

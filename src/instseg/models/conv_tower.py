@@ -21,8 +21,8 @@ class LevelNorms(PerLevel):
 
     In training each level's call normalises by its own batch statistics, but
     a single BatchNorm's running statistics average all levels, so at
-    inference every level is normalised wrongly (on DSB2018 a trained
-    MobileNetV3 YOLACT's class loss doubled). Separate statistics per level,
+    inference every level is normalised wrongly (BENCHMARKS.md shows the cost
+    on DSB2018). Separate statistics per level,
     as EfficientDet's shared heads keep them, remove that mismatch.
     """
 

@@ -4,8 +4,7 @@ In eval mode a BatchNorm is a per-channel affine map, so it can be folded
 into the preceding convolution's weights and bias (``torch.nn.utils.fusion``
 does the arithmetic); that saves one pass over every feature map. Channels-last
 (NHWC) memory is what oneDNN's CPU kernels want, above all for depthwise
-convolutions: with both, the MobileNetV3 YOLACT presets run 1.4-1.8x
-faster (BENCHMARKS.md). Both change the module tree or its tensors' layout, so they
+convolutions (BENCHMARKS.md measures both). Both change the module tree or its tensors' layout, so they
 are applied to a copy that is only used for inference; checkpoints keep the
 trained structure.
 """
@@ -23,7 +22,6 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from instseg.models.conv_tower import LevelNorms, PerLevel
-from instseg.models.fcos import FCOSHead
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -90,13 +88,15 @@ def fold_batch_norms(model: nn.Module) -> int:
 
 
 def inference_model(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
-    """An eval-mode copy of ``model`` with BatchNorms folded, FCOS heads' sibling output convolutions
-    merged (``FCOSHead.merge_outputs``) and, by default on CPU, channels-last."""
+    """An eval-mode copy of ``model`` with BatchNorms folded, each module's own inference rewrite
+    applied (any module may define ``prepare_for_inference()``, as ``FCOSHead`` does to merge its
+    output convolutions) and, by default on CPU, channels-last."""
     fast = copy.deepcopy(model).eval()
     fold_batch_norms(fast)
     for module in fast.modules():
-        if isinstance(module, FCOSHead):
-            module.merge_outputs()
+        prepare = getattr(module, "prepare_for_inference", None)
+        if callable(prepare):
+            prepare()
     if channels_last is None:
         channels_last = all(p.device.type == "cpu" for p in fast.parameters())
     return fast.to(memory_format=torch.channels_last) if channels_last else fast

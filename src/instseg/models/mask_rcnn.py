@@ -1,16 +1,23 @@
 """Mask R-CNN on torchvision's implementation, configured for training from scratch.
 
-What instseg changes around torchvision's model: trainable normalisation and
-small-object anchors (``backbones``), a fixed-scale resize mode (``transform``),
-bool masks pasted box by box instead of a full-image float stack, and a
-quantised RoIPool option for the ablation.
+torchvision's ``GeneralizedRCNN`` is the seam every instseg family follows
+(transform -> backbone, RPN, RoI heads -> transform.postprocess), so the model
+is torchvision's own. What instseg changes around it: trainable normalisation
+and small-object anchors (``backbones``), a fixed-scale resize mode
+(``transform``), bool masks pasted box by box instead of a full-image float
+stack with empty masks dropped, the project's loss names, and a quantised
+RoIPool option for the ablation (``MultiScaleRoIPool``: torchvision ships
+``roi_pool`` but only a multi-level wrapper for ``roi_align``). Boxes are the
+predicted boxes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -18,24 +25,29 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_pool
+from torchvision.ops.poolers import LevelMapper
 
-from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_layer
-from instseg.models.poolers import MultiScaleRoIPool
+from instseg.config import ModelConfig
+from instseg.masks import any_pixel
+from instseg.models.backbones import build_fpn_backbone, norm_layer
+from instseg.models.postprocess import paste_masks
 from instseg.models.transform import ResizeNormalize
-from instseg.structures import paste_masks
+
+# torchvision's loss names -> the project's (one name per meaning across families)
+LOSS_NAMES = {
+    "loss_classifier": "loss_class",
+    "loss_box_reg": "loss_box",
+    "loss_mask": "loss_mask",
+    "loss_objectness": "loss_objectness",
+    "loss_rpn_box_reg": "loss_rpn_box",
+}
 
 
 @dataclass
-class MaskRCNNConfig:
-    backbone: BackboneName = "resnet18"
-    norm: Literal["gn", "bn", "frozen_bn"] = "gn"
-    backbone_weights: str | None = None  # local torchvision state dict of the trunk
+class MaskRCNNConfig(ModelConfig):
     fpn_channels: int = 256
     returned_layers: tuple[int, ...] = (1, 2, 3, 4)
-    scale: float | None = None  # fixed resize factor; None: shorter side to min_size (torchvision)
-    min_size: int = 800
-    max_size: int = 1333  # longest side after resizing, in both modes
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per pyramid level
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     roi_pooler: Literal["align", "pool"] = "align"
@@ -51,16 +63,14 @@ class MaskRCNNConfig:
     box_batch_per_image: int = 512
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
-    detections_per_image: int = 100
-    mask_threshold: float = 0.5
 
 
 def nuclei_preset() -> MaskRCNNConfig:
     """Small dense objects (~7-40 px): 1.5x upsampling, small anchors, light heads, 500 detections.
 
-    Chosen for a 2-core CPU budget on DSB2018 train (see BENCHMARKS.md): 2x
-    upsampling cost 2x the time per step, and the RoI heads at torchvision's
-    widths cost as much as the backbone.
+    Chosen for a 2-core CPU budget on DSB2018 train (BENCHMARKS.md): more
+    upsampling costs time per step in proportion, and the RoI heads at
+    torchvision's widths cost as much as the backbone.
     """
     return MaskRCNNConfig(
         backbone="resnet18",
@@ -80,8 +90,36 @@ def nuclei_preset() -> MaskRCNNConfig:
     )
 
 
+class MultiScaleRoIPool(MultiScaleRoIAlign):
+    """Same level assignment as ``MultiScaleRoIAlign`` (FPN paper, eq. 1), quantised pooling inside."""
+
+    def forward(
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            max_h = max(h for h, _ in image_shapes)
+            scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in features]
+            self.scales = scales
+            self.map_levels = LevelMapper(
+                int(-math.log2(scales[0])),
+                int(-math.log2(scales[-1])),
+                canonical_scale=self.canonical_scale,
+                canonical_level=self.canonical_level,
+            )
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        levels = self.map_levels(boxes)
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            idx = torch.where(levels == level)[0]
+            if idx.numel():
+                out[idx] = roi_pool(feature, rois[idx], self.output_size, scale).to(out.dtype)
+        return out
+
+
 class RoIMaskTransform(ResizeNormalize):
-    """The shared resize/normalise, with RoI masks pasted box by box as bool at the end."""
+    """The shared resize/normalise, with RoI masks pasted box by box as bool at the end, empty ones
+    dropped (as every family drops them)."""
 
     def __init__(self, cfg: MaskRCNNConfig) -> None:
         super().__init__(cfg.min_size, cfg.max_size, cfg.scale)
@@ -99,10 +137,26 @@ class RoIMaskTransform(ResizeNormalize):
             pred["boxes"] = resize_boxes(pred["boxes"], size, original)
             if "masks" in pred:
                 pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original, self.mask_threshold)
+                nonempty = any_pixel(pred["masks"])
+                if not bool(nonempty.all()):
+                    for key in ("boxes", "labels", "scores", "masks"):
+                        pred[key] = pred[key][nonempty]
         return result
 
 
-def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
+class InstanceMaskRCNN(MaskRCNN):
+    """torchvision's ``MaskRCNN`` with the project's loss names; the module tree and weights are its own."""
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        out = super().forward(images, targets)
+        if isinstance(out, dict):
+            return {LOSS_NAMES.get(k, k): v for k, v in out.items()}
+        return out
+
+
+def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
     """A torchvision ``MaskRCNN`` for ``num_classes`` foreground classes (labels 1..K)."""
     levels = len(cfg.returned_layers) + 1
     if len(cfg.anchor_sizes) != levels:
@@ -115,7 +169,7 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> MaskRCNN:
     featmaps = [str(i) for i in range(len(cfg.returned_layers))]
     pooler = MultiScaleRoIAlign if cfg.roi_pooler == "align" else MultiScaleRoIPool
     head_norm = norm_layer(cfg.norm) if cfg.norm == "gn" else None
-    model = MaskRCNN(
+    model = InstanceMaskRCNN(
         backbone,
         num_classes=None,
         rpn_anchor_generator=anchors,

@@ -2,9 +2,9 @@
 
 Matrix NMS (SOLOv2, Wang et al. 2020) decays every mask's score at once by
 its IoU with the higher-scored masks of its class, compensated by how much
-those masks were themselves suppressed. Fast NMS (YOLACT) is its hard cousin:
-a mask is dropped when any higher-scored mask of its class overlaps it more
-than a threshold. Box NMS is torchvision's ``batched_nms``.
+those masks were themselves suppressed. Fast NMS (YOLACT) is its hard cousin,
+on boxes: a box is dropped when any higher-scored box of its class overlaps it
+more than a threshold. Sequential box NMS is torchvision's ``batched_nms``.
 """
 
 from __future__ import annotations
@@ -50,13 +50,6 @@ def matrix_nms(
     else:
         raise ValueError(f"unknown Matrix NMS kernel {kernel!r}")
     return scores * decay.min(dim=0).values.clamp(max=1.0)
-
-
-def fast_nms(masks: Tensor, labels: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
-    """Which masks (sorted by descending score) survive: none of the same class above overlaps them > t."""
-    if len(scores) == 0:
-        return torch.zeros(0, dtype=torch.bool, device=scores.device)
-    return _fast_nms(mask_iou_matrix(masks), labels, iou_threshold)
 
 
 def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, block: int = 256) -> Tensor:

@@ -8,11 +8,22 @@ predicts classes and masks, and all of them are supervised (deep supervision).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.models.position_encoding import sine_position_encoding
+from instseg.models.mask2former.position_encoding import sine_position_encoding
+
+
+@dataclass
+class QueryPredictions:
+    """One decoder layer's predictions for a batch: a class and a mask per query (see ``mask_logits``)."""
+
+    class_logits: Tensor  # [B, Q, K+1], the last class is "no object"
+    mask_embed: Tensor  # [B, Q, C]
+    mask_features: Tensor  # [B, C, h, w] per-pixel embeddings at 1/4 of the padded batch, shared by layers
 
 
 class MLP(nn.Module):
@@ -88,9 +99,9 @@ class MaskedAttentionDecoder(nn.Module):
         blocked &= ~blocked.all(-1, keepdim=True)  # a query whose mask is empty attends everywhere
         return self.class_head(y), embed, blocked.repeat_interleave(self.heads, dim=0)
 
-    def forward(self, maps: list[Tensor], mask_features: Tensor) -> list[dict[str, Tensor]]:
+    def forward(self, maps: list[Tensor], mask_features: Tensor) -> list[QueryPredictions]:
         """``maps``: the pixel decoder's levels, coarsest first. One prediction per layer, plus one before:
-        ``class_logits``, ``mask_embed`` and the shared ``mask_features`` (see ``mask_logits``)."""
+        ``QueryPredictions``, the last one final."""
         b = mask_features.shape[0]
         memory, memory_pos, small_features = [], [], []
         for i, m in enumerate(maps):
@@ -102,12 +113,12 @@ class MaskedAttentionDecoder(nn.Module):
         query_pos = self.query_pos.weight[:, None].expand(-1, b, -1)
         x = self.query_feat.weight[:, None].expand(-1, b, -1)
         logits, embed, blocked = self.predict(x, small_features[0])
-        outputs = [{"class_logits": logits, "mask_embed": embed, "mask_features": mask_features}]
+        outputs = [QueryPredictions(logits, embed, mask_features)]
         for i, layer in enumerate(self.layers):
             level = i % self.levels
             x = layer(x, query_pos, memory[level], memory_pos[level], blocked)
             logits, embed, blocked = self.predict(x, small_features[(i + 1) % self.levels])
-            outputs.append({"class_logits": logits, "mask_embed": embed, "mask_features": mask_features})
+            outputs.append(QueryPredictions(logits, embed, mask_features))
         return outputs
 
 

@@ -3,21 +3,26 @@
 Classification is cross-entropy over K classes + "no object", whose weight is
 down-scaled (0.1) because nearly every query is unmatched. Masks are
 supervised on K points per matched pair, most of them where the prediction
-is uncertain (``points.uncertain_points``): BCE (mean over points) and Dice,
+is uncertain (``point_sampling.uncertain_points``): BCE (mean over points) and Dice,
 each summed over matched masks and divided by the number of ground-truth
 objects in the batch.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.losses import point_dice_loss
-from instseg.matching import HungarianMatcher
-from instseg.models.mask2former_decoder import mask_logits
-from instseg.points import point_sample, uncertain_points
+from instseg.models.losses import point_dice_loss
+from instseg.models.mask2former.decoder import QueryPredictions, mask_logits
+from instseg.models.matcher import HungarianMatcher
+from instseg.models.point_sampling import point_sample, uncertain_points
+
+if TYPE_CHECKING:
+    from instseg.models.mask2former.model import Mask2FormerOutputs
 
 
 class SetCriterion(nn.Module):
@@ -42,27 +47,31 @@ class SetCriterion(nn.Module):
         weights[-1] = no_object_weight
         self.register_buffer("class_weights", weights, persistent=False)
 
-    def forward(
-        self, outputs: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    def forward(self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Each decoder layer's predictions matched and scored; losses are summed over the layers."""
+        return self.layer_sum(outputs.layers, set_targets(targets, outputs.padded))
+
+    def layer_sum(
+        self, layers: list[QueryPredictions], targets: list[dict[str, Tensor]]
     ) -> dict[str, Tensor]:
-        """``outputs``: one prediction per decoder layer; ``targets``: 0-based ``labels`` and float ``masks``
-        covering the same extent as the mask features. Losses are summed over the layers."""
+        """``targets``: 0-based ``labels`` and float ``masks`` covering the same extent as the mask
+        features (``set_targets``)."""
         num_masks = max(sum(len(t["labels"]) for t in targets), 1)
         totals = {"loss_class": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
-        for out in outputs:
-            indices = self.matcher(out["class_logits"], out["mask_embed"], out["mask_features"], targets)
+        for out in layers:
+            indices = self.matcher(out.class_logits, out.mask_embed, out.mask_features, targets)
             for name, value in self.layer_losses(out, targets, indices, num_masks).items():
                 totals[name] = totals[name] + value
         return totals  # type: ignore[return-value]
 
     def layer_losses(
         self,
-        out: dict[str, Tensor],
+        out: QueryPredictions,
         targets: list[dict[str, Tensor]],
         indices: list[tuple[Tensor, Tensor]],
         num_masks: int,
     ) -> dict[str, Tensor]:
-        logits = out["class_logits"]
+        logits = out.class_logits
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
             classes[b, rows.to(logits.device)] = t["labels"][cols.to(logits.device)]
@@ -74,7 +83,7 @@ class SetCriterion(nn.Module):
             if len(rows) == 0:
                 continue
             # full masks of the matched queries only; the points go where they are least certain
-            pred = mask_logits(out["mask_embed"][b][rows], out["mask_features"][b])
+            pred = mask_logits(out.mask_embed[b][rows], out.mask_features[b])
             points = uncertain_points(pred, self.num_points, self.oversample, self.importance)
             pred = point_sample(pred[:, None], points)[:, 0]
             # each target read at its query's points, without copying the target masks
@@ -84,10 +93,21 @@ class SetCriterion(nn.Module):
             bce.append(F.binary_cross_entropy_with_logits(pred, true, reduction="none").mean(1))
             dice.append(point_dice_loss(pred, true))
         if not bce:  # no object in the batch: only "no object" to learn
-            zero = out["mask_embed"].sum() * 0.0
+            zero = out.mask_embed.sum() * 0.0
             return {"loss_class": loss_class, "loss_mask": zero, "loss_dice": zero}
         return {
             "loss_class": loss_class,
             "loss_mask": self.mask_weight * torch.cat(bce).sum() / num_masks,
             "loss_dice": self.dice_weight * torch.cat(dice).sum() / num_masks,
         }
+
+
+def set_targets(targets: list[dict[str, Tensor]], padded: tuple[int, int]) -> list[dict[str, Tensor]]:
+    """0-based labels and float masks padded to the batch, so they span what the predictions span
+    (converted once here, not in every decoder layer's matching and loss)."""
+    out = []
+    for t in targets:
+        masks = t["masks"]
+        pad = (0, padded[1] - masks.shape[-1], 0, padded[0] - masks.shape[-2])
+        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad)})
+    return out

@@ -22,24 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.models.backbones import BackboneName, build_fpn_backbone, norm_layer
+from instseg.config import ModelConfig
+from instseg.models.backbones import build_fpn_backbone, norm_layer
 from instseg.models.conv_tower import conv_tower
-from instseg.models.nms import matrix_nms
-from instseg.models.solov2_cells import POSITION_TERMS, cell_windows, relative_position_logits
-from instseg.models.solov2_targets import SOLOv2Criterion
+from instseg.models.segmentation_model import SegmentationModel
+from instseg.models.solov2.cells import POSITION_TERMS, KernelMasks
+from instseg.models.solov2.criterion import SOLOv2Criterion
+from instseg.models.solov2.postprocess import SOLOv2Postprocessor
 from instseg.models.transform import ResizeNormalize
-from instseg.structures import detections_from_masks
 
 
 @dataclass
-class SOLOv2Config:
-    backbone: BackboneName = "resnet18"
-    norm: Literal["gn", "bn", "frozen_bn"] = "gn"
-    backbone_weights: str | None = None  # local torchvision state dict of the trunk
+class SOLOv2Config(ModelConfig):
     fpn_channels: int = 256
-    scale: float | None = None  # fixed resize factor; None: shorter side to min_size
-    min_size: int = 800
-    max_size: int = 1333
     grid_cells: tuple[float, ...] = (20.0, 22.2, 33.3, 50.0, 66.7)  # cell size (input px) on P2..P6
     scale_ranges: tuple[float, ...] = (1, 96, 48, 192, 96, 384, 192, 768, 384, 2048)  # (lo, hi) per level
     head_channels: int = 256
@@ -52,12 +47,10 @@ class SOLOv2Config:
     focal_gamma: float = 2.0
     max_masks_per_image: int = 1000  # positive cells given a mask loss, sampled beyond this
     score_threshold: float = 0.1
-    mask_threshold: float = 0.5
     pre_nms_top: int = 500
     nms_kernel: Literal["gaussian", "linear"] = "gaussian"
     nms_sigma: float = 2.0
     update_threshold: float = 0.05
-    detections_per_image: int = 100
     # Masks only within (window x the level's largest object size + one cell) of their cell; 0: off (SOLOv2).
     mask_window: float = 0.0
     # How masks know where their instance is. "image": CoordConv x, y normalised to [-1, 1] over the
@@ -177,23 +170,25 @@ class MaskFeatures(nn.Module):
         return self.project(out)
 
 
-class SOLOv2(nn.Module):
-    """The detection contract: ``model(images, targets)`` -> losses; ``model(images)`` -> results."""
+@dataclass
+class SOLOv2Outputs:
+    """The network's raw predictions for a batch."""
+
+    class_logits: list[Tensor]  # per level [B, K, S_h, S_w]
+    kernels: list[Tensor]  # per level [B, D, S_h, S_w]: a kernel (E) and any position weights
+    mask_features: Tensor  # [B, E, h, w] at 1/MASK_STRIDE of the padded batch
+    padded: tuple[int, int]  # the padded batch's (H, W)
+
+
+class SOLOv2(SegmentationModel):
+    """Backbone + FPN, a grid head and unified mask features; boxes are the masks' tight boxes."""
 
     def __init__(self, cfg: SOLOv2Config, num_classes: int) -> None:
-        super().__init__()
         if len(cfg.grid_cells) != 5 or len(cfg.scale_ranges) != 10:
             raise ValueError("grid_cells needs 5 values (P2..P6) and scale_ranges 10 (lo, hi per level)")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
-        self.backbone = build_fpn_backbone(
-            cfg.backbone, cfg.norm, cfg.fpn_channels, (1, 2, 3, 4), cfg.backbone_weights
-        )
-        self.head = GridHead(cfg, num_classes)
-        self.mask_features = MaskFeatures(cfg)
+        masks = KernelMasks(cfg)
         ranges = [(cfg.scale_ranges[2 * i], cfg.scale_ranges[2 * i + 1]) for i in range(5)]
-        self.criterion = SOLOv2Criterion(
+        criterion = SOLOv2Criterion(
             num_classes,
             cfg.sigma,
             ranges,
@@ -201,102 +196,30 @@ class SOLOv2(nn.Module):
             cfg.focal_alpha,
             cfg.focal_gamma,
             cfg.max_masks_per_image,
-            self.mask_logits,
+            masks,
         )
-
-    @property
-    def window_radii(self) -> list[float]:
-        """Per level: how far (input px) from its cell an object's pixels can lie, given its size range."""
-        hi = self.cfg.scale_ranges[1::2]
-        return [self.cfg.mask_window * h + c for h, c in zip(hi, self.cfg.grid_cells, strict=True)]
-
-    def mask_logits(
-        self, kernels: Tensor, cells: Tensor, grids: list[tuple[int, int]], mask_feats: Tensor
-    ) -> Tensor:
-        """``[N, h, w]`` mask logits of N cells' kernels ``[N, D]`` on one image's mask features."""
-        cfg = self.cfg
-        e, h, w = mask_feats.shape
-        logits = (kernels[:, :e] @ mask_feats.flatten(1)).view(-1, h, w)
-        if cfg.coordinates == "relative":
-            scales = [cfg.position_scale * c for c in cfg.grid_cells]
-            logits = logits + relative_position_logits(
-                kernels[:, e:], cells, grids, (h, w), scales, cfg.position_reach
-            )
-        if cfg.mask_window > 0:
-            rows_in, cols_in = cell_windows(cells, grids, (h, w), self.window_radii)
-            logits = logits.masked_fill(~rows_in[:, :, None], -30.0).masked_fill(~cols_in[:, None, :], -30.0)
-        return logits
+        transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
+        super().__init__(transform, criterion, SOLOv2Postprocessor(cfg, masks))
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.backbone = build_fpn_backbone(
+            cfg.backbone, cfg.norm, cfg.fpn_channels, (1, 2, 3, 4), cfg.backbone_weights
+        )
+        self.head = GridHead(cfg, num_classes)
+        self.mask_features = MaskFeatures(cfg)
 
     def grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
         return [(max(1, round(padded[0] / c)), max(1, round(padded[1] / c))) for c in self.cfg.grid_cells]
 
-    def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if self.training and targets is None:
-            raise ValueError("targets are required in training mode")
-        original_sizes = [tuple(im.shape[-2:]) for im in images]
-        batch, targets = self.transform(images, targets)
-        padded = tuple(batch.tensors.shape[-2:])
-        features = list(self.backbone(batch.tensors).values())  # P2..P6
+    def network(self, pixels: Tensor) -> SOLOv2Outputs:
+        padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        features = list(self.backbone(pixels).values())  # P2..P6
         cate, kernels = [], []
         for level, (feature, grid) in enumerate(zip(features, self.grids(padded), strict=True)):
             c, k = self.head(feature, grid, level)
             cate.append(c)
             kernels.append(k)
-        mask_feats = self.mask_features(features[:4])
-        if self.training:
-            return self.criterion(cate, kernels, mask_feats, targets, padded)
-        return [
-            self.postprocess(
-                [c[b] for c in cate], [k[b] for k in kernels], mask_feats[b], batch.image_sizes[b], size
-            )
-            for b, size in enumerate(original_sizes)
-        ]
-
-    @torch.no_grad()
-    def postprocess(
-        self,
-        cate: list[Tensor],
-        kernels: list[Tensor],
-        mask_feats: Tensor,
-        resized: tuple[int, int],
-        original: tuple[int, int],
-    ) -> dict[str, Tensor]:
-        """Point NMS on the grids, score threshold, masks for the candidates only, Matrix NMS, top-k."""
-        cfg = self.cfg
-        scores, kerns, min_area = [], [], []
-        for level, (c, k) in enumerate(zip(cate, kernels, strict=True)):
-            heat = c.sigmoid()
-            peak = F.max_pool2d(heat[None], 2, stride=1, padding=1)[0, :, : heat.shape[1], : heat.shape[2]]
-            scores.append((heat * (peak == heat)).flatten(1).T)  # [cells, K]
-            kerns.append(k.flatten(1).T)
-            min_area.append(torch.full((heat.shape[1] * heat.shape[2],), cfg.grid_cells[level] / 4))
-        scores, kerns, min_area = (
-            torch.cat(scores),
-            torch.cat(kerns),
-            torch.cat(min_area).to(mask_feats.device),
-        )
-        grids = [(c.shape[-2], c.shape[-1]) for c in cate]
-        cells, labels = torch.nonzero(scores > cfg.score_threshold, as_tuple=True)
-        cand = scores[cells, labels]
-        if len(cand) > cfg.pre_nms_top:
-            top = torch.topk(cand, cfg.pre_nms_top).indices
-            cells, labels, cand = cells[top], labels[top], cand[top]
-        soft = self.mask_logits(kerns[cells], cells, grids, mask_feats).sigmoid()
-        hard = soft > cfg.mask_threshold
-        area = hard.flatten(1).sum(1).float()
-        keep = area > min_area[cells]
-        soft, hard, area, labels, cand = soft[keep], hard[keep], area[keep], labels[keep], cand[keep]
-        maskness = (soft * hard).flatten(1).sum(1) / area.clamp(min=1)
-        order = torch.argsort(cand * maskness, descending=True)
-        soft, hard, labels = soft[order], hard[order], labels[order]
-        decayed = matrix_nms(hard, labels, (cand * maskness)[order], cfg.nms_kernel, cfg.nms_sigma)
-        keep = torch.nonzero(decayed >= cfg.update_threshold).flatten()
-        keep = keep[torch.argsort(decayed[keep], descending=True)][: cfg.detections_per_image]
-        return detections_from_masks(
-            soft[keep], labels[keep], decayed[keep], resized, original, cfg.mask_threshold
-        )
+        return SOLOv2Outputs(cate, kernels, self.mask_features(features[:4]), padded)
 
 
 def build_solov2(cfg: SOLOv2Config, num_classes: int) -> SOLOv2:

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.losses import dice_loss, focal_loss_sum
-from instseg.matching import PointTargets, feature_locations
+from instseg.masks import class_maps, downsample_masks
 from instseg.models.conv_tower import conv_tower
-from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
-from instseg.models.fcos import MASK_STRIDE
-from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
-from instseg.structures import class_maps, downsample_masks
+from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_parameters
+from instseg.models.fcos.head import level_ranges
+from instseg.models.fcos.model import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel, FCOSOutputs, level_strides
+from instseg.models.fcos.targets import PointTargets, feature_locations
+from instseg.models.losses import dice_loss, focal_loss_sum
+from instseg.models.postprocess import MASK_STRIDE
 
 
 @dataclass
@@ -66,11 +67,11 @@ class CondInstConfig(FCOSConfig):
     mask_channels: int = 8  # mask branch output = dynamic head input (plus 2 coordinates)
     dynamic_width: int = 8
     dynamic_layers: int = 3
-    mask_weight: float = 1.0  # Dice
+    dice_weight: float = 1.0
     # output stride of the masks: 4 (the paper), or 2: the dynamic head runs on the mask features
     # upsampled x2, so a 10-pixel object gets 5 mask cells across instead of 2-3
     mask_stride: Literal[2, 4] = 4
-    mask_bce_weight: float = 0.0  # optional BCE beside Dice
+    mask_weight: float = 0.0  # optional mask BCE beside Dice
     # optional auxiliary semantic segmentation on the finest level: focal loss per class against the
     # union of its masks (the paper's "w/ sem. loss"), training only
     semantic_weight: float = 0.0
@@ -80,7 +81,7 @@ def nuclei_preset() -> CondInstConfig:
     """Small dense objects: ``NUCLEI_FCOS``, a light mask branch, BCE beside Dice and IoU-aware ranking
     (each measured on DSB2018 in BENCHMARKS.md)."""
     return CondInstConfig(
-        **NUCLEI_FCOS, mask_branch_channels=64, mask_branch_convs=3, mask_bce_weight=1.0, quality="iou"
+        **NUCLEI_FCOS, mask_branch_channels=64, mask_branch_convs=3, mask_weight=1.0, quality="iou"
     )
 
 
@@ -115,22 +116,34 @@ class SemanticHead(nn.Module):
         return self.logits(self.tower(finest))
 
 
-class CondInst(FCOSInstanceModel):
-    """FCOS + a controller output of dynamic mask-head parameters; see ``FCOSInstanceModel``."""
+class DynamicMasks(nn.Module):
+    """CondInst's mask part (``FCOSMasks``): each instance's dynamic head on the shared mask features."""
 
-    def __init__(self, cfg: CondInstConfig, num_classes: int) -> None:
-        num_dynamic = num_parameters(cfg.mask_channels, cfg.dynamic_width, cfg.dynamic_layers)
-        super().__init__(cfg, num_classes, num_dynamic)
-        self.num_dynamic = num_dynamic
-        self.mask_branch = MaskBranch(cfg)
-        self.semantic = SemanticHead(cfg, num_classes) if cfg.semantic_weight > 0 else None
+    crop_to_boxes = False
+
+    def __init__(self, cfg: CondInstConfig, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.strides = strides
+        self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
         soi = [*cfg.size_bounds, 2 * cfg.size_bounds[-1]]
         self.register_buffer("soi", torch.tensor(soi), persistent=False)
 
-    def mask_input(self, head: dict[str, Tensor], features: list[Tensor]) -> Tensor:
-        return self.mask_branch(features[:3])
+    @property
+    def stride(self) -> int:
+        return self.cfg.mask_stride
 
-    def mask_windows(
+    @property
+    def head_stride(self) -> int:
+        """Where the dynamic head runs: the mask branch's stride, or finer when masks are asked for at 1/2."""
+        return self.cfg.mask_stride if self.cfg.mask_stride < MASK_STRIDE else self.strides[0]
+
+    def size(self, mask_input: Tensor) -> tuple[int, int]:
+        """The mask map's size for one image's mask features ``[C, h, w]``."""
+        up = self.strides[0] // self.cfg.mask_stride
+        return (mask_input.shape[-2] * up, mask_input.shape[-1] * up)
+
+    def windows(
         self, params: Tensor, mask_feats: Tensor, locations: Tensor, levels: Tensor
     ) -> list[MaskWindow]:
         """Dynamic-head logits of N instances of one image at the mask stride, each on the window its
@@ -187,34 +200,29 @@ class CondInst(FCOSInstanceModel):
             out.append(MaskWindow(idx, logits, top * up, left * up))
         return out
 
-    def mask_loss(
+    def losses(
         self,
-        head: dict[str, Tensor],
-        mask_input: Tensor,
-        features: list[Tensor],
+        outputs: FCOSOutputs,
         targets: list[dict[str, Tensor]],
         assigned: list[PointTargets],
-        locations: Tensor,
-        level_of: Tensor,
-    ) -> dict[str, Tensor]:
+        positives: list[Tensor],
+    ) -> list[tuple[str, float, list[Tensor]]]:
         """Dice (+ BCE) of each sampled positive's mask, on its window, against its object's mask."""
         cfg = self.cfg
-        size = self.mask_size(mask_input)
         dice, bce = [], []
-        for b, (t, a) in enumerate(zip(targets, assigned, strict=True)):
-            pos = self.sample_positives(a)
+        for b, (t, a, pos) in enumerate(zip(targets, assigned, positives, strict=True)):
             if len(pos) == 0:
                 continue
-            small = downsample_masks(t["masks"], cfg.mask_stride, size)
-            windows = self.mask_windows(head["extra"][b, pos], mask_input[b], locations[pos], level_of[pos])
-            for win in windows:
+            mask_input = outputs.mask_input[b]
+            small = downsample_masks(t["masks"], cfg.mask_stride, self.size(mask_input))
+            params, locations = outputs.mask_params[b, pos], outputs.locations[pos]
+            for win in self.windows(params, mask_input, locations, outputs.levels[pos]):
                 gt = win.crop(small[a.owner[pos[win.index]]])
                 dice.append(dice_loss(win.logits, gt))
-                if cfg.mask_bce_weight > 0:
+                if cfg.mask_weight > 0:
                     pixel = F.binary_cross_entropy_with_logits(win.logits, gt, reduction="none")
                     bce.append(pixel.mean((1, 2)))
-        parts = [(cfg.mask_weight, dice), (cfg.mask_bce_weight, bce)]
-        return self.finish_mask_losses(parts, head, mask_input, features, targets)
+        return [("loss_dice", cfg.dice_weight, dice), ("loss_mask", cfg.mask_weight, bce)]
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Focal loss over every cell, normalised by the cells a class covers (at least half of)."""
@@ -223,27 +231,28 @@ class CondInst(FCOSInstanceModel):
         loss = focal_loss_sum(logits, wanted, alpha, gamma) / max(int(wanted.sum()), 1)
         return self.cfg.semantic_weight * loss
 
-    @property
-    def mask_stride(self) -> int:
-        return self.cfg.mask_stride
-
-    @property
-    def head_stride(self) -> int:
-        """Where the dynamic head runs: the mask branch's stride, or finer when masks are asked for at 1/2."""
-        return self.cfg.mask_stride if self.cfg.mask_stride < MASK_STRIDE else self.strides[0]
-
-    def mask_size(self, mask_input: Tensor) -> tuple[int, int]:
-        up = self.strides[0] // self.cfg.mask_stride
-        return (mask_input.shape[-2] * up, mask_input.shape[-1] * up)
-
-    def mask_probs(
-        self, extra: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
+    def probs(
+        self, params: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
     ) -> Tensor:
-        size = self.mask_size(mask_input)
-        probs = mask_input.new_zeros((len(extra), *size))
-        for win in self.mask_windows(extra, mask_input, locations, levels):
+        size = self.size(mask_input)
+        probs = mask_input.new_zeros((len(params), *size))
+        for win in self.windows(params, mask_input, locations, levels):
             probs[win.index] = win.paste(win.logits.sigmoid(), size)
         return probs
+
+
+class CondInst(FCOSInstanceModel):
+    """FCOS + a controller output of dynamic mask-head parameters + a mask branch; boxes are the
+    predicted boxes."""
+
+    def __init__(self, cfg: CondInstConfig, num_classes: int) -> None:
+        num_dynamic = num_parameters(cfg.mask_channels, cfg.dynamic_width, cfg.dynamic_layers)
+        super().__init__(cfg, num_classes, num_dynamic, DynamicMasks(cfg, level_strides(cfg)))
+        self.mask_branch = MaskBranch(cfg)
+        self.semantic = SemanticHead(cfg, num_classes) if cfg.semantic_weight > 0 else None
+
+    def mask_input(self, mask_params: Tensor, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return mask_params, self.mask_branch(features[:3])
 
 
 def build_condinst(cfg: CondInstConfig, num_classes: int) -> CondInst:

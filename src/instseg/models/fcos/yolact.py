@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.losses import dice_loss
-from instseg.matching import PointTargets
+from instseg.masks import box_masks, class_maps, downsample_masks
 from instseg.models.conv_tower import conv_tower
-from instseg.models.fcos import MASK_STRIDE, box_masks
-from instseg.models.fcos_instance import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel
-from instseg.structures import class_maps, downsample_masks
+from instseg.models.fcos.model import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel, FCOSOutputs, level_strides
+from instseg.models.fcos.targets import PointTargets
+from instseg.models.losses import dice_loss
+from instseg.models.postprocess import MASK_STRIDE
 
 
 @dataclass
@@ -76,9 +76,9 @@ def realtime_nuclei_preset() -> YOLACTConfig:
     """The realtime network with ``NUCLEI_FCOS``'s small-object levels (P2-P6) and 500 detections, on a
     half-width ResNet-18 and at the input's own scale.
 
-    On DSB2018 the half-width ResNet-18 trains 1.5x faster per step than
-    MobileNetV3-Large, runs faster on CPU, and reached 0.532-0.549 mask AP (two seeds) against
-    0.460 (BENCHMARKS.md); at x1.0 the network trained is the one timed at 512.
+    On DSB2018 the half-width ResNet-18 trains faster per step than MobileNetV3-Large, runs faster
+    on CPU and reached a higher mask AP (BENCHMARKS.md); at x1.0 the network trained is the one
+    timed at 512.
     """
     return YOLACTConfig(**{**NUCLEI_FCOS, **REALTIME, "backbone": "resnet18_half", "scale": 1.0})
 
@@ -109,63 +109,67 @@ class ProtoNet(nn.Module):
         return x
 
 
-class YOLACT(FCOSInstanceModel):
-    """FCOS + k mask coefficients per location and a protonet; see ``FCOSInstanceModel``."""
+class PrototypeMasks(nn.Module):
+    """YOLACT's mask part (``FCOSMasks``): coefficients times prototypes, cut to the box."""
 
+    stride = MASK_STRIDE
     crop_to_boxes = True
 
-    def __init__(self, cfg: YOLACTConfig, num_classes: int) -> None:
-        super().__init__(cfg, num_classes, cfg.num_prototypes)
-        self.protonet = ProtoNet(cfg, self.strides[0])
-        self.semantic = nn.Conv2d(cfg.fpn_channels, num_classes, 1) if cfg.semantic_weight > 0 else None
+    def __init__(self, cfg: YOLACTConfig, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.strides = strides
 
-    def mask_input(self, head: dict[str, Tensor], features: list[Tensor]) -> Tensor:
-        head["extra"] = torch.tanh(head["extra"])  # coefficients in [-1, 1]
-        return self.protonet(features[0])
-
-    def mask_loss(
+    def losses(
         self,
-        head: dict[str, Tensor],
-        mask_input: Tensor,
-        features: list[Tensor],
+        outputs: FCOSOutputs,
         targets: list[dict[str, Tensor]],
         assigned: list[PointTargets],
-        locations: Tensor,
-        level_of: Tensor,
-    ) -> dict[str, Tensor]:
+        positives: list[Tensor],
+    ) -> list[tuple[str, float, list[Tensor]]]:
         """Each sampled positive's mask: BCE inside its object's box divided by the box area (+ Dice)."""
         cfg = self.cfg
-        size = tuple(mask_input.shape[-2:])
+        size = tuple(outputs.mask_input.shape[-2:])
         bce, dice = [], []
-        for b, (t, a) in enumerate(zip(targets, assigned, strict=True)):
-            pos = self.sample_positives(a)
+        for b, (t, a, pos) in enumerate(zip(targets, assigned, positives, strict=True)):
             if len(pos) == 0:
                 continue
             owner = a.owner[pos]
-            logits = (head["extra"][b, pos] @ mask_input[b].flatten(1)).view(-1, *size)
+            logits = (outputs.mask_params[b, pos] @ outputs.mask_input[b].flatten(1)).view(-1, *size)
             gt = downsample_masks(t["masks"], MASK_STRIDE, size)[owner]
-            inside = box_masks(t["boxes"][owner], size).to(logits.dtype)
+            inside = box_masks(t["boxes"][owner], size, MASK_STRIDE).to(logits.dtype)
             pixel = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
             bce.append((pixel * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1))
             if cfg.dice_weight > 0:
                 dice.append(dice_loss(logits.masked_fill(inside == 0, -30.0), gt))
-        parts = [(cfg.mask_weight, bce), (cfg.dice_weight, dice)]
-        return self.finish_mask_losses(parts, head, mask_input, features, targets)
+        return [("loss_mask", cfg.mask_weight, bce), ("loss_dice", cfg.dice_weight, dice)]
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Per-class BCE against the union of that class's masks, at the finest level (training only)."""
         wanted = class_maps(targets, logits.shape[1], self.strides[0], tuple(logits.shape[-2:]))
         return self.cfg.semantic_weight * F.binary_cross_entropy_with_logits(logits, wanted.to(logits))
 
-    def mask_probs(
-        self, extra: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
+    def probs(
+        self, params: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
     ) -> Tensor:
         """One matrix product for all detections, cut to their boxes plus a cell (the final crop is at
         full resolution, so bilinear upsampling near the box edge must still see real values)."""
         size = tuple(mask_input.shape[-2:])
-        probs = (extra @ mask_input.flatten(1)).sigmoid().view(-1, *size)
+        probs = (params @ mask_input.flatten(1)).sigmoid().view(-1, *size)
         margin = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=probs.device) * MASK_STRIDE
-        return probs * box_masks(boxes + margin, size)
+        return probs * box_masks(boxes + margin, size, MASK_STRIDE)
+
+
+class YOLACT(FCOSInstanceModel):
+    """FCOS + k mask coefficients per location + a protonet; boxes are the predicted boxes."""
+
+    def __init__(self, cfg: YOLACTConfig, num_classes: int) -> None:
+        super().__init__(cfg, num_classes, cfg.num_prototypes, PrototypeMasks(cfg, level_strides(cfg)))
+        self.protonet = ProtoNet(cfg, self.strides[0])
+        self.semantic = nn.Conv2d(cfg.fpn_channels, num_classes, 1) if cfg.semantic_weight > 0 else None
+
+    def mask_input(self, mask_params: Tensor, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return torch.tanh(mask_params), self.protonet(features[0])  # coefficients in [-1, 1]
 
 
 def build_yolact(cfg: YOLACTConfig, num_classes: int) -> YOLACT:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.models.deformable_attention import MultiScaleDeformableAttention
-from instseg.models.position_encoding import sine_position_encoding
+from instseg.models.mask2former.deformable_attention import MultiScaleDeformableAttention
+from instseg.models.mask2former.position_encoding import sine_position_encoding
 
 LEVELS = 3  # the maps the transformer decoder attends to, coarsest first
 

@@ -1,4 +1,5 @@
-"""Where a SOLOv2 grid cell lies on the mask map: its centre, its window, its relative-position prior.
+"""Where a SOLOv2 grid cell lies on the mask map (its centre, window and relative-position prior), and
+the mask its kernel makes there (``KernelMasks``, shared by the criterion and the postprocessor).
 
 Cells are indexed over all levels flattened in order, as the criterion and the
 postprocessor gather them. All distances are in input pixels, so they mean the
@@ -7,15 +8,22 @@ same on a 256-pixel training crop and a 1300-pixel test image.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from instseg.models.postprocess import MASK_STRIDE
+
+if TYPE_CHECKING:
+    from instseg.models.solov2.model import SOLOv2Config
 
 # offsets of the prior: dx, dy, dx^2, dy^2, dx*dy (a quadratic form: a Gaussian envelope in logit space)
 POSITION_TERMS = 5
 
 
 def cell_centres(
-    cells: Tensor, grids: list[tuple[int, int]], size: tuple[int, int], stride: int = 4
+    cells: Tensor, grids: list[tuple[int, int]], size: tuple[int, int], stride: int = MASK_STRIDE
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Level ``[N]`` and centre ``cy``, ``cx`` ``[N]`` (input px) of each cell, on CPU.
 
@@ -38,7 +46,11 @@ def pixel_centres(n: int, stride: int) -> Tensor:
 
 
 def cell_windows(
-    cells: Tensor, grids: list[tuple[int, int]], size: tuple[int, int], radii: list[float], stride: int = 4
+    cells: Tensor,
+    grids: list[tuple[int, int]],
+    size: tuple[int, int],
+    radii: list[float],
+    stride: int = MASK_STRIDE,
 ) -> tuple[Tensor, Tensor]:
     """Rows ``[N, h]`` and columns ``[N, w]`` of the ``size`` map inside each cell's window.
 
@@ -59,7 +71,7 @@ def relative_position_logits(
     size: tuple[int, int],
     scales: list[float],
     reach: float,
-    stride: int = 4,
+    stride: int = MASK_STRIDE,
 ) -> Tensor:
     """``[N, h, w]``: each cell's quadratic in its pixels' offset from the cell, with its own ``weights``.
 
@@ -78,3 +90,34 @@ def relative_position_logits(
     dy, dx = dy.to(weights)[:, :, None], dx.to(weights)[:, None, :]  # [N, h, 1], [N, 1, w]
     q = weights[:, :, None, None]
     return q[:, 0] * dx + q[:, 1] * dy + q[:, 2] * dx * dx + q[:, 3] * dy * dy + q[:, 4] * dx * dy
+
+
+class KernelMasks(nn.Module):
+    """The masks of grid cells' kernels on one image's mask features (no parameters)."""
+
+    def __init__(self, cfg: SOLOv2Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def window_radii(self) -> list[float]:
+        """Per level: how far (input px) from its cell an object's pixels can lie, given its size range."""
+        hi = self.cfg.scale_ranges[1::2]
+        return [self.cfg.mask_window * h + c for h, c in zip(hi, self.cfg.grid_cells, strict=True)]
+
+    def logits(
+        self, kernels: Tensor, cells: Tensor, grids: list[tuple[int, int]], mask_feats: Tensor
+    ) -> Tensor:
+        """``[N, h, w]`` mask logits of N cells' kernels ``[N, D]`` on one image's mask features."""
+        cfg = self.cfg
+        e, h, w = mask_feats.shape
+        logits = (kernels[:, :e] @ mask_feats.flatten(1)).view(-1, h, w)
+        if cfg.coordinates == "relative":
+            scales = [cfg.position_scale * c for c in cfg.grid_cells]
+            logits = logits + relative_position_logits(
+                kernels[:, e:], cells, grids, (h, w), scales, cfg.position_reach
+            )
+        if cfg.mask_window > 0:
+            rows_in, cols_in = cell_windows(cells, grids, (h, w), self.window_radii)
+            logits = logits.masked_fill(~rows_in[:, :, None], -30.0).masked_fill(~cols_in[:, None, :], -30.0)
+        return logits

@@ -8,14 +8,17 @@ padded batch); a query's mask is its embedding dotted with the features.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from instseg.models.mask2former_decoder import mask_logits
-from instseg.structures import detections_from_masks
+from instseg.models.mask2former.decoder import mask_logits
+from instseg.models.postprocess import MASK_STRIDE, detections_from_masks, maskness
 
-MASK_STRIDE = 4
+if TYPE_CHECKING:
+    from instseg.models.mask2former.model import Mask2FormerOutputs
 
 
 def instance_inference(
@@ -35,8 +38,7 @@ def instance_inference(
     scores, flat = probs.flatten().topk(min(detections, probs.numel()))
     query, labels = flat // k, flat % k
     soft = mask_logits(mask_embed[query], mask_features).sigmoid()
-    hard = soft > threshold
-    scores = scores * (soft * hard).flatten(1).sum(1) / (hard.flatten(1).sum(1) + 1e-6)
+    scores = scores * maskness(soft, threshold)
     order = torch.argsort(scores, descending=True)
     return detections_from_masks(soft[order], labels[order], scores[order], resized, original, threshold)
 
@@ -104,3 +106,29 @@ def panoptic_inference(
         if not thing:
             stuff_segment[label] = segment_id
     return segments, info
+
+
+class Mask2FormerPostprocessor(nn.Module):
+    """The final layer's queries read as instances (``instance_inference``), image by image."""
+
+    def __init__(self, detections: int = 100, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.detections, self.threshold = detections, threshold
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: Mask2FormerOutputs, resized: list[tuple[int, int]], original: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        final = outputs.final
+        return [
+            instance_inference(
+                final.class_logits[b],
+                final.mask_embed[b],
+                final.mask_features[b],
+                resized[b],
+                size,
+                self.detections,
+                self.threshold,
+            )
+            for b, size in enumerate(original)
+        ]

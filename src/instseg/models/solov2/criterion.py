@@ -1,4 +1,4 @@
-"""SOLOv2's criterion: which grid cell owns which object, then focal + Dice losses.
+"""SOLOv2's criterion: which grid cell owns which object, then focal (``loss_class``) + Dice (``loss_dice``).
 
 A cell is positive for an object when it lies in the object's centre region
 (``sigma`` x its box around its mass centre, and at most one cell from the
@@ -10,15 +10,20 @@ claimant, which trains one kernel towards two masks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from instseg.losses import dice_loss, focal_loss_sum
-from instseg.structures import downsample_masks, mass_centres
+from instseg.masks import downsample_masks, mass_centres
+from instseg.models.losses import dice_loss, focal_loss_sum
+from instseg.models.postprocess import MASK_STRIDE
+from instseg.models.solov2.cells import KernelMasks
+
+if TYPE_CHECKING:
+    from instseg.models.solov2.model import SOLOv2Outputs
 
 
 @dataclass
@@ -62,8 +67,8 @@ def assign_level(
     return LevelTargets(cls, owner)
 
 
-class SOLOv2Criterion:
-    """Raw head outputs + targets -> ``loss_cate`` (focal) and ``loss_mask`` (Dice)."""
+class SOLOv2Criterion(nn.Module):
+    """``SOLOv2Outputs`` + targets -> ``loss_class`` (focal) and ``loss_dice``."""
 
     def __init__(
         self,
@@ -74,11 +79,11 @@ class SOLOv2Criterion:
         focal_alpha: float,
         focal_gamma: float,
         max_masks_per_image: int,
-        mask_logits: Callable[[Tensor, Tensor, list[tuple[int, int]], Tensor], Tensor],
-        mask_stride: int = 4,
+        masks: KernelMasks,
     ) -> None:
-        """``mask_logits(kernels [N, D], cells [N], grids, mask_feats [E, h, w])`` -> ``[N, h, w]``: the
-        model's own, so training and inference make masks the same way."""
+        """``masks`` makes mask logits from kernels as the postprocessor does, so training and inference
+        make masks the same way."""
+        super().__init__()
         self.num_classes = num_classes
         self.sigma = sigma
         self.scale_ranges = scale_ranges
@@ -86,17 +91,11 @@ class SOLOv2Criterion:
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.max_masks = max_masks_per_image
-        self.mask_logits = mask_logits
-        self.mask_stride = mask_stride
+        self.masks = masks
 
-    def __call__(
-        self,
-        cate_logits: list[Tensor],  # per level [B, K, S_h, S_w]
-        kernels: list[Tensor],  # per level [B, D, S_h, S_w]: a kernel (E) and any position weights
-        mask_feats: Tensor,  # [B, E, h, w] at 1/mask_stride of the padded batch
-        targets: list[dict[str, Tensor]],
-        padded_size: tuple[int, int],
-    ) -> dict[str, Tensor]:
+    def forward(self, outputs: SOLOv2Outputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        cate_logits, kernels = outputs.class_logits, outputs.kernels
+        mask_feats, padded_size = outputs.mask_features, outputs.padded
         device = mask_feats.device
         cate_preds, cate_targets = [], []
         pred_masks, mask_targets = [], []
@@ -105,7 +104,7 @@ class SOLOv2Criterion:
             masks = t["masks"]
             boxes, labels = t["boxes"], t["labels"]
             centres = mass_centres(masks, boxes)
-            small = downsample_masks(masks, self.mask_stride, (h, w))  # soft targets: area fraction
+            small = downsample_masks(masks, MASK_STRIDE, (h, w))  # soft targets: area fraction
             kernel_rows, owners, cells = [], [], []
             offset = 0
             for level, (logits, kern) in enumerate(zip(cate_logits, kernels, strict=True)):
@@ -125,16 +124,16 @@ class SOLOv2Criterion:
                 rows, owner, cell = rows[keep], owner[keep], cell[keep]
             if len(owner):
                 grids = [(c.shape[-2], c.shape[-1]) for c in cate_logits]
-                logits = self.mask_logits(rows, cell, grids, mask_feats[b])
+                logits = self.masks.logits(rows, cell, grids, mask_feats[b])
                 pred_masks.append(logits)
                 mask_targets.append(small[owner])
         labels = torch.cat(cate_targets)
         onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
         num_pos = int((labels > 0).sum())
-        loss_cate = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma)
-        loss_cate = loss_cate / (num_pos + 1)
+        loss_class = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma)
+        loss_class = loss_class / (num_pos + 1)
         if pred_masks:
-            loss_mask = dice_loss(torch.cat(pred_masks), torch.cat(mask_targets)).mean() * self.dice_weight
+            loss_dice = dice_loss(torch.cat(pred_masks), torch.cat(mask_targets)).mean() * self.dice_weight
         else:
-            loss_mask = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
-        return {"loss_cate": loss_cate, "loss_mask": loss_mask}
+            loss_dice = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
+        return {"loss_class": loss_class, "loss_dice": loss_dice}

@@ -1,0 +1,103 @@
+"""The FCOS families' postprocessor: box selection first, then masks for the kept detections only.
+
+Score threshold, per-level top-k and class-wise box NMS pick the detections
+(``select_detections``); the family's ``FCOSMasks.probs`` makes their mask
+probabilities a chunk at a time, and the shared ``assemble_detections`` turns
+them into the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from instseg.models.fcos.head import ltrb_to_boxes
+from instseg.models.nms import fast_nms_boxes
+from instseg.models.postprocess import MaskAssembly, assemble_detections
+
+if TYPE_CHECKING:
+    from instseg.models.fcos.model import FCOSConfig, FCOSMasks, FCOSOutputs
+
+
+@dataclass(frozen=True)
+class DetectionRules:
+    """Which candidate boxes become detections: the inference thresholds, in one record."""
+
+    score_threshold: float  # class probability a candidate needs
+    pre_nms_top: int  # candidates kept per level before NMS
+    nms_threshold: float  # box IoU above which the lower-scored box of a class is dropped
+    detections_per_image: int
+    nms: Literal["fast", "standard"] = "standard"
+
+    @classmethod
+    def from_config(cls, cfg: FCOSConfig) -> DetectionRules:
+        return cls(cfg.score_threshold, cfg.pre_nms_top, cfg.nms_threshold, cfg.detections_per_image, cfg.nms)
+
+
+def select_detections(
+    class_logits: Tensor, quality_logits: Tensor, boxes: Tensor, levels: Tensor, rules: DetectionRules
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One image: (location index, label 0..K-1, score) of the detections kept after NMS, best first.
+
+    Score = sqrt(class probability x centre-ness); candidates need a class
+    probability above ``rules.score_threshold``, and each level keeps its
+    ``rules.pre_nms_top`` best before class-wise box NMS: torchvision's
+    sequential ``batched_nms`` ("standard") or YOLACT's one-matrix Fast NMS
+    ("fast").
+    """
+    prob = class_logits.sigmoid()
+    score = (prob * quality_logits.sigmoid()[:, None]).sqrt()
+    locs, labels = torch.nonzero(prob > rules.score_threshold, as_tuple=True)
+    cand = score[locs, labels]
+    keep = []
+    for level in torch.unique(levels[locs]).tolist():
+        idx = torch.nonzero(levels[locs] == level).flatten()
+        keep.append(idx[torch.topk(cand[idx], min(rules.pre_nms_top, len(idx))).indices])
+    if keep:
+        sel = torch.cat(keep)
+        locs, labels, cand = locs[sel], labels[sel], cand[sel]
+    if rules.nms == "fast":
+        order = torch.argsort(cand, descending=True)[: rules.pre_nms_top]
+        locs, labels, cand = locs[order], labels[order], cand[order]
+        survive = fast_nms_boxes(boxes[locs], labels, rules.nms_threshold)
+        kept = torch.nonzero(survive).flatten()[: rules.detections_per_image]
+    else:
+        kept = batched_nms(boxes[locs], cand, labels, rules.nms_threshold)[: rules.detections_per_image]
+    return locs[kept], labels[kept], cand[kept]
+
+
+class FCOSPostprocessor(nn.Module):
+    """``FCOSOutputs`` -> one output dict per image (boxes are the predicted boxes)."""
+
+    def __init__(self, cfg: FCOSConfig, masks: FCOSMasks) -> None:
+        super().__init__()
+        self.rules = DetectionRules.from_config(cfg)
+        self.assembly = MaskAssembly(cfg.mask_threshold, masks.stride, masks.crop_to_boxes, cfg.mask_rescore)
+        self.masks = masks
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: FCOSOutputs, resized: list[tuple[int, int]], original: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        return [self.image(outputs, b, resized[b], original[b]) for b in range(len(original))]
+
+    def image(
+        self, outputs: FCOSOutputs, b: int, resized: tuple[int, int], original: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        locations, levels = outputs.locations, outputs.levels
+        params, mask_input = outputs.mask_params[b], outputs.mask_input[b]
+        boxes = ltrb_to_boxes(locations, outputs.ltrb[b])
+        keep, labels, scores = select_detections(
+            outputs.class_logits[b], outputs.quality_logits[b], boxes, levels, self.rules
+        )
+        boxes = boxes[keep]
+
+        def probs(idx: Tensor) -> Tensor:
+            sel = keep[idx]
+            return self.masks.probs(params[sel], mask_input, locations[sel], levels[sel], boxes[idx])
+
+        return assemble_detections(probs, boxes, labels, scores, resized, original, self.assembly)

@@ -1,0 +1,178 @@
+"""Mask2Former (Cheng et al., CVPR 2022): a set of queries, each a class (or "no object") and a mask.
+
+Backbone -> pixel decoder (per-pixel embeddings at 1/4 + three coarser maps)
+-> masked-attention transformer decoder -> one (class, mask) pair per query.
+Training pairs each ground truth with one query (``models.matcher.HungarianMatcher``)
+in ``SetCriterion``; inference reads the pairs as instances, a semantic map or
+a panoptic map (``postprocess.py``), with no NMS.
+
+Crowded images: a query-based model finds at most ``num_queries`` objects, so
+the nuclei preset has 400 (DSB2018 has up to ~375 nuclei per image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from instseg.config import ModelConfig
+from instseg.models.backbones import build_trunk
+from instseg.models.mask2former.criterion import SetCriterion
+from instseg.models.mask2former.decoder import MaskedAttentionDecoder, QueryPredictions
+from instseg.models.mask2former.pixel_decoder import DeformablePixelDecoder, FPNPixelDecoder
+from instseg.models.mask2former.postprocess import (
+    Mask2FormerPostprocessor,
+    panoptic_inference,
+    semantic_inference,
+)
+from instseg.models.matcher import HungarianMatcher
+from instseg.models.segmentation_model import SegmentationModel
+from instseg.models.transform import ResizeNormalize
+
+
+@dataclass
+class Mask2FormerConfig(ModelConfig):
+    pixel_decoder: Literal["deformable", "fpn"] = "deformable"
+    hidden_dim: int = 256  # width of the pixel decoder, the queries and the mask embeddings
+    heads: int = 8
+    encoder_layers: int = 6  # deformable layers of the pixel decoder
+    encoder_ffn: int = 1024
+    decoder_layers: int = 9  # masked-attention layers (the paper's "10" counts the prediction before them)
+    decoder_ffn: int = 2048
+    num_queries: int = 100
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544  # sampled points per mask, in matching and in the loss
+    oversample_ratio: float = 3.0
+    importance_ratio: float = 0.75
+
+
+def nuclei_preset() -> Mask2FormerConfig:
+    """Small dense objects on a CPU budget: 1.5x input, a narrower and shallower transformer, 400 queries."""
+    return Mask2FormerConfig(
+        scale=1.5,
+        max_size=2048,
+        hidden_dim=128,
+        encoder_layers=3,
+        encoder_ffn=512,
+        decoder_layers=6,
+        decoder_ffn=512,
+        num_queries=400,
+        num_points=2048,
+        detections_per_image=400,
+    )
+
+
+def light_preset() -> Mask2FormerConfig:
+    """The FPN pixel decoder and a 6-layer, 128-wide transformer: about a third of the default's cost."""
+    return Mask2FormerConfig(
+        pixel_decoder="fpn", hidden_dim=128, decoder_layers=6, decoder_ffn=1024, num_points=4096
+    )
+
+
+@dataclass
+class Mask2FormerOutputs:
+    """The network's raw predictions for a batch: one ``QueryPredictions`` per decoder layer (the last
+    is final; the earlier ones get auxiliary losses)."""
+
+    layers: list[QueryPredictions]
+    padded: tuple[int, int]  # the padded batch's (H, W)
+
+    @property
+    def final(self) -> QueryPredictions:
+        return self.layers[-1]
+
+
+class Mask2Former(SegmentationModel):
+    """Backbone, pixel decoder, masked-attention decoder; boxes are the masks' tight boxes."""
+
+    def __init__(self, cfg: Mask2FormerConfig, num_classes: int) -> None:
+        matcher = HungarianMatcher(cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.num_points)
+        criterion = SetCriterion(
+            num_classes,
+            matcher,
+            cfg.class_weight,
+            cfg.mask_weight,
+            cfg.dice_weight,
+            cfg.no_object_weight,
+            cfg.num_points,
+            cfg.oversample_ratio,
+            cfg.importance_ratio,
+        )
+        transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
+        postprocessor = Mask2FormerPostprocessor(cfg.detections_per_image, cfg.mask_threshold)
+        super().__init__(transform, criterion, postprocessor)
+        self.cfg = cfg
+        self.num_classes = num_classes
+        trunk, return_layers, channels = build_trunk(
+            cfg.backbone, cfg.norm, (1, 2, 3, 4), cfg.backbone_weights
+        )
+        self.backbone = IntermediateLayerGetter(trunk, return_layers)
+        if cfg.pixel_decoder == "deformable":
+            self.pixel_decoder: nn.Module = DeformablePixelDecoder(
+                channels, cfg.hidden_dim, cfg.encoder_layers, cfg.heads, cfg.encoder_ffn
+            )
+        else:
+            self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim)
+        self.decoder = MaskedAttentionDecoder(
+            cfg.hidden_dim, num_classes, cfg.num_queries, cfg.decoder_layers, cfg.heads, cfg.decoder_ffn
+        )
+
+    def network(self, pixels: Tensor) -> Mask2FormerOutputs:
+        features = list(self.backbone(pixels).values())
+        mask_features, maps = self.pixel_decoder(features)
+        padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        return Mask2FormerOutputs(self.decoder(maps, mask_features), padded)
+
+    def final_predictions(
+        self, images: list[Tensor]
+    ) -> tuple[QueryPredictions, list[tuple[int, int]], list[tuple[int, int]]]:
+        """The final layer's predictions, the resized and the original image sizes."""
+        batch, _ = self.transform(images, None)
+        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        return self.network(batch.tensors).final, batch.image_sizes, original
+
+    @torch.no_grad()
+    def semantic(self, images: list[Tensor]) -> list[Tensor]:
+        """Per image, ``[K, H, W]`` class scores; ``argmax(0) + 1`` is the label map."""
+        final, resized, original = self.final_predictions(images)
+        return [
+            semantic_inference(
+                final.class_logits[b], final.mask_embed[b], final.mask_features[b], resized[b], size
+            )
+            for b, size in enumerate(original)
+        ]
+
+    @torch.no_grad()
+    def panoptic(
+        self,
+        images: list[Tensor],
+        is_thing: Tensor,
+        object_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
+    ) -> list[tuple[Tensor, list[dict]]]:
+        """Per image, a segment-id map and its segments; ``is_thing [K]`` says which classes are things."""
+        final, resized, original = self.final_predictions(images)
+        return [
+            panoptic_inference(
+                final.class_logits[b],
+                final.mask_embed[b],
+                final.mask_features[b],
+                resized[b],
+                size,
+                is_thing,
+                object_threshold,
+                overlap_threshold,
+            )
+            for b, size in enumerate(original)
+        ]
+
+
+def build_mask2former(cfg: Mask2FormerConfig, num_classes: int) -> Mask2Former:
+    return Mask2Former(cfg, num_classes)
