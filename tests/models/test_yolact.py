@@ -52,6 +52,14 @@ def test_fast_nms_in_blocks_of_neighbours_equals_the_full_matrix():
     assert torch.equal(fast_nms_boxes(boxes, labels, 0.5, block=len(boxes)), expected)
 
 
+def test_fast_nms_in_blocks_keeps_a_block_of_zero_height_boxes():
+    """An untrained head predicts boxes of zero size: a block of them meets no block, itself included."""
+    boxes = torch.zeros(300, 4)
+    boxes[:, 2] = torch.arange(300.0)  # zero height, growing width: every union is zero or IoU 0
+    kept = fast_nms_boxes(boxes, torch.zeros(300, dtype=torch.long), 0.5, block=128)
+    assert kept.all()
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 12), st.integers(0, 2**31 - 1), st.floats(0.2, 0.8))
 def test_fast_nms_keeps_a_subset_of_sequential_nms(n, seed, threshold):

@@ -70,6 +70,7 @@ def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, bl
     top = torch.stack([boxes[g, 1].min() for g in groups])
     bottom = torch.stack([boxes[g, 3].max() for g in groups])
     meets = (top[:, None] < bottom[None, :]) & (top[None, :] < bottom[:, None])
+    meets.fill_diagonal_(True)  # a block of zero-height boxes meets no block, but is compared with itself
     suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     for k, rows in enumerate(groups):
         cols = torch.cat([groups[m] for m in torch.nonzero(meets[k]).flatten().tolist()])
