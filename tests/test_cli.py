@@ -1,5 +1,9 @@
+import csv
 import json
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 import yaml
@@ -113,6 +117,16 @@ def test_train_eval_predict_from_the_command_line(tiny_coco, tmp_path, capsys):
         and mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) > 0
     )
     assert len(list((pred / "overlays").glob("*.png"))) == 4
+    with (pred / "objects.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert 0 < len(rows) <= len(results)  # objects hidden behind better-scored ones leave the label image
+    for path in sorted((pred / "labels").glob("*_labels.png")):
+        labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint16 and labels.shape == (64, 64)
+        mine = [r for r in rows if Path(r["image"]).stem + "_labels" == path.stem]
+        assert labels.max() == len(mine) and [int(r["id"]) for r in mine] == list(range(1, len(mine) + 1))
+        assert all(int(r["area"]) == int((labels == int(r["id"])).sum()) for r in mine)
+    assert len(list((pred / "labels").glob("*_labels.png"))) == 4
 
 
 def test_errors_are_one_line_and_exit_2(trained, tiny_coco, tmp_path, capsys):

@@ -17,7 +17,7 @@ LAYERS = [
     {"config"},
     {"masks"},
     {"structures"},
-    {"pictures"},
+    {"pictures", "measurements"},
     {"data", "models"},
     {"eval"},
     {"engine"},

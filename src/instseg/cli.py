@@ -76,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
-    pr = sub.add_parser("predict", help="predict on images, folders or globs")
+    pr = sub.add_parser(
+        "predict",
+        help="predict on images, folders or globs",
+        description="Writes COCO results (predictions.json), a uint16 label image per input "
+        "(labels/<stem>_labels.png), per-object measurements (objects.csv) and overlays.",
+    )
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("inputs", nargs="+", metavar="IMAGES")
     pr.add_argument("--out", required=True)
@@ -165,19 +170,25 @@ def _predict(args: argparse.Namespace) -> int:
     from instseg.api import load
     from instseg.config import field_values
     from instseg.data.datasets import ImageListDataset
-    from instseg.data.images import list_images
+    from instseg.data.images import list_images, output_stems
     from instseg.engine.inference import run_inference
+    from instseg.measurements import label_image, measure, write_label_png, write_table
     from instseg.pictures import save_overlay
 
     predictor = load(args.checkpoint, args.device, **field_values(args.set))
     paths = list_images(args.inputs)
+    stems = output_stems(paths)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
 
     def on_image(image_id: int, image, instances) -> None:
+        shown = instances[instances.scores >= args.min_score]
+        labels, kept = label_image(shown)
+        write_label_png(out / "labels" / f"{stems[image_id]}_labels.png", labels)
+        rows.extend(measure(labels, kept, shown, image, str(paths[image_id])))
         if not args.no_overlays:
-            shown = instances[instances.scores >= args.min_score]
-            save_overlay(image, shown, out / "overlays" / f"{paths[image_id].stem}.png")
+            save_overlay(image, shown, out / "overlays" / f"{stems[image_id]}.png")
 
     run = run_inference(
         predictor.inference,
@@ -191,11 +202,12 @@ def _predict(args: argparse.Namespace) -> int:
         dict(r, file_name=str(paths[r["image_id"]])) for r in run.results if r["score"] >= args.min_score
     ]
     (out / "predictions.json").write_text(json.dumps(results))
+    write_table(out / "objects.csv", rows)
     print(f"{len(paths)} images, {len(results)} instances, {run.seconds_per_image:.3f} s/image")
-    print(
-        f"results: {out / 'predictions.json'}"
-        + ("" if args.no_overlays else f"; overlays: {out / 'overlays'}")
-    )
+    print(f"COCO results: {out / 'predictions.json'}")
+    print(f"label images (uint16 PNG): {out / 'labels'}; per-object measurements: {out / 'objects.csv'}")
+    if not args.no_overlays:
+        print(f"overlays: {out / 'overlays'}")
     return 0
 
 

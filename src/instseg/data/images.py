@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +78,18 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """A file-name stem per input for its outputs, unique even when inputs in different folders share
+    one (``a/img.png``, ``b/img.png`` -> ``img``, ``img_2``)."""
+    used: set[str] = set()
+    stems = []
+    for p in paths:
+        stem, n = p.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{p.stem}_{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
