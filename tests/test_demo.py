@@ -1,5 +1,7 @@
 import re
 
+from PIL import Image
+
 from instseg.demo import demo_data, run_demo
 
 
@@ -10,15 +12,18 @@ def test_bundled_demo_data_is_complete():
     assert (root / "README.md").read_text().count("CC0") >= 1
 
 
-def test_demo_writes_summary_overlays_and_curve(tmp_path):
-    summary = run_demo(tmp_path, minutes=0.05, device="cpu", progress=False)
-    text = summary.read_text()
+def test_demo_writes_summary_pictures_and_curve(tmp_path):
+    demo = run_demo(tmp_path, minutes=0.05, device="cpu", progress=False)
+    text = demo.summary.read_text()
     # The metrics row holds real numbers from the evaluation, not the template alone.
     row = re.search(r"^\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
     assert row is not None, text
     assert all(0.0 <= float(v) <= 1.0 for v in row.groups()[:4]) and float(row.group(5)) > 0
+    assert demo.table() in text
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
-    overlays = list((tmp_path / "overlays").glob("*.png"))
-    assert len(overlays) == 4
-    assert all(f"overlays/{p.name}" in text for p in overlays)
+    pairs = sorted((tmp_path / "overlays").glob("val_*.png"))
+    assert len(pairs) == 10
+    with Image.open(pairs[0]) as im:  # ground truth beside prediction, enlarged from 256 px
+        assert im.width > 2 * 512
+    assert demo.contact_sheet.is_file() and "overlays/contact_sheet.png" in text
     assert (tmp_path / "train" / "checkpoint" / "model.safetensors").is_file()

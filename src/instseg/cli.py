@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     demo.add_argument("--device", default="auto")
+    demo.add_argument("--model", default=None, help="family to train (default: the demo's own choice)")
+    demo.add_argument("--preset", default=None)
 
     train = sub.add_parser(
         "train", help="train a model on COCO-format data (see `instseg train --model M -h`)", add_help=False
@@ -219,13 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "demo":
-            from instseg.demo import run_demo
+            from instseg.demo import FAMILY, PRESET, run_demo
 
-            summary = run_demo(args.out, args.minutes, args.device)
-            print(
-                f"\ndemo done. summary: {summary}\noverlays: {summary.parent / 'overlays'}\n"
-                f"loss curve: {summary.parent / 'loss_curve.png'}"
-            )
+            family, preset = args.model or FAMILY, args.preset or (PRESET if not args.model else "default")
+            demo = run_demo(args.out, args.minutes, args.device, family=family, preset=preset)
+            print(f"\n{demo.steps} training steps in {demo.minutes:.1f} min; the 10 bundled val images:\n")
+            print(demo.table())
+            print(f"\npictures (ground truth | prediction): {demo.pictures}")
+            print(f"all of them on one sheet: {demo.contact_sheet}")
+            print(f"summary with the loss curve: {demo.summary}")
             return 0
         if args.command == "train":
             return _train(args, rest)

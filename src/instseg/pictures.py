@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import colorsys
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torchvision.utils import draw_bounding_boxes
 
+from instseg.measurements import label_image
 from instseg.structures import Instances
+
+MIN_SIDE = 512  # overlays of smaller images are enlarged by a whole factor
+TITLE_HEIGHT = 28
 
 
 def distinct_colors(n: int) -> list[tuple[int, int, int]]:
@@ -29,32 +38,96 @@ def distinct_colors(n: int) -> list[tuple[int, int, int]]:
 
 
 def overlay(
-    image: torch.Tensor, instances: Instances, show_labels: bool | None = None, alpha: float = 0.45
+    image: torch.Tensor,
+    instances: Instances,
+    boxes: bool = False,
+    alpha: float = 0.4,
+    min_side: int = MIN_SIDE,
 ) -> torch.Tensor:
-    """uint8 ``[3, H, W]`` picture: each instance filled in its own colour, outlined by its box.
+    """uint8 ``[3, H', W']`` picture: each instance filled, semi-transparent, in its own colour and
+    outlined by a one-pixel contour of that colour, so touching objects stay apart.
 
-    Labels and scores are written when there are few objects (<= 30) unless told.
+    Where masks overlap the better-scored one is drawn (``measurements.label_image``).
+    Images whose longer side is under ``min_side`` are enlarged by a whole
+    factor (pixels stay square and contours thin). ``boxes``: also draw the
+    boxes, with class and score when there are at most 30 objects.
     """
-    canvas = (image.clamp(0, 1) * 255).to(torch.uint8) if image.is_floating_point() else image
+    canvas = (image.clamp(0, 1) * 255).to(torch.uint8) if image.is_floating_point() else image.clone()
+    labels, kept = label_image(instances)
+    k = max(1, math.ceil(min_side / max(canvas.shape[-2:])))
+    if k > 1:
+        canvas = canvas.repeat_interleave(k, 1).repeat_interleave(k, 2)
+        labels = labels.repeat_interleave(k, 0).repeat_interleave(k, 1)
     if len(instances) == 0:
         return canvas
-    colors = distinct_colors(len(instances))
-    canvas = draw_segmentation_masks(canvas, instances.masks, alpha=alpha, colors=colors)
-    if show_labels is None:
-        show_labels = len(instances) <= 30
-    labels = (
-        [f"{n} {s:.2f}" for n, s in zip(instances.category_names, instances.scores.tolist(), strict=True)]
-        if show_labels
-        else None
+    colors = torch.tensor(distinct_colors(len(instances)), dtype=torch.float32)
+    palette = torch.cat([torch.zeros(1, 3), colors[kept]])[labels].permute(2, 0, 1)  # [3, H, W]
+    inside = labels > 0
+    blended = canvas.float() * (1 - alpha) + palette * alpha
+    padded = torch.nn.functional.pad(labels[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+    centre = padded[1:-1, 1:-1]
+    edge = inside & (
+        (padded[:-2, 1:-1] != centre)
+        | (padded[2:, 1:-1] != centre)
+        | (padded[1:-1, :-2] != centre)
+        | (padded[1:-1, 2:] != centre)
     )
-    return draw_bounding_boxes(canvas, instances.boxes, labels=labels, colors=colors, width=1)
+    out = torch.where(inside, blended, canvas.float())
+    out = torch.where(edge, palette, out).round().to(torch.uint8)
+    if boxes:
+        names = instances.category_names
+        text = [f"{n} {s:.2f}" for n, s in zip(names, instances.scores.tolist(), strict=True)]
+        box_colors = [tuple(int(v) for v in c) for c in colors.tolist()]
+        shown = text if len(instances) <= 30 else None
+        out = draw_bounding_boxes(out, instances.boxes * k, labels=shown, colors=box_colors, width=1)
+    return out
 
 
-def save_overlay(image: torch.Tensor, instances: Instances, path: str | Path, **kwargs: object) -> Path:
+def side_by_side(pictures: Sequence[torch.Tensor], titles: Sequence[str] = ()) -> torch.Tensor:
+    """uint8 pictures ``[3, h, w]`` next to each other on white, each under its title (if given)."""
+    height = max(p.shape[1] for p in pictures)
+    header = TITLE_HEIGHT if titles else 0
+    gap = 8
+    width = sum(p.shape[2] for p in pictures) + gap * (len(pictures) - 1)
+    sheet = np.full((height + header, width, 3), 255, dtype=np.uint8)
+    x = 0
+    for i, picture in enumerate(pictures):
+        sheet[header : header + picture.shape[1], x : x + picture.shape[2]] = picture.permute(1, 2, 0).numpy()
+        if i < len(titles):
+            cv2.putText(sheet, titles[i], (x + 4, header - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
+        x += picture.shape[2] + gap
+    return torch.from_numpy(sheet).permute(2, 0, 1)
+
+
+def contact_sheet(pictures: Sequence[torch.Tensor], columns: int = 4, width: int = 384) -> torch.Tensor:
+    """uint8 pictures scaled to ``width`` pixels wide, ``columns`` to a row, each row as tall as its
+    tallest picture, on white."""
+    scaled = []
+    for picture in pictures:
+        h, w = picture.shape[1:]
+        size = (width, max(1, round(h * width / w)))
+        scaled.append(cv2.resize(picture.permute(1, 2, 0).numpy(), size, interpolation=cv2.INTER_AREA))
+    rows = [scaled[i : i + columns] for i in range(0, len(scaled), columns)]
+    heights = [max(p.shape[0] for p in row) for row in rows]
+    sheet = np.full((sum(heights), min(columns, len(scaled)) * width, 3), 255, dtype=np.uint8)
+    top = 0
+    for row, height in zip(rows, heights, strict=True):
+        for k, picture in enumerate(row):
+            sheet[top : top + picture.shape[0], k * width : (k + 1) * width] = picture
+        top += height
+    return torch.from_numpy(sheet).permute(2, 0, 1)
+
+
+def save_picture(picture: torch.Tensor, path: str | Path) -> Path:
+    """A uint8 ``[3, H, W]`` picture as PNG (folders made as needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, instances, **kwargs).permute(1, 2, 0).numpy()).save(path)
+    Image.fromarray(picture.permute(1, 2, 0).contiguous().numpy()).save(path)
     return path
+
+
+def save_overlay(image: torch.Tensor, instances: Instances, path: str | Path, **kwargs: Any) -> Path:
+    return save_picture(overlay(image, instances, **kwargs), path)
 
 
 def plot_loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
