@@ -9,6 +9,7 @@ from typing import Any
 from instseg.config import TrainConfig, config_from_dict
 from instseg.data.coco import CocoIndex, find_annotations, resolve_source
 from instseg.engine.evaluation import Evaluation, evaluate_model
+from instseg.engine.fine_tune import fine_tune_config
 from instseg.engine.trainer import TrainResult
 from instseg.engine.trainer import train as _train
 from instseg.eval.report import EvalOptions, EvalReport
@@ -32,7 +33,7 @@ def predict(
 
 
 def train(
-    model: str = "mask_rcnn",
+    model: str | None = None,
     data: str | Path = "",
     preset: str = "default",
     model_options: dict[str, Any] | None = None,
@@ -40,9 +41,16 @@ def train(
     progress: bool = True,
     **train_options: Any,
 ) -> TrainResult:
-    """Train a family on COCO data; ``train_options`` are :class:`TrainConfig` fields."""
+    """Train a family on COCO data; ``train_options`` are :class:`TrainConfig` fields. With ``init=CKPT``
+    the model is that checkpoint's (family and config, ``model_options`` on top) and starts from its
+    weights."""
     cfg = config_from_dict(TrainConfig, {"data": str(data), **train_options})
-    return _train(cfg, model, model_config(model, preset, model_options), resume=resume, progress=progress)
+    if cfg.init:
+        model, model_cfg = fine_tune_config(cfg.init, model, model_options or {})
+    else:
+        model = model or "mask_rcnn"
+        model_cfg = model_config(model, preset, model_options)
+    return _train(cfg, model, model_cfg, resume=resume, progress=progress)
 
 
 def _options(boundary: bool, options: dict[str, Any]) -> EvalOptions:

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train a model on COCO-format data (see `instseg train --model M -h`)", add_help=False
     )
-    train.add_argument("--model", default="mask_rcnn")
+    train.add_argument("--model", default=None, help="family (default: mask_rcnn, or --init's)")
     train.add_argument("--preset", default="default")
     train.add_argument("--config", help="YAML file of config fields")
     train.add_argument("--resume", help="checkpoint directory to continue from (e.g. OUT/last)")
@@ -95,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import", help="convert another toolkit's checkpoint into an instseg checkpoint")
     imp.add_argument(
-        "format", choices=["hf-mask2former"], help="hf-mask2former: a transformers save_pretrained dir"
+        "format",
+        choices=["hf-mask2former", "torchvision-maskrcnn"],
+        help="hf-mask2former: a transformers save_pretrained dir; torchvision-maskrcnn: a "
+        "maskrcnn_resnet50_fpn state dict (.pth)",
     )
     imp.add_argument("source", help="the checkpoint to convert")
     imp.add_argument("out", help="instseg checkpoint directory to write")
@@ -104,25 +107,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, rest: list[str]) -> int:
     from instseg.config import TrainConfig, add_config_flags, config_from_dict, load_yaml, split_fields
+    from instseg.engine.checkpoint import load_meta
+    from instseg.engine.fine_tune import fine_tune_config
     from instseg.engine.trainer import train
     from instseg.models.build import family, model_config
 
-    fam = family(args.model)
+    values = load_yaml(args.config) if args.config else {}
+    values.pop("model", None)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--init", default=values.get("init"))
+    init = first.parse_known_args(rest)[0].init
+    name = args.model or (load_meta(init)["family"] if init else "mask_rcnn")  # fine-tuning: its family
+    fam = family(name)
     flags = argparse.ArgumentParser(
-        prog=f"instseg train --model {args.model}",
-        description="Fields may also come from --config FILE.yaml.",
+        prog=f"instseg train --model {name}",
+        description="Fields may also come from --config FILE.yaml. With --init CKPT the model is that "
+        "checkpoint's family and config (model fields given here change it) and starts from its weights.",
     )
     add_config_flags(flags, TrainConfig, "training")
-    add_config_flags(flags, fam.config, f"model ({args.model})")
+    add_config_flags(flags, fam.config, f"model ({name})")
     if args.help:
         flags.print_help()
         return 0
-    values = load_yaml(args.config) if args.config else {}
-    values.pop("model", None)
     values.update(vars(flags.parse_args(rest)))
     train_values, model_values = split_fields(values, TrainConfig, fam.config)
     cfg = config_from_dict(TrainConfig, train_values)
-    result = train(cfg, args.model, model_config(args.model, args.preset, model_values), resume=args.resume)
+    if cfg.init:
+        name, model_cfg = fine_tune_config(cfg.init, args.model, model_values)
+    else:
+        model_cfg = model_config(name, args.preset, model_values)
+    result = train(cfg, name, model_cfg, resume=args.resume)
     print(f"checkpoint: {result.checkpoint}")
     if result.metrics:
         from instseg.eval.coco import format_table
@@ -237,8 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         if args.command == "import":
             from instseg.importers.hf_mask2former import import_hf_mask2former
+            from instseg.importers.torchvision_maskrcnn import import_torchvision_maskrcnn
 
-            print(f"wrote {import_hf_mask2former(args.source, args.out)}")
+            convert = {
+                "hf-mask2former": import_hf_mask2former,
+                "torchvision-maskrcnn": import_torchvision_maskrcnn,
+            }
+            print(f"wrote {convert[args.format](args.source, args.out)}")
             return 0
         if args.command == "data":
             from instseg.data.commands import run_data

@@ -31,6 +31,7 @@ from instseg.engine import checkpoint as ckpt
 from instseg.engine.device import resolve_device
 from instseg.engine.ema import build_ema
 from instseg.engine.evaluation import evaluate_model
+from instseg.engine.fine_tune import load_for_fine_tuning
 from instseg.engine.precise_bn import recompute_batch_norm_statistics
 from instseg.engine.schedule import lr_factor
 from instseg.errors import DataError, TrainingDiverged
@@ -65,11 +66,21 @@ def training_indexes(cfg: TrainConfig) -> tuple[CocoIndex, CocoIndex | None]:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """No weight decay on norms and biases; with ``backbone_lr`` != 1 the backbone's parameters get their
+    own groups, whose ``lr_scale`` the loop applies."""
+    groups = []
+    parts = [("backbone.", cfg.backbone_lr), ("", 1.0)] if cfg.backbone_lr != 1.0 else [("", 1.0)]
+    taken: set[str] = set()
+    for prefix, scale in parts:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad and name.startswith(prefix) and name not in taken:
+                taken.add(name)
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        groups += [
+            {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale},
+        ]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -119,6 +130,12 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_name, model_cfg, len(self.categories)).to(self.device)
+        if cfg.init:
+            fresh = load_for_fine_tuning(self.model, cfg.init, len(self.categories))
+            again = (
+                f"; re-initialised for {len(self.categories)} classes: {', '.join(fresh)}" if fresh else ""
+            )
+            log.info("weights from %s%s", cfg.init, again)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(self.model, cfg)
@@ -159,7 +176,7 @@ class Trainer:
         images, targets = batch_to(*next(self.batches), self.device)
         lr = cfg.lr * lr_factor(self.step, self.progress(), cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with self.autocast:
             losses = self.model(images, targets)
         loss = sum(losses.values())

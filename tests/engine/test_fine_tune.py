@@ -1,0 +1,83 @@
+"""Fine-tuning from a checkpoint onto data with other classes: what is kept, what starts afresh."""
+
+import json
+
+import pytest
+import torch
+
+from instseg.cli import main
+from instseg.config import TrainConfig
+from instseg.engine import checkpoint as ckpt
+from instseg.engine.fine_tune import fine_tune_config, load_for_fine_tuning
+from instseg.engine.trainer import _optimizer
+from instseg.errors import CheckpointError
+from instseg.models.build import build_model
+
+CLASS_SIZED = {
+    "roi_heads.box_predictor.cls_score.weight",
+    "roi_heads.box_predictor.cls_score.bias",
+    "roi_heads.box_predictor.bbox_pred.weight",
+    "roi_heads.box_predictor.bbox_pred.bias",
+    "roi_heads.mask_predictor.mask_fcn_logits.weight",
+    "roi_heads.mask_predictor.mask_fcn_logits.bias",
+}
+
+
+@pytest.fixture(scope="module")
+def three_classes(tiny_coco, tmp_path_factory):
+    """The tiny dataset with a third category, so that class-sized layers change size."""
+    root = tmp_path_factory.mktemp("three")
+    for split in ("train", "val"):
+        data = json.loads((tiny_coco / "annotations" / f"instances_{split}.json").read_text())
+        data["categories"].append({"id": 9, "name": "star", "supercategory": "shape"})
+        (root / f"{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def test_class_sized_tensors_start_afresh_and_the_rest_comes_from_the_checkpoint(trained):
+    family, cfg = fine_tune_config(trained.checkpoint, None, {})
+    assert family == "mask_rcnn" and cfg.fpn_channels == 32  # the checkpoint's config, not a preset's
+    torch.manual_seed(0)
+    model = build_model(family, cfg, 3)
+    fresh = load_for_fine_tuning(model, trained.checkpoint, 3)
+    assert set(fresh) == CLASS_SIZED
+    saved = ckpt.load_weights(trained.checkpoint)
+    for key, value in model.state_dict().items():
+        if key not in CLASS_SIZED:
+            assert torch.equal(value, saved[key]), key
+    assert model.roi_heads.box_predictor.cls_score.weight.shape[0] == 4
+    same = build_model(family, cfg, 2)
+    assert load_for_fine_tuning(same, trained.checkpoint, 2) == []
+
+
+def test_another_architecture_or_family_is_refused(trained):
+    _, cfg = fine_tune_config(trained.checkpoint, None, {"fpn_channels": 48})
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_for_fine_tuning(build_model("mask_rcnn", cfg, 2), trained.checkpoint, 2)
+    with pytest.raises(CheckpointError, match="cannot start a solov2 model"):
+        fine_tune_config(trained.checkpoint, "solov2", {})
+
+
+def test_train_init_on_the_command_line(trained, tiny_coco, three_classes, tmp_path, caplog):
+    out = tmp_path / "ft"
+    args = ["train", "--init", str(trained.checkpoint), "--data", str(three_classes / "train.json")]
+    args += ["--images", str(tiny_coco / "train"), "--out", str(out), "--steps", "2", "--batch-size", "2"]
+    args += ["--workers", "0", "--backbone-lr", "0.1", "--precise-bn-batches", "0"]
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "re-initialised for 3 classes: roi_heads.box_predictor.cls_score.weight" in caplog.text
+    meta = ckpt.load_meta(out / "checkpoint")
+    assert meta["family"] == "mask_rcnn" and len(meta["categories"]) == 3
+    assert meta["model_config"]["fpn_channels"] == 32
+    assert meta["train_config"]["init"] == str(trained.checkpoint)
+
+
+def test_backbone_learning_rate_is_a_fraction_of_the_rest(trained):
+    _, cfg = fine_tune_config(trained.checkpoint, None, {})
+    model = build_model("mask_rcnn", cfg, 2)
+    groups = _optimizer(model, TrainConfig(backbone_lr=0.1)).param_groups
+    assert [g["lr_scale"] for g in groups] == [0.1, 0.1, 1.0, 1.0]
+    backbone = {id(p) for g in groups[:2] for p in g["params"]}
+    assert backbone == {id(p) for n, p in model.named_parameters() if n.startswith("backbone.")}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(_optimizer(model, TrainConfig()).param_groups) == 2  # as before: older resumes still load
