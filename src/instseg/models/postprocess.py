@@ -33,13 +33,14 @@ class MaskAssembly:
     rescore: bool = False  # multiply each score by its mask's maskness
 
 
-def maskness(probs: Tensor, threshold: float) -> Tensor:
+def maskness(probs: Tensor, threshold: float, hard: Tensor | None = None) -> Tensor:
     """Mean probability inside each thresholded mask ``[N]`` (SOLOv2's maskness; 0 for an empty mask).
 
     A score times its maskness ranks confident masks first: the ranking SOLOv2,
-    Mask2Former, CondInst and YOLACT use.
+    Mask2Former, CondInst and YOLACT use. ``hard``: ``probs > threshold``, when
+    the caller has it already.
     """
-    hard = probs > threshold
+    hard = probs > threshold if hard is None else hard
     return (probs * hard).flatten(1).sum(1) / hard.flatten(1).sum(1).clamp(min=1)
 
 

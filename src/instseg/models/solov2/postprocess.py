@@ -73,7 +73,7 @@ class SOLOv2Postprocessor(nn.Module):
         hard = soft > cfg.mask_threshold
         keep = hard.flatten(1).sum(1).float() > min_area[cells]
         soft, hard, labels, cand = soft[keep], hard[keep], labels[keep], cand[keep]
-        rescored = cand * maskness(soft, cfg.mask_threshold)
+        rescored = cand * maskness(soft, cfg.mask_threshold, hard)
         order = torch.argsort(rescored, descending=True)
         soft, hard, labels = soft[order], hard[order], labels[order]
         decayed = matrix_nms(hard, labels, rescored[order], cfg.nms_kernel, cfg.nms_sigma)
