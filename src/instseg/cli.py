@@ -204,7 +204,8 @@ def _predict(args: argparse.Namespace) -> int:
         write_label_png(out / "labels" / f"{stems[image_id]}_labels.png", labels)
         rows.extend(measure(labels, kept, shown, image, str(paths[image_id])))
         if not args.no_overlays:
-            save_overlay(image, shown, out / "overlays" / f"{stems[image_id]}.png")
+            path = out / "overlays" / f"{stems[image_id]}.png"
+            save_overlay(image, shown, path, labelled=(labels, kept))
 
     run = run_inference(
         predictor.inference,

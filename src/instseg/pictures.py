@@ -43,6 +43,7 @@ def overlay(
     boxes: bool = False,
     alpha: float = 0.4,
     min_side: int = MIN_SIDE,
+    labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """uint8 ``[3, H', W']`` picture: each instance filled, semi-transparent, in its own colour and
     outlined by a one-pixel contour of that colour, so touching objects stay apart.
@@ -50,10 +51,11 @@ def overlay(
     Where masks overlap the better-scored one is drawn (``measurements.label_image``).
     Images whose longer side is under ``min_side`` are enlarged by a whole
     factor (pixels stay square and contours thin). ``boxes``: also draw the
-    boxes, with class and score when there are at most 30 objects.
+    boxes, with class and score when there are at most 30 objects. ``labelled``: the instances'
+    ``label_image``, when the caller has it already.
     """
     canvas = (image.clamp(0, 1) * 255).to(torch.uint8) if image.is_floating_point() else image.clone()
-    labels, kept = label_image(instances)
+    labels, kept = labelled if labelled is not None else label_image(instances)
     k = max(1, math.ceil(min_side / max(canvas.shape[-2:])))
     if k > 1:
         canvas = canvas.repeat_interleave(k, 1).repeat_interleave(k, 2)

@@ -25,6 +25,11 @@ class QueryPredictions:
     mask_embed: Tensor  # [B, Q, C]
     mask_features: Tensor  # [B, C, h, w] per-pixel embeddings at 1/4 of the padded batch, shared by layers
 
+    def image(self, b: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Image ``b``'s ``(class_logits [Q, K+1], mask_embed [Q, C], mask_features [C, h, w])``, as the
+        readings in ``postprocess.py`` take them."""
+        return self.class_logits[b], self.mask_embed[b], self.mask_features[b]
+
 
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int, layers: int = 3) -> None:

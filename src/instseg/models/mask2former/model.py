@@ -142,12 +142,7 @@ class Mask2Former(SegmentationModel):
     def semantic(self, images: list[Tensor]) -> list[Tensor]:
         """Per image, ``[K, H, W]`` class scores; ``argmax(0) + 1`` is the label map."""
         final, resized, original = self.final_predictions(images)
-        return [
-            semantic_inference(
-                final.class_logits[b], final.mask_embed[b], final.mask_features[b], resized[b], size
-            )
-            for b, size in enumerate(original)
-        ]
+        return [semantic_inference(*final.image(b), resized[b], size) for b, size in enumerate(original)]
 
     @torch.no_grad()
     def panoptic(
@@ -159,17 +154,9 @@ class Mask2Former(SegmentationModel):
     ) -> list[tuple[Tensor, list[dict]]]:
         """Per image, a segment-id map and its segments; ``is_thing [K]`` says which classes are things."""
         final, resized, original = self.final_predictions(images)
+        thresholds = (object_threshold, overlap_threshold)
         return [
-            panoptic_inference(
-                final.class_logits[b],
-                final.mask_embed[b],
-                final.mask_features[b],
-                resized[b],
-                size,
-                is_thing,
-                object_threshold,
-                overlap_threshold,
-            )
+            panoptic_inference(*final.image(b), resized[b], size, is_thing, *thresholds)
             for b, size in enumerate(original)
         ]
 

@@ -121,14 +121,6 @@ class Mask2FormerPostprocessor(nn.Module):
     ) -> list[dict[str, Tensor]]:
         final = outputs.final
         return [
-            instance_inference(
-                final.class_logits[b],
-                final.mask_embed[b],
-                final.mask_features[b],
-                resized[b],
-                size,
-                self.detections,
-                self.threshold,
-            )
+            instance_inference(*final.image(b), resized[b], size, self.detections, self.threshold)
             for b, size in enumerate(original)
         ]
