@@ -31,7 +31,7 @@ def main() -> None:
             continue
         started = time.perf_counter()
         out = f"{args.out}/{family}"
-        demo = run_demo(out, args.minutes, "cpu", progress=False, family=family, preset=preset)
+        demo = run_demo(out, args.minutes, "cpu", False, family, preset, pretrained=None).trained
         segm, boundary, bbox = (demo.metrics[k] for k in ("segm", "boundary", "bbox"))
         cells = [f"{family} `{preset}`", demo.steps, f"{segm['AP']:.3f}", f"{segm['AP50']:.3f}"]
         cells += [f"{boundary['AP']:.3f}", f"{bbox['AP']:.3f}", f"{demo.seconds_per_image:.2f}"]

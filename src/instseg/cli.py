@@ -17,6 +17,7 @@ from pathlib import Path
 from instseg.errors import InstsegError
 
 SET_HELP = "model config fields for inference, e.g. nms_threshold=0.5 mask_rescore=false (YAML values)"
+MODEL_HELP = "a checkpoint directory or .safetensors file, or a bundled model's name (nuclei)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,9 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train, evaluate and show a small model on the bundled nuclei")
+    demo = sub.add_parser("demo", help="show the bundled nuclei model, then train, evaluate and show one")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    demo.add_argument(
+        "--minutes", type=float, default=5.0, help="training time budget; 0: the bundled model only"
+    )
     demo.add_argument("--device", default="auto")
     demo.add_argument("--model", default=None, help="family to train (default: the demo's own choice)")
     demo.add_argument("--preset", default=None)
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "accuracy, PQ at IoU 0.5..0.9). --out writes metrics.json and PR/matching/confusion plots.",
     )
     what = ev.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="model to run on the dataset")
+    what.add_argument("--checkpoint", "--model", dest="checkpoint", help=f"model to run; {MODEL_HELP}")
     what.add_argument("--results", help="existing COCO results JSON to score (any toolkit's)")
     ev.add_argument("--data", required=True, help="ground truth: COCO/LVIS JSON or dataset folder")
     ev.add_argument("--split", default="val")
@@ -70,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--class-aware-matching", action="store_true", help="matching metrics per category")
     ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
+    ev.add_argument(
+        "--prompts",
+        choices=["points", "box"],
+        help="a SAM checkpoint prompted object by object: points: mIoU@1/3/5 and NoC@85/90 by the "
+        "RITM/SAM click protocol, and box-prompt mIoU; box: box-prompt mIoU (and mIoU@1)",
+    )
+    ev.add_argument("--max-clicks", type=int, default=20, help="--prompts points: clicks per object")
+    ev.add_argument(
+        "--max-objects", type=int, default=None, help="--prompts: the largest N objects per image"
+    )
     ev.add_argument("--out", help="folder for metrics.json, results.json and plots")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help=SET_HELP)
@@ -84,11 +97,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Writes COCO results (predictions.json), a uint16 label image per input "
         "(labels/<stem>_labels.png), per-object measurements (objects.csv) and overlays.",
     )
-    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--model", "--checkpoint", dest="checkpoint", required=True, help=MODEL_HELP)
     pr.add_argument("inputs", nargs="+", metavar="IMAGES")
     pr.add_argument("--out", required=True)
     pr.add_argument("--min-score", type=float, default=0.5, help="keep only instances scoring at least this")
     pr.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help=SET_HELP)
+    pr.add_argument(
+        "--points", nargs="+", metavar="X,Y[,LABEL]", help="SAM: clicks, label 1 (default) or 0 (background)"
+    )
+    pr.add_argument("--box", nargs="+", metavar="X0,Y0,X1,Y1", help="SAM: box prompts, one mask each")
     pr.add_argument("--batch-size", type=int, default=1)
     pr.add_argument("--no-overlays", action="store_true")
     pr.add_argument("--device", default="auto")
@@ -96,9 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="convert another toolkit's checkpoint into an instseg checkpoint")
     imp.add_argument(
         "format",
-        choices=["hf-mask2former", "torchvision-maskrcnn"],
-        help="hf-mask2former: a transformers save_pretrained dir; torchvision-maskrcnn: a "
-        "maskrcnn_resnet50_fpn state dict (.pth)",
+        choices=["hf-mask2former", "sam", "torchvision-maskrcnn"],
+        help="hf-mask2former: a transformers save_pretrained dir; sam: a segment-anything checkpoint "
+        "(sam_vit_b/l/h .pth); torchvision-maskrcnn: a maskrcnn_resnet50_fpn state dict (.pth)",
     )
     imp.add_argument("source", help="the checkpoint to convert")
     imp.add_argument("out", help="instseg checkpoint directory to write")
@@ -145,7 +162,28 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _eval_prompts(args: argparse.Namespace) -> int:
+    from instseg.data.coco import CocoIndex, resolve_source
+    from instseg.eval.interactive import coco_objects, evaluate_interactive
+    from instseg.prompt_predictor import PromptPredictor
+
+    if args.checkpoint is None:
+        raise InstsegError("--prompts needs --checkpoint (a SAM model)")
+    predictor = PromptPredictor.from_checkpoint(args.checkpoint, args.device)
+    index = CocoIndex(resolve_source(args.data, args.split, args.images))
+    clicks = args.max_clicks if args.prompts == "points" else 1
+    report = evaluate_interactive(predictor, coco_objects(index, args.max_objects), clicks)
+    print(report.format())
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "interactive.json").write_text(json.dumps(report.metrics, indent=2))
+        print(f"metrics and IoU histograms: {report.plot(Path(args.out) / 'interactive_iou.png').parent}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
+    if args.prompts:
+        return _eval_prompts(args)
     from instseg.api import evaluate, evaluate_results, load
     from instseg.config import field_values
 
@@ -182,7 +220,78 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(values: list[str] | None, sizes: tuple[int, ...], what: str) -> list[list[float]]:
+    from instseg.errors import PromptError
+
+    out = []
+    for value in values or []:
+        try:
+            numbers = [float(v) for v in value.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in sizes:
+            raise PromptError(
+                f"{what} {value!r}: expected {' or '.join(map(str, sizes))} comma-separated numbers"
+            )
+        out.append(numbers)
+    return out
+
+
+def _predict_prompts(args: argparse.Namespace) -> int:
+    """SAM with prompts: one mask per image for the clicks (and a box), or one per box."""
+    import torch
+
+    from instseg.data.images import list_images, output_stems, read_image
+    from instseg.measurements import label_image, measure, write_label_png, write_table
+    from instseg.pictures import draw_prompts, overlay, save_picture
+    from instseg.prompt_predictor import PromptPredictor
+    from instseg.structures import Instances
+
+    clicks = _numbers(args.points, (2, 3), "--points")
+    boxes = torch.tensor(_numbers(args.box, (4,), "--box")).reshape(-1, 4)
+    points = torch.tensor([c[:2] for c in clicks]).reshape(-1, 2)
+    labels = torch.tensor([c[2] if len(c) == 3 else 1.0 for c in clicks])
+    predictor = PromptPredictor.from_checkpoint(args.checkpoint, args.device)
+    paths = list_images(args.inputs)
+    stems = output_stems(paths)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, results = [], []
+    for i, path in enumerate(paths):
+        image = read_image(path).float() / 255
+        predictor.set_image(image)
+        if len(points):  # one object: the clicks, with the box when there is one
+            box = boxes[0] if len(boxes) == 1 else None
+            found = [
+                predictor.predict(points, labels, box=box, multimask=len(points) == 1 and box is None)[:1]
+            ]
+        else:
+            found = [o[:1] for o in predictor.predict_batch(box=boxes)]
+        shown = Instances(
+            *(torch.cat([getattr(f, k) for f in found]) for k in ("boxes", "labels", "scores", "masks")),
+            image_size=found[0].image_size,
+            categories=found[0].categories,
+        )
+        labelled = label_image(shown)
+        write_label_png(out / "labels" / f"{stems[i]}_labels.png", labelled[0])
+        rows.extend(measure(*labelled, shown, image, str(path)))
+        results += [dict(r, file_name=str(path)) for r in shown.to_coco(image_id=i)]
+        if not args.no_overlays:
+            picture = overlay(image, shown, labelled=labelled)
+            picture = draw_prompts(picture, shown.image_size, points if len(points) else None, labels, boxes)
+            save_picture(picture, out / "overlays" / f"{stems[i]}.png")
+    (out / "predictions.json").write_text(json.dumps(results))
+    write_table(out / "objects.csv", rows)
+    print(f"{len(paths)} images, {len(results)} masks; COCO results: {out / 'predictions.json'}")
+    print(f"label images: {out / 'labels'}; measurements: {out / 'objects.csv'}")
+    if not args.no_overlays:
+        print(f"overlays with the prompts: {out / 'overlays'}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
+    if args.points or args.box:
+        return _predict_prompts(args)
     from instseg.api import load
     from instseg.config import field_values
     from instseg.data.datasets import ImageListDataset
@@ -240,11 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             family, preset = args.model or FAMILY, args.preset or (PRESET if not args.model else "default")
             demo = run_demo(args.out, args.minutes, args.device, family=family, preset=preset)
-            print(f"\n{demo.steps} training steps in {demo.minutes:.1f} min; the 10 bundled val images:\n")
-            print(demo.table())
-            print(f"\npictures (ground truth | prediction): {demo.pictures}")
-            print(f"all of them on one sheet: {demo.contact_sheet}")
-            print(f"summary with the loss curve: {demo.summary}")
+            for part in demo.parts:
+                print(f"\n{part.title}: the 10 bundled val images\n")
+                print(part.table())
+                print(f"\npictures (ground truth | prediction): {part.pictures}")
+                print(f"all of them on one sheet: {part.contact_sheet}")
+            print(f"\nsummary: {demo.summary}")
             return 0
         if args.command == "train":
             return _train(args, rest)
@@ -252,10 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         if args.command == "import":
             from instseg.importers.hf_mask2former import import_hf_mask2former
+            from instseg.importers.sam import import_sam
             from instseg.importers.torchvision_maskrcnn import import_torchvision_maskrcnn
 
             convert = {
                 "hf-mask2former": import_hf_mask2former,
+                "sam": import_sam,
                 "torchvision-maskrcnn": import_torchvision_maskrcnn,
             }
             print(f"wrote {convert[args.format](args.source, args.out)}")

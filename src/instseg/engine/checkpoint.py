@@ -79,14 +79,23 @@ def save_checkpoint(
 
 
 def resolve(path: str | Path) -> Path:
-    """The checkpoint at ``path``, or the previous one if a save was interrupted mid-swap."""
+    """The checkpoint at ``path``, or the previous one if a save was interrupted mid-swap, or the
+    bundled model of that name (``nuclei``) when ``path`` is not a checkpoint."""
+    from instseg.engine.pretrained import bundled_checkpoint, bundled_models  # it reads this module's names
+
     path = Path(path)
+    if path.is_file() or (path / WEIGHTS).is_file():
+        return path
+    bundled = bundled_checkpoint(str(path))
+    if bundled is not None:
+        return bundled
     if path.exists():
         return path
     old = path.with_name(path.name + ".old")
     if old.is_dir():
         return old
-    raise CheckpointError(f"{path}: checkpoint not found")
+    names = ", ".join(bundled_models()) or "none installed"
+    raise CheckpointError(f"{path}: checkpoint not found (bundled models: {names})")
 
 
 def weights_file(path: str | Path) -> Path:
