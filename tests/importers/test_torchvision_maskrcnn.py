@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
 import instseg
 from instseg.cli import main
@@ -10,12 +10,13 @@ from instseg.errors import CheckpointError
 from instseg.importers.torchvision_maskrcnn import import_torchvision_maskrcnn
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+@pytest.fixture(scope="module", params=[maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2])
+def reference(request, tmp_path_factory):
     """Random weights from torchvision (BatchNorm, as it builds without pretrained weights), the mask
-    logits pushed up so that untrained masks are not empty; saved as users save theirs."""
+    logits pushed up so that untrained masks are not empty; saved as users save theirs. Both the
+    original heads and the v2 ones (convolutional box head, BatchNorm in the FPN and heads)."""
     torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0)
+    model = request.param(weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0)
     with torch.no_grad():
         model.roi_heads.mask_predictor.mask_fcn_logits.bias.add_(2.0)
     path = tmp_path_factory.mktemp("tv") / "maskrcnn.pth"
@@ -47,7 +48,7 @@ def test_refuses_what_is_not_maskrcnn_resnet50_fpn(reference, tmp_path):
     _, path = reference
     state = torch.load(path, weights_only=True)
     torch.save({k: v for k, v in state.items() if "mask_head" not in k}, tmp_path / "partial.pth")
-    with pytest.raises(CheckpointError, match="does not fit maskrcnn_resnet50_fpn"):
+    with pytest.raises(CheckpointError, match=r"does not fit maskrcnn_resnet50_fpn.* \(missing"):
         import_torchvision_maskrcnn(tmp_path / "partial.pth", tmp_path / "out")
     torch.save({"a": 1}, tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="expected a state dict of tensors"):

@@ -118,10 +118,12 @@ def build_fpn_backbone(
     returned_layers: tuple[int, ...] = (1, 2, 3, 4),
     weights: str | Path | None = None,
     extra: str = "maxpool",
+    fpn_norm: str | None = None,
 ) -> BackboneWithFPN:
     """``build_trunk`` + an FPN on its stages. ``extra`` adds the levels above the trunk: one
     max-pooled level (Mask R-CNN's P6) or two strided convolutions on the top level (RetinaNet/FCOS's
-    P6, P7)."""
+    P6, P7). The FPN's convolutions are normalised like the trunk when it has GroupNorm, by
+    ``fpn_norm`` when given, and not at all otherwise."""
     if extra not in ("maxpool", "p6p7"):
         raise ValueError(f"unknown extra FPN levels {extra!r}; expected maxpool or p6p7")
     body, return_layers, in_channels = build_trunk(name, norm, returned_layers, weights)
@@ -131,7 +133,7 @@ def build_fpn_backbone(
         in_channels_list=in_channels,
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool() if extra == "maxpool" else LastLevelP6P7(fpn_channels, fpn_channels),
-        norm_layer=norm_layer(norm) if norm == "gn" else None,
+        norm_layer=norm_layer(fpn_norm) if fpn_norm else norm_layer(norm) if norm == "gn" else None,
     )
 
 

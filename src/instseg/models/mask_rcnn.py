@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import resize_boxes
@@ -51,6 +51,9 @@ class MaskRCNNConfig(ModelConfig):
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per pyramid level
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     roi_pooler: Literal["align", "pool"] = "align"
+    # v2: torchvision's maskrcnn_resnet50_fpn_v2 heads (two-conv RPN head, four convs + one FC in the
+    # box head, BatchNorm in the FPN and the heads); v1: the original paper's
+    heads: Literal["v1", "v2"] = "v1"
     mask_resolution: Literal[14, 28] = 28
     mask_head_channels: int = 256
     mask_head_convs: int = 4
@@ -162,25 +165,36 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
     if len(cfg.anchor_sizes) != levels:
         raise ValueError(f"anchor_sizes needs one size per pyramid level ({levels}), got {cfg.anchor_sizes}")
     backbone = build_fpn_backbone(
-        cfg.backbone, cfg.norm, cfg.fpn_channels, cfg.returned_layers, cfg.backbone_weights
+        cfg.backbone,
+        cfg.norm,
+        cfg.fpn_channels,
+        cfg.returned_layers,
+        cfg.backbone_weights,
+        fpn_norm="bn" if cfg.heads == "v2" else None,
     )
     channels = cfg.fpn_channels
     anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * levels)
     featmaps = [str(i) for i in range(len(cfg.returned_layers))]
     pooler = MultiScaleRoIAlign if cfg.roi_pooler == "align" else MultiScaleRoIPool
-    head_norm = norm_layer(cfg.norm) if cfg.norm == "gn" else None
+    v2 = cfg.heads == "v2"
+    head_norm = norm_layer("bn") if v2 else norm_layer(cfg.norm) if cfg.norm == "gn" else None
+    box_head = (
+        FastRCNNConvFCHead((channels, 7, 7), [channels] * 4, [cfg.box_head_dim], norm_layer=norm_layer("bn"))
+        if v2
+        else TwoMLPHead(channels * 7 * 7, cfg.box_head_dim)
+    )
     model = InstanceMaskRCNN(
         backbone,
         num_classes=None,
         rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=2 if v2 else 1),
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
         rpn_batch_size_per_image=cfg.rpn_batch_per_image,
         box_roi_pool=pooler(featmaps, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(channels * 7 * 7, cfg.box_head_dim),
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
         box_score_thresh=cfg.score_threshold,
         box_nms_thresh=cfg.nms_threshold,
