@@ -7,12 +7,15 @@ from the project's issue tracker, same split, same evaluator settings).
     python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --budget-min 30
     python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --set roi_pooler=pool
     python benchmarks/dsb2018.py --peer yolov8n-seg --budget-min 30   # ultralytics in .venv-peers
+    python benchmarks/dsb2018.py --peer cellpose --budget-min 30      # Cellpose 3.1 in .venv-peers
 
-``--peer`` trains an ultralytics YOLO-seg from scratch with its own trainer in
-the separate peer environment (see ``benchmarks/latency.py`` for its set-up), on
-the same split converted to YOLO-seg labels by instseg's converter, predicts val
-at conf 0.001 with up to 500 detections, and scores the results with instseg's
-evaluator, so both rows come from one evaluator.
+``--peer`` trains a peer from scratch with its own trainer in the separate peer
+environment (see ``benchmarks/latency.py`` for its set-up; ``pip install
+'cellpose>=3.1,<4'`` there for Cellpose): an ultralytics YOLO-seg on the same
+split converted to YOLO-seg labels by instseg's converter, predicting val at
+conf 0.001 with up to 500 detections, or Cellpose 3.1 with its own
+``train_seg`` (``benchmarks/peers/cellpose_train.py``). Either way the results
+are scored with instseg's evaluator, so every row comes from one evaluator.
 """
 
 from __future__ import annotations
@@ -45,31 +48,45 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb201
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_peer(args: argparse.Namespace, out: Path) -> dict:
-    """Convert, train and predict in the peer environment; score here with instseg's evaluator."""
-    import matplotlib
-
-    from instseg.data.coco import find_annotations, resolve_source
+def peer_command(args: argparse.Namespace, out: Path) -> list[str]:
+    """The peer's own training and prediction, run in the peer environment; it writes out/results.json."""
+    if args.peer == "cellpose":
+        script = ROOT / "benchmarks" / "peers" / "cellpose_train.py"
+        options = ["--data", str(args.data), "--out", str(out.resolve())]
+        options += ["--budget-min", str(args.budget_min)]
+        return [str(args.peer_python), str(script), *options]
+    from instseg.data.coco import resolve_source
     from instseg.data.convert import coco_to_yolo
 
     yolo_data = coco_to_yolo(args.data, out / "yolo_data", copy_images=False)
     val = resolve_source(args.data, "val")
+    cmd = [
+        str(args.peer_python),
+        str(ROOT / "benchmarks" / "peers" / "ultralytics_train.py"),
+        "--model", args.peer,
+        "--data", str(yolo_data),
+        "--val-json", str(val.annotations),
+        "--val-images", str(val.images),
+        "--budget-min", str(args.budget_min),
+        "--out", str(out.resolve()),
+    ]  # fmt: skip
+    return cmd
+
+
+def run_peer(args: argparse.Namespace, out: Path) -> dict:
+    """Train and predict in the peer environment; score here with instseg's evaluator."""
+    import matplotlib
+
+    from instseg.data.coco import find_annotations
+
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as config:
         (Path(config) / "Ultralytics").mkdir()
         font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
         shutil.copy(font, Path(config) / "Ultralytics" / "Arial.ttf")  # else it tries to download Arial
         env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": config, "PYTHONPATH": str(ROOT / "src")}
-        cmd = [
-            str(args.peer_python),
-            str(ROOT / "benchmarks" / "peers" / "ultralytics_train.py"),
-            "--model", args.peer,
-            "--data", str(yolo_data),
-            "--val-json", str(val.annotations),
-            "--val-images", str(val.images),
-            "--budget-min", str(args.budget_min),
-            "--out", str(out.resolve()),
-        ]  # fmt: skip
-        subprocess.run(cmd, env=env, check=True)
+        env["CELLPOSE_LOCAL_MODELS_PATH"] = str(Path(config) / "cellpose")  # nothing is downloaded into ~
+        subprocess.run(peer_command(args, out), env=env, check=True)
     started = time.perf_counter()
     report = instseg.evaluate_results(
         out / "results.json", find_annotations(args.data, "val"), max_dets=(1, 10, 500), out=out / "eval"
@@ -77,7 +94,7 @@ def run_peer(args: argparse.Namespace, out: Path) -> dict:
     segm, boundary, bbox = (report.metrics[k] for k in ("segm", "boundary", "bbox"))
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "model": f"ultralytics {args.peer}",
+        "model": "Cellpose 3.1" if args.peer == "cellpose" else f"ultralytics {args.peer}",
         "budget_min": args.budget_min,
         "mask_AP": segm["AP"],
         "mask_AP50": segm["AP50"],
@@ -86,7 +103,7 @@ def run_peer(args: argparse.Namespace, out: Path) -> dict:
         "box_AP": bbox["AP"],
         "eval_s": time.perf_counter() - started,
         "out": str(out),
-    }
+    } | (json.loads((out / "peer_summary.json").read_text()) if (out / "peer_summary.json").is_file() else {})
 
 
 def main() -> int:
@@ -103,7 +120,9 @@ def main() -> int:
         metavar="FIELD=VALUE",
         help="model or training config fields, values in YAML syntax",
     )
-    parser.add_argument("--peer", default=None, help="an ultralytics model (yolov8n-seg) instead of instseg")
+    parser.add_argument(
+        "--peer", default=None, help="a peer instead of instseg: ultralytics (yolo26n-seg) or cellpose"
+    )
     parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     args = parser.parse_args()
     if not args.data.is_dir():
