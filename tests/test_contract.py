@@ -19,6 +19,8 @@ from instseg.models.fcos.head import FCOSHead
 
 PAIRS = [(name, preset) for name, fam in FAMILIES.items() for preset in fam.presets]
 OPEN_GATES = {
+    "iou_threshold": 0.0,
+    "stability_threshold": 0.0,
     "score_threshold": 0.0,
     "update_threshold": 0.0,
     "mask_threshold": 0.3,
@@ -33,13 +35,19 @@ LOSS_NAMES = {
     "loss_semantic",
     "loss_objectness",
     "loss_rpn_box",
+    "loss_iou",
 }
+# every family names its classification loss loss_class; SAM is class-agnostic and learns masks and IoU
+REQUIRED_LOSSES = {"sam": {"loss_mask", "loss_iou"}}
+# the official SAM encoders take a 1024-px square: their contract is checked at 128 px and two blocks
+SMALL = {"sam": {"image_size": 128, "vit_depth": 2, "global_blocks": (1,), "window": 4, "points_per_side": 4}}
 SIZES = [(70, 90), (41, 53)]
 
 
 def _model(name: str, preset: str, **overrides: object) -> torch.nn.Module:
     fields = {f.name for f in dataclasses.fields(FAMILIES[name].config)}
-    wanted = {k: v for k, v in {**OPEN_GATES, **overrides}.items() if k in fields}
+    small = SMALL.get(name, {}) if preset != "nuclei" else {}
+    wanted = {k: v for k, v in {**OPEN_GATES, **small, **overrides}.items() if k in fields}
     torch.manual_seed(0)
     model = build_model(name, model_config(name, preset, wanted), 2)
     if isinstance(getattr(model, "head", None), FCOSHead):
@@ -49,8 +57,8 @@ def _model(name: str, preset: str, **overrides: object) -> torch.nn.Module:
 
 
 def test_every_family_is_in_the_registry_with_presets():
-    assert set(FAMILIES) == {"mask_rcnn", "solov2", "yolact", "condinst", "mask2former"}
-    assert len(PAIRS) == 14
+    assert set(FAMILIES) == {"mask_rcnn", "solov2", "yolact", "condinst", "mask2former", "sam"}
+    assert len(PAIRS) == 19
 
 
 @pytest.mark.parametrize(("name", "preset"), PAIRS)
@@ -91,7 +99,7 @@ def test_training_step_returns_finite_named_losses(name, preset):
         "masks": masks[:1].flip(-1),
     }
     losses = model([image, image.flip(-1)], [{**target, "masks": masks}, flipped])
-    assert set(losses) <= LOSS_NAMES and {"loss_class"} <= set(losses)
+    assert set(losses) <= LOSS_NAMES and REQUIRED_LOSSES.get(name, {"loss_class"}) <= set(losses)
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None) > 0

@@ -23,11 +23,12 @@ LAYERS = [
     {"eval"},
     {"engine"},
     {"importers", "predictor"},
+    {"prompt_predictor"},
     {"api"},
     {"demo"},
     {"cli", "__init__"},
 ]
-FAMILIES = {"fcos", "solov2", "mask2former"}  # family subpackages of models/: none imports another
+FAMILIES = {"fcos", "solov2", "mask2former", "sam"}  # family subpackages of models/: none imports another
 
 
 def _part(module: str) -> str:

@@ -17,3 +17,7 @@ class CheckpointError(InstsegError):
 
 class TrainingDiverged(InstsegError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class PromptError(InstsegError):
+    """A prompt the promptable model cannot take: empty, outside the image, or of the wrong shape."""

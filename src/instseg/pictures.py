@@ -161,3 +161,27 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_prompts(
+    picture: torch.Tensor,
+    image_size: tuple[int, int],
+    points: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The prompts on an overlay of an ``image_size`` image: positive clicks green, negative red (white
+    rims, so they show on any mask), boxes yellow; coordinates in the image's pixels."""
+    k = picture.shape[-1] / image_size[1]
+    canvas = np.ascontiguousarray(picture.permute(1, 2, 0).numpy())
+    radius = max(4, round(3 * k))
+    for box in [] if boxes is None else boxes.reshape(-1, 4).tolist():
+        x0, y0, x1, y1 = (round(v * k) for v in box)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), (255, 220, 0), 2)
+    if points is not None:
+        signs = torch.ones(len(points)) if labels is None else labels.reshape(-1)
+        for (x, y), positive in zip(points.reshape(-1, 2).tolist(), signs.tolist(), strict=True):
+            centre = (round(x * k), round(y * k))
+            cv2.circle(canvas, centre, radius + 2, (255, 255, 255), -1)
+            cv2.circle(canvas, centre, radius, (0, 200, 0) if positive else (220, 0, 0), -1)
+    return torch.from_numpy(canvas).permute(2, 0, 1)

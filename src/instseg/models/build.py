@@ -17,6 +17,7 @@ from instseg.errors import InstsegError
 from instseg.models import mask_rcnn
 from instseg.models.fcos import condinst, yolact
 from instseg.models.mask2former import model as mask2former
+from instseg.models.sam import model as sam
 from instseg.models.solov2 import model as solov2
 from instseg.structures import Category
 from instseg.version import __version__
@@ -72,6 +73,18 @@ FAMILIES: dict[str, Family] = {
             "default": mask2former.Mask2FormerConfig,
             "nuclei": mask2former.nuclei_preset,
             "light": mask2former.light_preset,
+        },
+        boxes="mask",
+    ),
+    "sam": Family(
+        sam.SAMConfig,
+        sam.build_sam,
+        {
+            "default": sam.vit_b_preset,
+            "vit_b": sam.vit_b_preset,
+            "vit_l": sam.vit_l_preset,
+            "vit_h": sam.vit_h_preset,
+            "nuclei": sam.nuclei_preset,
         },
         boxes="mask",
     ),

@@ -34,10 +34,22 @@ class ResizeNormalize(GeneralizedRCNNTransform):
             return super().resize(image, target)
         h, w = image.shape[-2:]
         s = min(self.scale, self.max_size / max(h, w))
-        size = (max(1, round(h * s)), max(1, round(w * s)))
+        return self.resize_to(image, target, (max(1, round(h * s)), max(1, round(w * s))))
+
+    def resize_to(
+        self,
+        image: Tensor,
+        target: dict[str, Tensor] | None,
+        size: tuple[int, int],
+        antialias: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """``image`` (and its target's boxes and masks) resized to exactly ``size``."""
+        h, w = image.shape[-2:]
         if size == (h, w):
             return image, target
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        image = F.interpolate(
+            image[None], size=size, mode="bilinear", align_corners=False, antialias=antialias
+        )[0]
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
             if "masks" in target and target["masks"].numel():

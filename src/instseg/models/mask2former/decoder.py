@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.models.mask2former.position_encoding import sine_position_encoding
+from instseg.models.mlp import MLP
 
 
 @dataclass
@@ -29,18 +30,6 @@ class QueryPredictions:
         """Image ``b``'s ``(class_logits [Q, K+1], mask_embed [Q, C], mask_features [C, h, w])``, as the
         readings in ``postprocess.py`` take them."""
         return self.class_logits[b], self.mask_embed[b], self.mask_features[b]
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: int, layers: int = 3) -> None:
-        super().__init__()
-        dims = [dim] + [hidden] * (layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, [*dims[1:], out], strict=True))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
 
 
 class MaskedAttentionLayer(nn.Module):

@@ -1,0 +1,129 @@
+"""SAM speed on this CPU: ``set_image`` (the encoder, once per image), one prompt after it, and automatic
+mask generation per image, for the CPU-trainable ``nuclei`` preset and the official ``vit_b`` shapes.
+
+Untrained (random) weights unless ``--checkpoint`` is given: the encoder and the
+per-prompt decoder cost the same whatever the weights; automatic mask
+generation's time depends on how many masks pass its filters, so it is only
+reported for a checkpoint. Median of ``--runs`` after warm-up, 2 threads.
+
+    python benchmarks/promptable.py --runs 10
+    python benchmarks/promptable.py --checkpoint runs/sam/checkpoint --images ../shared/data/dsb2018/val
+
+With ``--data`` (a COCO dataset folder) the checkpoint is also evaluated
+interactively on its val split (``eval/interactive.py``: mIoU after 1/3/5
+clicks, NoC@85/90, box-prompt mIoU), beside ``--baseline``: an instance
+model's checkpoint answering each click with its best-scoring mask that fits
+the clicks (``InstanceBaseline``).
+
+    python benchmarks/promptable.py --checkpoint runs/bench/sam/checkpoint \
+        --data ../shared/data/dsb2018 --baseline runs/bench/solov2/checkpoint --max-objects 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from instseg.data.images import list_images, read_image
+from instseg.models.build import build_model, model_config
+from instseg.prompt_predictor import PromptPredictor
+
+
+def timed(fn, runs: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
+    import instseg
+    from instseg.data.coco import CocoIndex, resolve_source
+    from instseg.eval.interactive import InstanceBaseline, coco_objects, evaluate_interactive
+
+    index = CocoIndex(resolve_source(args.data, "val"))
+    models = {f"SAM {args.checkpoint}": predictor}
+    if args.baseline:
+        models[f"baseline {args.baseline}"] = InstanceBaseline(
+            instseg.load(args.baseline, device="cpu").predict
+        )
+    for name, model in models.items():
+        started = time.perf_counter()
+        report = evaluate_interactive(model, coco_objects(index, args.max_objects), args.max_clicks)
+        print(f"\n{name} ({time.perf_counter() - started:.0f} s)\n{report.format()}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["nuclei", "vit_b"])
+    parser.add_argument("--size", type=int, default=512, help="side of the square test image")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", help="a trained SAM: also time automatic mask generation")
+    parser.add_argument("--images", nargs="*", default=[])
+    parser.add_argument("--data", help="COCO dataset folder: interactive metrics on its val split")
+    parser.add_argument("--baseline", help="an instance model's checkpoint, answering clicks with its masks")
+    parser.add_argument("--max-objects", type=int, default=10, help="the largest N objects of each image")
+    parser.add_argument("--max-clicks", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    click = [[args.size / 2, args.size / 2]]
+    rows = []
+    predictors = {p: PromptPredictor(build_model("sam", model_config("sam", p), 1)) for p in args.presets}
+    if args.checkpoint:
+        predictors[args.checkpoint] = PromptPredictor.from_checkpoint(args.checkpoint, "cpu")
+    for name, predictor in predictors.items():
+        with torch.no_grad():
+            encode_ms = timed(lambda p=predictor: p.set_image(image), max(1, args.runs // 3))
+            prompt_ms = timed(lambda p=predictor: p.predict(points=click), args.runs * 3, warmup=3)
+            box_ms = timed(lambda p=predictor: p.predict(box=[10, 10, 80, 90]), args.runs * 3, warmup=3)
+        row = {
+            "model": name,
+            "size": args.size,
+            "set_image_ms": encode_ms,
+            "click_ms": prompt_ms,
+            "box_ms": box_ms,
+        }
+        if name == args.checkpoint and args.images:
+            model = predictor.model
+            paths = list_images(args.images)
+            seconds = []
+            with torch.no_grad():
+                for path in paths:
+                    pixels = read_image(path).float() / 255
+                    start = time.perf_counter()
+                    out = model([pixels])[0]
+                    seconds.append(time.perf_counter() - start)
+            row |= {"automatic_s_per_image": statistics.mean(seconds), "masks": len(out["scores"])}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.data and args.checkpoint:
+        interactive(args, predictors[args.checkpoint])
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    print(f"\n{stamp}, {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    print("| model | input | set_image ms | one click ms | one box ms |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        cells = [
+            r["model"],
+            r["size"],
+            f"{r['set_image_ms']:.0f}",
+            f"{r['click_ms']:.1f}",
+            f"{r['box_ms']:.1f}",
+        ]
+        print("| " + " | ".join(map(str, cells)) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

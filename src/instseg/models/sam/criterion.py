@@ -1,0 +1,118 @@
+"""Training SAM: prompts simulated from the targets, then corrective clicks, as in interactive use.
+
+Per image, up to ``prompts_per_image`` objects get a first prompt: a point
+drawn uniformly inside the mask or, for ``box_prompt_ratio`` of the images,
+the mask's box with its corners moved by up to ``box_jitter`` of its sides.
+Each of ``click_rounds`` further rounds adds one click drawn uniformly from
+the error region of the previous prediction (positive where it missed the
+object, negative where it spilled over) and feeds the previous low-resolution
+logits back as the mask prompt, detached, so that each round learns to
+correct rather than to start over. A single click is ambiguous: its round
+predicts three masks and only the best (lowest loss) is supervised; the other
+rounds predict one. Mask loss: focal (x20) + Dice (x1) at the input's
+resolution; the IoU head regresses the IoU of every output's mask (MSE).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from instseg.masks import masks_to_boxes
+from instseg.models.losses import point_dice_loss
+
+
+def random_pixels(regions: Tensor) -> Tensor:
+    """One (x, y) per region ``[N, H, W]`` (bool, each non-empty), uniformly among its pixels."""
+    w = regions.shape[-1]
+    index = torch.multinomial(regions.flatten(1).float(), 1)[:, 0]
+    return torch.stack([index % w, index // w], dim=1).float()
+
+
+def jittered_boxes(masks: Tensor, jitter: float) -> Tensor:
+    boxes = masks_to_boxes(masks.cpu()).to(masks.device)
+    sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    boxes = boxes + (torch.rand_like(boxes) * 2 - 1) * jitter * sides
+    h, w = masks.shape[-2:]
+    boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+    return torch.cat([boxes[:, :2], torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)], dim=1)
+
+
+def correction_clicks(predicted: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+    """The next click per object: (x, y) uniformly in the error region, label 1 where the prediction
+    missed object pixels, 0 where it covered background; a perfect prediction gets a positive click
+    inside the object."""
+    missed, spilled = truth & ~predicted, predicted & ~truth
+    errors = missed | spilled
+    perfect = ~errors.flatten(1).any(1)
+    errors[perfect] = truth[perfect]
+    xy = random_pixels(errors)
+    rows = torch.arange(len(xy), device=xy.device)
+    positive = missed[rows, xy[:, 1].long(), xy[:, 0].long()] | perfect
+    return xy, positive.float()
+
+
+def mask_iou(predicted: Tensor, truth: Tensor) -> Tensor:
+    """IoU of bool masks ``[..., H, W]`` with their targets, shape ``[...]``."""
+    inter = (predicted & truth).flatten(-2).sum(-1).float()
+    union = (predicted | truth).flatten(-2).sum(-1).float()
+    return inter / union.clamp(min=1)
+
+
+class PromptCriterion:
+    def __init__(self, cfg: Any, decode: Any) -> None:
+        self.cfg, self.decode = cfg, decode
+
+    def __call__(self, embeddings: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        zero = embeddings.sum() * 0  # keeps the graph when no image has an object
+        totals = {"loss_mask": zero, "loss_dice": zero, "loss_iou": zero}
+        images = 0
+        padded = (embeddings.shape[-2] * self.decode.stride, embeddings.shape[-1] * self.decode.stride)
+        for b, target in enumerate(targets):
+            masks = target["masks"].bool()
+            masks = masks[masks.flatten(1).any(1)]
+            if len(masks) == 0:
+                continue
+            masks = masks[torch.randperm(len(masks), device=masks.device)[: self.cfg.prompts_per_image]]
+            truth = F.pad(masks, (0, padded[1] - masks.shape[-1], 0, padded[0] - masks.shape[-2]))
+            for name, value in self.image_losses(embeddings[b : b + 1], truth).items():
+                totals[name] = totals[name] + value
+            images += 1
+        return {k: v / max(images, 1) for k, v in totals.items()}
+
+    def image_losses(self, embedding: Tensor, truth: Tensor) -> dict[str, Tensor]:
+        cfg, n = self.cfg, len(truth)
+        boxes = jittered_boxes(truth, cfg.box_jitter) if torch.rand(()) < cfg.box_prompt_ratio else None
+        points = truth.new_zeros((n, 0, 2), dtype=torch.float32)
+        labels = truth.new_zeros((n, 0), dtype=torch.float32)
+        if boxes is None:
+            points, labels = random_pixels(truth)[:, None], torch.ones(n, 1, device=truth.device)
+        mask_input = None
+        rounds = 1 + cfg.click_rounds
+        losses = {"loss_mask": 0.0, "loss_dice": 0.0, "loss_iou": 0.0}
+        rows = torch.arange(n, device=truth.device)
+        for r in range(rounds):
+            multimask = r == 0 and boxes is None
+            prompt = (points, labels) if points.shape[1] else None
+            logits, iou = self.decode(embedding, prompt, boxes, mask_input, multimask)
+            full = F.interpolate(logits, size=truth.shape[-2:], mode="bilinear", align_corners=False)
+            target = truth[:, None].expand_as(full).float()
+            focal = sigmoid_focal_loss(full, target, reduction="none").flatten(2).mean(-1)
+            dice = point_dice_loss(full.flatten(0, 1), target.flatten(0, 1)).view_as(focal)
+            best = (cfg.focal_weight * focal + cfg.dice_weight * dice).argmin(1)
+            with torch.no_grad():
+                iou_true = mask_iou(full > 0, truth[:, None])
+            losses["loss_mask"] = losses["loss_mask"] + cfg.focal_weight * focal[rows, best].mean() / rounds
+            losses["loss_dice"] = losses["loss_dice"] + cfg.dice_weight * dice[rows, best].mean() / rounds
+            losses["loss_iou"] = losses["loss_iou"] + cfg.iou_weight * F.mse_loss(iou, iou_true) / rounds
+            if r + 1 < rounds:
+                with torch.no_grad():
+                    xy, positive = correction_clicks(full[rows, best] > 0, truth)
+                points = torch.cat([points, xy[:, None]], dim=1)
+                labels = torch.cat([labels, positive[:, None]], dim=1)
+                mask_input = logits[rows, best][:, None].detach()
+        return losses

@@ -1,0 +1,76 @@
+"""SAM's mask decoder: output tokens read masks and their predicted IoU from the two-way transformer.
+
+Four mask tokens (one for unambiguous prompts, three for the whole / part /
+sub-part readings of an ambiguous click) and one IoU token join the prompt
+tokens. After the transformer the image embedding is upsampled 4x by two
+transposed convolutions, and each mask token's MLP (a hypernetwork) gives the
+weights of a 1x1 convolution over it: the mask logits at 1/4 of the input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from instseg.models.mlp import MLP
+from instseg.models.sam.image_encoder import ChannelLayerNorm
+from instseg.models.sam.two_way_transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        transformer: TwoWayTransformer,
+        multimask: int = 3,
+        iou_depth: int = 3,
+        iou_hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.num_masks = multimask + 1
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_masks, dim)
+        self.upscale = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, 2, stride=2),
+            ChannelLayerNorm(dim // 4, eps=1e-6),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, 2, stride=2),
+            nn.GELU(),
+        )
+        self.hypernetworks = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(self.num_masks))
+        self.iou_head = MLP(dim, iou_hidden, self.num_masks, iou_depth)
+
+    def forward(
+        self, embedding: Tensor, positions: Tensor, sparse: Tensor, dense: Tensor, multimask: bool
+    ) -> tuple[Tensor, Tensor]:
+        """One image's ``embedding`` ``[1, C, h, w]`` and B prompts -> (mask logits ``[B, M, 4h, 4w]``,
+        predicted IoU ``[B, M]``), M = 3 with ``multimask``, else the single-mask output alone."""
+        masks, iou = self.predict_all(embedding, positions, sparse, dense)
+        keep = slice(1, None) if multimask else slice(0, 1)
+        return masks[:, keep], iou[:, keep]
+
+    def predict_all(
+        self, embedding: Tensor, positions: Tensor, sparse: Tensor, dense: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Every output: the single mask first, then the multimask ones (training supervises all)."""
+        batch = sparse.shape[0]
+        outputs = torch.cat([self.iou_token.weight, self.mask_tokens.weight])[None].expand(batch, -1, -1)
+        tokens = torch.cat([outputs, sparse], dim=1)
+        image = embedding.expand(batch, -1, -1, -1) + dense
+        b, c, h, w = image.shape
+        tokens, image = self.transformer(image, positions.expand(batch, -1, -1, -1), tokens)
+        upscaled = self.upscale(image.transpose(1, 2).reshape(b, c, h, w))
+        weights = torch.stack([mlp(tokens[:, 1 + i]) for i, mlp in enumerate(self.hypernetworks)], dim=1)
+        masks = (weights @ upscaled.flatten(2)).reshape(b, self.num_masks, *upscaled.shape[-2:])
+        return masks, self.iou_head(tokens[:, 0])
+
+
+def upsample_logits(
+    logits: Tensor, stride: int, resized: tuple[int, int], original: tuple[int, int]
+) -> Tensor:
+    """Logits ``[B, M, 4h, 4w]`` over the network input -> logits at the original image's size."""
+    logits = F.interpolate(logits, scale_factor=stride / 4, mode="bilinear", align_corners=False)
+    logits = logits[..., : resized[0], : resized[1]]
+    return F.interpolate(logits, original, mode="bilinear", align_corners=False)

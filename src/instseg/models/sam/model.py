@@ -1,0 +1,264 @@
+"""SAM (Kirillov et al., ICCV 2023): class-agnostic masks for a prompt (points, a box, a coarse mask).
+
+The image encoder runs once per image; the prompt encoder and the light mask
+decoder run per prompt on the cached embedding (``prompt_predictor.py``),
+which is what makes interaction cheap. On the family seam: the network is the
+image encoder; in training the criterion prompts the decoder with points,
+boxes and corrective clicks sampled from the targets (``criterion.py``); in
+evaluation the postprocessor prompts it with a grid of points and keeps the
+confident, stable, distinct masks (``automatic.py``). Both run the decoder
+through one :class:`PromptDecoder`.
+
+Presets ``vit_b``, ``vit_l`` and ``vit_h`` have the official shapes (the
+longer side resized to 1024, padded to a square), so that segment-anything's
+checkpoints import tensor for tensor (``importers/sam.py``). ``nuclei`` is a
+convolutional encoder at the input's own scale that trains on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from instseg.config import ModelConfig
+from instseg.models.sam import fpn_encoder
+from instseg.models.sam.automatic import AutomaticMasks
+from instseg.models.sam.criterion import PromptCriterion
+from instseg.models.sam.image_encoder import ViTImageEncoder
+from instseg.models.sam.mask_decoder import MaskDecoder, upsample_logits
+from instseg.models.sam.prompt_encoder import PromptEncoder
+from instseg.models.sam.two_way_transformer import TwoWayTransformer
+from instseg.models.segmentation_model import SegmentationModel
+from instseg.models.transform import ResizeNormalize
+from instseg.structures import Category
+
+OBJECT = (Category(1, "object"),)  # what a class-agnostic mask is labelled
+OUTSIDE = -20.0  # the logit of pixels outside a prompt's decoding window
+
+
+@dataclass
+class SAMConfig(ModelConfig):
+    encoder: Literal["vit", "fpn"] = "vit"  # fpn: ``backbone`` + FPN at stride 8 (``fpn_encoder.py``)
+    image_size: int = 1024  # vit: the longer side after resizing, padded to a square; both: position unit
+    patch: int = 16
+    vit_dim: int = 768
+    vit_depth: int = 12
+    vit_heads: int = 12
+    global_blocks: tuple[int, ...] = (2, 5, 8, 11)  # blocks that attend over the whole grid
+    window: int = 14  # the other blocks attend within window x window tokens
+    fpn_channels: int = 128
+    prompt_dim: int = 256  # width of the embedding, the prompt tokens and the decoder
+    mask_channels: int = 16  # hidden channels of the mask prompt's downsampling
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp: int = 2048
+    multimask: int = 3  # masks for an ambiguous prompt, besides the single-mask output
+    iou_head_depth: int = 3
+    iou_head_hidden: int = 256
+    decode_window: int = 0  # decode each prompt on this many embedding cells around it; 0: the whole image
+    mask_threshold: float = 0.5  # probability; 0 in logits, as SAM
+    # training: prompts sampled from the targets (criterion.py)
+    prompts_per_image: int = 16
+    click_rounds: int = 3  # corrective clicks after the first prompt, each from the last error
+    box_prompt_ratio: float = 0.5  # first prompts that are a (jittered) box rather than a point
+    box_jitter: float = 0.1  # box corners moved by up to this fraction of the side
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    # automatic mask generation (automatic.py)
+    points_per_side: int = 32
+    points_batch: int = 64
+    iou_threshold: float = 0.88  # predicted IoU a mask needs
+    stability_threshold: float = 0.95  # IoU of the mask thresholded at logit +offset and -offset
+    stability_offset: float = 1.0
+    nms_threshold: float = 0.7
+
+
+def vit_b_preset() -> SAMConfig:
+    return SAMConfig()
+
+
+def vit_l_preset() -> SAMConfig:
+    return SAMConfig(vit_dim=1024, vit_depth=24, vit_heads=16, global_blocks=(5, 11, 17, 23))
+
+
+def vit_h_preset() -> SAMConfig:
+    return SAMConfig(vit_dim=1280, vit_depth=32, vit_heads=16, global_blocks=(7, 15, 23, 31))
+
+
+def nuclei_preset() -> SAMConfig:
+    """A CPU-trainable SAM: half-width ResNet-18 + FPN at stride 8, a 128-wide decoder, the input at its
+    own scale; a denser point grid and up to 500 masks for crowded images."""
+    return SAMConfig(
+        encoder="fpn",
+        backbone="resnet18_half",
+        scale=1.0,
+        image_size=256,
+        fpn_channels=96,
+        prompt_dim=128,
+        decoder_heads=4,
+        decoder_mlp=512,
+        iou_head_hidden=128,
+        points_per_side=48,
+        decode_window=32,  # 256 px: the training crops' size
+        detections_per_image=500,
+    )
+
+
+def resized_shape(h: int, w: int, longest: int) -> tuple[int, int]:
+    """The size of an ``h x w`` image whose longer side is brought to ``longest``."""
+    scale = longest / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+class PromptTransform(ResizeNormalize):
+    """Without a fixed ``scale``, SAM's resize: the longer side to ``image_size``, antialiased."""
+
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        if self.scale is not None:
+            return super().resize(image, target)
+        size = resized_shape(image.shape[-2], image.shape[-1], self.max_size)
+        return self.resize_to(image, target, size, antialias=True)
+
+
+class PromptDecoder:
+    """The prompt encoder and mask decoder as one call, shared by the criterion, the postprocessor and
+    the predictor (a plain object holding the model's modules, so their weights are the model's).
+
+    With a ``window`` (in embedding cells), each prompt is decoded on the window of the embedding
+    centred on its first point or its box, not the whole image: the cost per prompt stops growing
+    with the image, and a model trained on crops of that size sees the context it learnt on.
+    Positions are absolute, so nothing but the extent changes; logits outside the window are
+    ``OUTSIDE``.
+    """
+
+    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder, window: int = 0) -> None:
+        self.prompt_encoder, self.mask_decoder, self.window = prompt_encoder, mask_decoder, window
+
+    def __call__(
+        self,
+        embedding: Tensor,
+        points: tuple[Tensor, Tensor] | None = None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask: bool | None = True,
+    ) -> tuple[Tensor, Tensor]:
+        """B prompts on one image's ``embedding`` ``[1, C, h, w]``, in the network input's pixels ->
+        (mask logits ``[B, M, 4h, 4w]``, predicted IoU ``[B, M]``). ``multimask=None``: every output,
+        the single-mask one first (training supervises all)."""
+        grid = (int(embedding.shape[-2]), int(embedding.shape[-1]))
+        positions = self.prompt_encoder.dense_positions(grid)
+        centres = self.centres(points, boxes)
+        if self.window and centres is not None and max(grid) > self.window:
+            return self.windowed(embedding, positions, centres, points, boxes, mask_input, multimask)
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid)
+        if multimask is None:
+            return self.mask_decoder.predict_all(embedding, positions, sparse, dense)
+        return self.mask_decoder(embedding, positions, sparse, dense, multimask)
+
+    def centres(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None) -> Tensor | None:
+        """Each prompt's centre (x, y) in input pixels: its first point, else its box's centre."""
+        if points is not None and points[0].shape[1]:
+            return points[0][:, 0]
+        if boxes is not None:
+            return (boxes[:, :2] + boxes[:, 2:]) / 2
+        return None
+
+    def windowed(
+        self,
+        embedding: Tensor,
+        positions: Tensor,
+        centres: Tensor,
+        points: tuple[Tensor, Tensor] | None,
+        boxes: Tensor | None,
+        mask_input: Tensor | None,
+        multimask: bool | None,
+    ) -> tuple[Tensor, Tensor]:
+        (h, w), n = embedding.shape[-2:], len(centres)
+        wh, ww = min(self.window, h), min(self.window, w)
+        cells = (centres / self.stride).floor().long()
+        y0 = (cells[:, 1] - wh // 2).clamp(0, h - wh)
+        x0 = (cells[:, 0] - ww // 2).clamp(0, w - ww)
+        ys = (y0[:, None] + torch.arange(wh, device=y0.device))[:, :, None].expand(n, wh, ww)
+        xs = (x0[:, None] + torch.arange(ww, device=x0.device))[:, None, :].expand(n, wh, ww)
+        crop = embedding[0][:, ys, xs].transpose(0, 1)  # [n, C, wh, ww]
+        crop_positions = positions[0][:, ys, xs].transpose(0, 1)
+        if mask_input is not None:
+            fine_y = (4 * ys[:, :, :1] + torch.arange(4, device=ys.device)).flatten(1)  # [n, 4 wh]
+            fine_x = (
+                (4 * xs[:, :1, :] + torch.arange(4, device=xs.device)[:, None]).transpose(1, 2).flatten(1)
+            )
+            rows = torch.arange(n, device=ys.device)[:, None, None]
+            mask_input = mask_input[:, 0][rows, fine_y[:, :, None], fine_x[:, None, :]][:, None]
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, (wh, ww))
+        if multimask is None:
+            logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
+        else:
+            logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask)
+        full = logits.new_full((n, logits.shape[1], 4 * h, 4 * w), OUTSIDE)
+        for i in range(n):  # paste each window back at its place
+            top, left = 4 * int(y0[i]), 4 * int(x0[i])
+            full[i, :, top : top + 4 * wh, left : left + 4 * ww] = logits[i]
+        return full, iou
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per embedding cell; the logits are 4x finer."""
+        return self.prompt_encoder.stride
+
+
+class SAM(SegmentationModel):
+    def __init__(self, cfg: SAMConfig) -> None:
+        if cfg.encoder == "vit":
+            image_encoder: nn.Module = ViTImageEncoder(
+                cfg.image_size,
+                cfg.patch,
+                cfg.vit_dim,
+                cfg.vit_depth,
+                cfg.vit_heads,
+                cfg.global_blocks,
+                cfg.window,
+                cfg.prompt_dim,
+            )
+            stride = cfg.patch
+            transform = PromptTransform(cfg.image_size, cfg.image_size, None)
+        else:
+            image_encoder = fpn_encoder.FPNImageEncoder(
+                cfg.backbone, cfg.norm, cfg.fpn_channels, cfg.prompt_dim
+            )
+            stride = fpn_encoder.STRIDE
+            transform = PromptTransform(cfg.min_size, cfg.max_size, cfg.scale)
+        prompt_encoder = PromptEncoder(cfg.prompt_dim, stride, cfg.image_size, cfg.mask_channels)
+        transformer = TwoWayTransformer(cfg.prompt_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp)
+        mask_decoder = MaskDecoder(
+            cfg.prompt_dim, transformer, cfg.multimask, cfg.iou_head_depth, cfg.iou_head_hidden
+        )
+        decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.decode_window)
+        super().__init__(transform, PromptCriterion(cfg, decoder), AutomaticMasks(cfg, decoder))
+        self.cfg = cfg
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.decode = decoder
+
+    def network(self, pixels: Tensor) -> Tensor:
+        """Normalised, padded ``[B, 3, H, W]`` -> the image embedding ``[B, C, H / stride, W / stride]``;
+        the ViT sees the square it was trained on."""
+        if self.cfg.encoder == "vit":
+            s = self.cfg.image_size
+            pixels = F.pad(pixels, (0, s - pixels.shape[-1], 0, s - pixels.shape[-2]))
+        return self.image_encoder(pixels)
+
+    def upsample(self, logits: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
+        return upsample_logits(logits, self.decode.stride, resized, original)
+
+
+def build_sam(cfg: SAMConfig, num_classes: int = 1) -> SAM:
+    """SAM is class-agnostic: every mask is labelled 1, whatever ``num_classes`` the data has."""
+    return SAM(cfg)

@@ -1,0 +1,112 @@
+"""SAM's prompt encoder: points, box corners and a coarse mask as tokens and a dense map.
+
+A point (x, y) in input pixels becomes random Fourier features of its position
+plus a learnt embedding of its kind (negative, positive, box top-left, box
+bottom-right). A prompt of points alone is padded with one "not a point"
+token, as SAM was trained. A mask prompt (the previous low-resolution logits)
+is downsampled 4x by two strided convolutions onto the embedding grid; without
+one every pixel gets the learnt "no mask" vector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from instseg.models.sam.image_encoder import ChannelLayerNorm
+
+NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = range(4)
+PADDING = -1  # the label of the "not a point" token
+
+
+class RandomFourierEncoding(nn.Module):
+    """Positions in [0, 1]^2 -> ``[sin, cos]`` of 2 pi times their projection on fixed Gaussian
+    frequencies (a buffer, saved with the weights, so that prompts and image agree)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("frequencies", torch.randn(2, features))
+
+    def encode(self, xy: Tensor) -> Tensor:
+        angles = 2 * math.pi * ((2 * xy - 1) @ self.frequencies)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def grid(self, h: int, w: int, stride: int, reference: int) -> Tensor:
+        """``[C, h, w]``: the encoding of every embedding cell's centre, ``stride`` input pixels apart."""
+        device = self.frequencies.device
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride / reference
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride / reference
+        xy = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+        return self.encode(xy).permute(2, 0, 1)
+
+    def points(self, xy: Tensor, reference: int) -> Tensor:
+        """Points ``[..., 2]`` in input pixels, ``reference`` pixels to the unit."""
+        return self.encode(xy.float() / reference)
+
+
+class PromptEncoder(nn.Module):
+    """Positions are in units of ``reference`` input pixels (the official models: their 1024-px
+    square), so that an input of another size keeps the scale the model learnt; the embedding's
+    cells are ``stride`` input pixels apart."""
+
+    def __init__(self, dim: int, stride: int, reference: int, mask_channels: int) -> None:
+        super().__init__()
+        self.dim, self.stride, self.reference = dim, stride, reference
+        self.fourier = RandomFourierEncoding(dim // 2)
+        self.point_kinds = nn.Embedding(4, dim)  # NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT
+        self.not_a_point = nn.Embedding(1, dim)
+        self.no_mask = nn.Embedding(1, dim)
+        quarter = mask_channels // 4
+        self.mask_down = nn.Sequential(
+            nn.Conv2d(1, quarter, 2, stride=2),
+            ChannelLayerNorm(quarter, eps=1e-6),
+            nn.GELU(),
+            nn.Conv2d(quarter, mask_channels, 2, stride=2),
+            ChannelLayerNorm(mask_channels, eps=1e-6),
+            nn.GELU(),
+            nn.Conv2d(mask_channels, dim, 1),
+        )
+
+    def dense_positions(self, grid: tuple[int, int]) -> Tensor:
+        """``[1, C, h, w]``: the positional encoding of an image embedding of ``grid`` cells."""
+        return self.fourier.grid(*grid, self.stride, self.reference)[None]
+
+    def embed_points(self, xy: Tensor, labels: Tensor, pad: bool) -> Tensor:
+        """Points ``[B, N, 2]`` (pixels) with labels ``[B, N]`` (1 positive, 0 negative, -1 padding)."""
+        if pad:
+            xy = torch.cat([xy, xy.new_zeros(xy.shape[0], 1, 2)], dim=1)
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), PADDING)], dim=1)
+        tokens = self.fourier.points(xy + 0.5, self.reference)  # + 0.5: the pixel's centre
+        padding = (labels == PADDING)[..., None]
+        kind = self.point_kinds(labels.clamp(min=0).long())
+        return torch.where(padding, self.not_a_point.weight, tokens + kind)
+
+    def embed_boxes(self, boxes: Tensor) -> Tensor:
+        """Boxes ``[B, 4]`` (x0, y0, x1, y1 pixels) -> two corner tokens each."""
+        corners = self.fourier.points(boxes.reshape(-1, 2, 2) + 0.5, self.reference)
+        return corners + self.point_kinds.weight[BOX_TOP_LEFT : BOX_BOTTOM_RIGHT + 1]
+
+    def forward(
+        self,
+        points: tuple[Tensor, Tensor] | None,
+        boxes: Tensor | None,
+        masks: Tensor | None,
+        grid: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """(sparse tokens ``[B, N, C]``, dense map ``[B, C, h, w]``) for B prompts on one image whose
+        embedding has ``grid`` cells; a mask prompt is ``[B, 1, 4h, 4w]`` logits."""
+        given = [t for t in (points[0] if points else None, boxes, masks) if t is not None]
+        batch = given[0].shape[0] if given else 1
+        device = self.no_mask.weight.device
+        sparse = [torch.empty(batch, 0, self.dim, device=device)]
+        if points is not None:
+            sparse.append(self.embed_points(points[0], points[1], pad=boxes is None))
+        if boxes is not None:
+            sparse.append(self.embed_boxes(boxes))
+        if masks is not None:
+            dense = self.mask_down(masks)
+        else:
+            dense = self.no_mask.weight.reshape(1, -1, 1, 1).expand(batch, -1, *grid)
+        return torch.cat(sparse, dim=1), dense

@@ -1,0 +1,106 @@
+"""SAM's simulated interaction (clicks from the error region) and automatic mask generation's filters."""
+
+import torch
+
+from instseg.models.build import build_model, model_config
+from instseg.models.sam.automatic import point_grid, stability
+from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou
+
+
+def square(y0, y1, x0, x1, size=(20, 30)):
+    m = torch.zeros(size, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_a_missed_object_gets_a_positive_click_inside_it():
+    torch.manual_seed(0)
+    truth = square(5, 10, 5, 10)[None].repeat(50, 1, 1)
+    xy, positive = correction_clicks(torch.zeros_like(truth), truth)
+    assert positive.eq(1).all()
+    assert truth[0, xy[:, 1].long(), xy[:, 0].long()].all()
+
+
+def test_spill_gets_a_negative_click_outside_the_object():
+    torch.manual_seed(0)
+    truth = square(5, 10, 5, 10)[None].repeat(50, 1, 1)
+    predicted = truth | square(0, 20, 15, 30)[None]  # the whole object, and a slab of background
+    xy, positive = correction_clicks(predicted, truth)
+    assert positive.eq(0).all() and (xy[:, 0] >= 15).all()
+
+
+def test_a_perfect_prediction_gets_a_positive_click_inside():
+    truth = square(2, 4, 3, 9)[None]
+    xy, positive = correction_clicks(truth.clone(), truth)
+    assert positive.item() == 1 and truth[0, int(xy[0, 1]), int(xy[0, 0])]
+
+
+def test_jittered_boxes_stay_in_the_image_and_near_the_object():
+    torch.manual_seed(0)
+    truth = square(5, 15, 10, 20)[None].repeat(100, 1, 1)
+    boxes = jittered_boxes(truth, 0.1)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 30).all() and (boxes[:, 3] <= 20).all()
+    assert (boxes[:, 2:] > boxes[:, :2]).all()
+    assert (boxes - torch.tensor([10.0, 5, 20, 15])).abs().max() <= 1.0 + 1e-5  # 10% of a 10-px side
+    assert mask_iou(truth[:2], truth[:2]).eq(1).all()
+
+
+def test_grid_and_stability():
+    grid = point_grid(2, (10, 20), torch.device("cpu"))
+    assert grid.tolist() == [[5.0, 2.5], [15.0, 2.5], [5.0, 7.5], [15.0, 7.5]]
+    sharp = torch.full((1, 8, 8), -10.0)
+    sharp[0, 2:6, 2:6] = 10.0
+    blurry = torch.linspace(-3, 3, 64).reshape(1, 8, 8)
+    assert stability(sharp, 1.0).item() == 1.0 and stability(blurry, 1.0).item() < 0.7
+
+
+def test_the_nuclei_preset_learns_a_blob_from_clicks():
+    """A few dozen steps on one synthetic image: the loss falls, and a click on the blob then gives a
+    mask that overlaps it better than at the start."""
+    torch.manual_seed(0)
+    cfg = model_config("sam", "nuclei", {"click_rounds": 1, "prompts_per_image": 4})
+    model = build_model("sam", cfg, 1).train()
+    image = torch.full((3, 64, 64), 0.1)
+    masks = torch.zeros((3, 64, 64), dtype=torch.uint8)
+    for i, (y, x) in enumerate([(16, 16), (40, 44), (20, 48)]):
+        yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+        masks[i] = ((yy - y) ** 2 + (xx - x) ** 2 <= 49).byte()
+        image[:, masks[i].bool()] = 0.9
+    target = {"boxes": torch.zeros(3, 4), "labels": torch.ones(3, dtype=torch.int64), "masks": masks}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(40):
+        losses = model([image], [dict(target)])
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert sum(history[-5:]) / 5 < 0.6 * sum(history[:5]) / 5, history
+
+
+def test_windowed_decoding_is_decoding_the_window():
+    """A prompt decoded within a 4-cell window of an 8 x 8 embedding gives, inside the window, what
+    the decoder gives on that window cut out by hand, and OUTSIDE elsewhere; a mask prompt is cut the
+    same way."""
+    from instseg.models.sam.model import OUTSIDE, SAM
+    from tests.models.test_sam import TINY
+
+    torch.manual_seed(0)
+    model = SAM(TINY).eval()
+    decode = model.decode
+    decode.window = 4
+    embedding = torch.randn(1, TINY.prompt_dim, 8, 8)
+    points = (torch.tensor([[[100.0, 40.0]]]), torch.ones(1, 1))  # cell (6, 2): window x 4..7, y 0..3
+    mask = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        logits, iou = decode(embedding, points, None, mask, True)
+        grid = (4, 4)
+        sparse, dense = model.prompt_encoder(points, None, mask[..., 0:16, 16:32], grid)
+        positions = model.prompt_encoder.dense_positions((8, 8))[..., 0:4, 4:8]
+        expected, expected_iou = model.mask_decoder(embedding[..., 0:4, 4:8], positions, sparse, dense, True)
+    torch.testing.assert_close(logits[..., 0:16, 16:32], expected)
+    torch.testing.assert_close(iou, expected_iou)
+    outside = torch.ones_like(logits, dtype=torch.bool)
+    outside[..., 0:16, 16:32] = False
+    assert (logits[outside] == OUTSIDE).all()
