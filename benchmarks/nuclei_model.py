@@ -168,6 +168,9 @@ Measured {scores["date"]} by `benchmarks/nuclei_model.py`.
   modalities may need fine-tuning (`instseg train --init nuclei --data YOURS`).
 - Nuclei much larger than ~200 px across at the input's scale are outside what it saw;
   resize such images first.
+- Seen in the demo's pictures (`instseg demo --minutes 0`): on stained tissue
+  and on bright, saturated clusters of nuclei it finds fewer nuclei at score
+  >= 0.5 than on isolated fluorescent ones.
 """
     card = folder / CARD
     card.write_text(text)

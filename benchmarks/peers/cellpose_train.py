@@ -67,6 +67,7 @@ def main() -> int:
     flows = dynamics.labels_to_flows(labels, device=torch.device("cpu"))
     common = {"train_data": images, "train_labels": flows, "channels": CHANNELS, "batch_size": args.batch}
     started = time.perf_counter()
+    (args.out / "probe").mkdir(exist_ok=True)
     train.train_seg(new_network().net, n_epochs=1, save_path=args.out / "probe", **common)
     epoch_s = time.perf_counter() - started
     epochs = max(1, int(args.budget_min * 60 / epoch_s))
