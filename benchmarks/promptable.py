@@ -28,21 +28,11 @@ import statistics
 import time
 
 import torch
+from latency import _timed  # benchmarks/latency.py: median milliseconds after warm-up
 
 from instseg.data.images import list_images, read_image
 from instseg.models.build import build_model, model_config
 from instseg.prompt_predictor import PromptPredictor
-
-
-def timed(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
@@ -84,9 +74,9 @@ def main() -> int:
         predictors[args.checkpoint] = PromptPredictor.from_checkpoint(args.checkpoint, "cpu")
     for name, predictor in predictors.items():
         with torch.no_grad():
-            encode_ms = timed(lambda p=predictor: p.set_image(image), max(1, args.runs // 3))
-            prompt_ms = timed(lambda p=predictor: p.predict(points=click), args.runs * 3, warmup=3)
-            box_ms = timed(lambda p=predictor: p.predict(box=[10, 10, 80, 90]), args.runs * 3, warmup=3)
+            encode_ms = _timed(lambda p=predictor: p.set_image(image), max(1, args.runs // 3), 1)
+            prompt_ms = _timed(lambda p=predictor: p.predict(points=click), args.runs * 3, 3)
+            box_ms = _timed(lambda p=predictor: p.predict(box=[10, 10, 80, 90]), args.runs * 3, 3)
         row = {
             "model": name,
             "size": args.size,
