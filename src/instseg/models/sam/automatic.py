@@ -55,26 +55,45 @@ class AutomaticMasks:
     ) -> dict[str, Tensor]:
         cfg = self.cfg
         threshold = math.log(cfg.mask_threshold / (1 - cfg.mask_threshold))  # the probability as a logit
-        kept_logits, kept_scores = [], []
+        kept_logits, kept_scores, kept_corners, kept_boxes = [], [], [], []
         points = point_grid(cfg.points_per_side, resized, embedding.device)
+        grid = (int(embedding.shape[-2]), int(embedding.shape[-1]))
         for chunk in points.split(cfg.points_batch):
             labels = torch.ones(len(chunk), 1, device=chunk.device)
-            logits, iou = self.decode(embedding, (chunk[:, None], labels), None, None, True)
+            logits, iou, corners = self.decode.decode_windows(
+                embedding, (chunk[:, None], labels), None, None, True
+            )
+            m = logits.shape[1]
             logits, iou = logits.flatten(0, 1), iou.flatten()
+            corners = (
+                torch.zeros(len(logits), 2, dtype=torch.long)
+                if corners is None
+                else corners.repeat_interleave(m, 0)
+            )
             good = (iou >= cfg.iou_threshold) & (
                 stability(logits, cfg.stability_offset) >= cfg.stability_threshold
             )
             good &= any_pixel(logits > threshold)
             kept_logits.append(logits[good])
             kept_scores.append(iou[good])
+            kept_corners.append(corners[good.cpu()])
+            boxes = masks_to_boxes((logits[good] > threshold).cpu())  # in the window's logit grid
+            kept_boxes.append(boxes + corners[good.cpu()].flip(1).repeat(1, 2).float())
         logits, scores = torch.cat(kept_logits), torch.cat(kept_scores)
+        corners, boxes = torch.cat(kept_corners), torch.cat(kept_boxes)
         if len(scores):
-            boxes = masks_to_boxes((logits > threshold).cpu()).to(scores.device)
-            order = nms(boxes, scores, cfg.nms_threshold)[: cfg.detections_per_image]
-            logits, scores = logits[order], scores[order]
+            order = nms(boxes, scores.cpu(), cfg.nms_threshold)[: cfg.detections_per_image]
+            logits, scores, corners = logits[order], scores[order], corners[order]
+        windowed = logits.shape[-2:] != (4 * grid[0], 4 * grid[1])
         masks = [
-            upsample_logits(part[:, None], self.decode.stride, resized, original)[:, 0] > threshold
-            for part in logits.split(UPSAMPLE_CHUNK)
+            upsample_logits(
+                self.decode.paste(part[:, None], corner if windowed else None, grid),
+                self.decode.stride,
+                resized,
+                original,
+            )[:, 0]
+            > threshold
+            for part, corner in zip(logits.split(UPSAMPLE_CHUNK), corners.split(UPSAMPLE_CHUNK), strict=True)
         ] or [torch.zeros((0, *original), dtype=torch.bool, device=embedding.device)]
         masks = torch.cat(masks)
         nonempty = any_pixel(masks)

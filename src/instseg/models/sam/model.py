@@ -152,6 +152,20 @@ class PromptDecoder:
         """B prompts on one image's ``embedding`` ``[1, C, h, w]``, in the network input's pixels ->
         (mask logits ``[B, M, 4h, 4w]``, predicted IoU ``[B, M]``). ``multimask=None``: every output,
         the single-mask one first (training supervises all)."""
+        logits, iou, corners = self.decode_windows(embedding, points, boxes, mask_input, multimask)
+        return self.paste(logits, corners, embedding.shape[-2:]), iou
+
+    def decode_windows(
+        self,
+        embedding: Tensor,
+        points: tuple[Tensor, Tensor] | None = None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask: bool | None = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """As ``__call__``, but each prompt's logits only over its window, with the window's top-left
+        corner ``[B, 2]`` (rows, columns of the logit grid); corners None when the whole image was
+        decoded. Automatic mask generation filters on these before pasting the few it keeps."""
         grid = (int(embedding.shape[-2]), int(embedding.shape[-1]))
         positions = self.prompt_encoder.dense_positions(grid)
         centres = self.centres(points, boxes)
@@ -159,8 +173,19 @@ class PromptDecoder:
             return self.windowed(embedding, positions, centres, points, boxes, mask_input, multimask)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid)
         if multimask is None:
-            return self.mask_decoder.predict_all(embedding, positions, sparse, dense)
-        return self.mask_decoder(embedding, positions, sparse, dense, multimask)
+            return (*self.mask_decoder.predict_all(embedding, positions, sparse, dense), None)
+        return (*self.mask_decoder(embedding, positions, sparse, dense, multimask), None)
+
+    @staticmethod
+    def paste(logits: Tensor, corners: Tensor | None, grid: tuple[int, int]) -> Tensor:
+        """Window logits back at their places in the whole image's logit grid, OUTSIDE elsewhere."""
+        if corners is None:
+            return logits
+        full = logits.new_full((*logits.shape[:2], 4 * grid[0], 4 * grid[1]), OUTSIDE)
+        h, w = logits.shape[-2:]
+        for i, (top, left) in enumerate(corners.tolist()):
+            full[i, :, top : top + h, left : left + w] = logits[i]
+        return full
 
     def centres(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None) -> Tensor | None:
         """Each prompt's centre (x, y) in input pixels: its first point, else its box's centre."""
@@ -179,7 +204,7 @@ class PromptDecoder:
         boxes: Tensor | None,
         mask_input: Tensor | None,
         multimask: bool | None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         (h, w), n = embedding.shape[-2:], len(centres)
         wh, ww = min(self.window, h), min(self.window, w)
         cells = (centres / self.stride).floor().long()
@@ -201,11 +226,7 @@ class PromptDecoder:
             logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
         else:
             logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask)
-        full = logits.new_full((n, logits.shape[1], 4 * h, 4 * w), OUTSIDE)
-        for i in range(n):  # paste each window back at its place
-            top, left = 4 * int(y0[i]), 4 * int(x0[i])
-            full[i, :, top : top + 4 * wh, left : left + 4 * ww] = logits[i]
-        return full, iou
+        return logits, iou, 4 * torch.stack([y0, x0], dim=1)
 
     @property
     def stride(self) -> int:
