@@ -22,6 +22,7 @@ from instseg.engine import checkpoint as ckpt
 from instseg.engine.device import resolve_device
 from instseg.errors import CheckpointError, PromptError
 from instseg.masks import masks_to_boxes
+from instseg.models.sam.mask_decoder import logit_threshold
 from instseg.models.sam.model import OBJECT, SAM, SAMConfig
 from instseg.predictor import ImageLike, to_image_tensor
 from instseg.structures import Instances
@@ -153,7 +154,7 @@ class PromptPredictor:
         iou, logits = iou.gather(1, order), logits[torch.arange(len(order))[:, None], order]
         self.logits = logits
         full = self.model.upsample(logits, self.resized, self.original)
-        threshold = torch.logit(torch.tensor(self.model.cfg.mask_threshold)).item()
+        threshold = logit_threshold(self.model.cfg.mask_threshold)
         return [self._instances(full[b] > threshold, iou[b]) for b in range(full.shape[0])]
 
     def predict(

@@ -12,7 +12,6 @@ upsampled to the image, in chunks, so memory does not grow with the grid.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from instseg.masks import any_pixel, masks_to_boxes
-from instseg.models.sam.mask_decoder import upsample_logits
+from instseg.models.sam.mask_decoder import logit_threshold, upsample_logits
 
 UPSAMPLE_CHUNK = 32
 
@@ -54,7 +53,7 @@ class AutomaticMasks:
         self, embedding: Tensor, resized: tuple[int, int], original: tuple[int, int]
     ) -> dict[str, Tensor]:
         cfg = self.cfg
-        threshold = math.log(cfg.mask_threshold / (1 - cfg.mask_threshold))  # the probability as a logit
+        threshold = logit_threshold(cfg.mask_threshold)
         kept_logits, kept_scores, kept_corners, kept_boxes = [], [], [], []
         points = point_grid(cfg.points_per_side, resized, embedding.device)
         grid = (int(embedding.shape[-2]), int(embedding.shape[-1]))
@@ -73,11 +72,12 @@ class AutomaticMasks:
             good = (iou >= cfg.iou_threshold) & (
                 stability(logits, cfg.stability_offset) >= cfg.stability_threshold
             )
-            good &= any_pixel(logits > threshold)
+            binary = logits > threshold
+            good &= any_pixel(binary)
             kept_logits.append(logits[good])
             kept_scores.append(iou[good])
             kept_corners.append(corners[good.cpu()])
-            boxes = masks_to_boxes((logits[good] > threshold).cpu())  # in the window's logit grid
+            boxes = masks_to_boxes(binary[good].cpu())  # in the window's logit grid
             kept_boxes.append(boxes + corners[good.cpu()].flip(1).repeat(1, 2).float())
         logits, scores = torch.cat(kept_logits), torch.cat(kept_scores)
         corners, boxes = torch.cat(kept_corners), torch.cat(kept_boxes)

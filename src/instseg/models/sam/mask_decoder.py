@@ -9,6 +9,8 @@ weights of a 1x1 convolution over it: the mask logits at 1/4 of the input.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -74,3 +76,8 @@ def upsample_logits(
     logits = F.interpolate(logits, scale_factor=stride / 4, mode="bilinear", align_corners=False)
     logits = logits[..., : resized[0], : resized[1]]
     return F.interpolate(logits, original, mode="bilinear", align_corners=False)
+
+
+def logit_threshold(probability: float) -> float:
+    """The mask threshold, a probability, as the logit that SAM's outputs are compared with."""
+    return math.log(probability / (1 - probability))
