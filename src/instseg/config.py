@@ -57,7 +57,7 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 3e-4
     weight_decay: float = 0.05
-    backbone_lr: float = 1.0  # the backbone's learning rate as a fraction of lr (fine-tuning: e.g. 0.1)
+    backbone_lr: float = 1.0  # the backbone's lr as a fraction of lr (fine-tuning: e.g. 0.1; 0 freezes it)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning; its family and config)
     momentum: float = 0.9
     warmup_steps: int = 100

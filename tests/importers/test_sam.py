@@ -140,3 +140,25 @@ def test_refuses_what_is_not_a_sam_checkpoint(reference, tmp_path):
     torch.save({"a.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a segment-anything checkpoint"):
         import_sam(tmp_path / "other.pth", tmp_path / "out")
+
+
+def test_an_imported_sam_fine_tunes_with_its_encoder_frozen(reference, tiny_coco, tmp_path, caplog):
+    """``instseg train --init`` on an imported checkpoint: ``--backbone-lr 0`` leaves the image encoder
+    as imported and trains the decoder; the result loads for prompting."""
+    _, path = reference
+    assert main(["import", "sam", str(path), str(tmp_path / "ck")]) == 0
+    out = tmp_path / "ft"
+    args = ["train", "--init", str(tmp_path / "ck"), "--data", str(tiny_coco), "--out", str(out)]
+    args += ["--steps", "2", "--batch-size", "2", "--workers", "0", "--backbone-lr", "0", "--lr", "1e-3"]
+    args += ["--prompts-per-image", "2", "--click-rounds", "1", "--points-per-side", "4"]
+    args += ["--precise-bn-batches", "0"]
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "tensors under image_encoder. frozen" in caplog.text
+    before = PromptPredictor.from_checkpoint(tmp_path / "ck", device="cpu").model.state_dict()
+    after = PromptPredictor.from_checkpoint(out / "checkpoint", device="cpu").model.state_dict()
+    encoder = [k for k in before if k.startswith("image_encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    decoder = [k for k in before if k.startswith("mask_decoder.") and before[k].is_floating_point()]
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert all(torch.isfinite(after[k]).all() for k in decoder)

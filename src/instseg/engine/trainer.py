@@ -65,11 +65,26 @@ def training_indexes(cfg: TrainConfig) -> tuple[CocoIndex, CocoIndex | None]:
     return train, val
 
 
+def _backbone_prefix(model: nn.Module) -> str:
+    """Where a family keeps its backbone's parameters (SAM: its image encoder)."""
+    return getattr(model, "backbone_prefix", "backbone.")
+
+
+def _freeze_backbone(model: nn.Module) -> list[str]:
+    """``backbone_lr: 0``: the backbone gets no gradients at all, so its backward pass is not paid
+    (fine-tuning only SAM's decoder, as is usual, costs the encoder's forward pass alone)."""
+    frozen = [(n, p) for n, p in model.named_parameters() if n.startswith(_backbone_prefix(model))]
+    for _, p in frozen:
+        p.requires_grad_(False)
+    return [n for n, _ in frozen]
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """No weight decay on norms and biases; with ``backbone_lr`` != 1 the backbone's parameters get their
     own groups, whose ``lr_scale`` the loop applies."""
     groups = []
-    parts = [("backbone.", cfg.backbone_lr), ("", 1.0)] if cfg.backbone_lr != 1.0 else [("", 1.0)]
+    prefix = _backbone_prefix(model)
+    parts = [(prefix, cfg.backbone_lr), ("", 1.0)] if cfg.backbone_lr != 1.0 else [("", 1.0)]
     taken: set[str] = set()
     for prefix, scale in parts:
         decay, no_decay = [], []
@@ -136,6 +151,9 @@ class Trainer:
                 f"; re-initialised for {len(self.categories)} classes: {', '.join(fresh)}" if fresh else ""
             )
             log.info("weights from %s%s", cfg.init, again)
+        if cfg.backbone_lr == 0:
+            frozen = _freeze_backbone(self.model)
+            log.info("backbone_lr 0: %d tensors under %s frozen", len(frozen), _backbone_prefix(self.model))
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(self.model, cfg)
