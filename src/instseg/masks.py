@@ -106,3 +106,32 @@ def box_masks(boxes: Tensor, size: tuple[int, int], stride: int) -> Tensor:
     rows = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])
     cols = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])
     return rows[:, :, None] & cols[:, None, :]
+
+
+def remove_small_regions(masks: Tensor, area: int) -> Tensor:
+    """Each bool mask ``[N, H, W]`` without its islands and holes smaller than ``area`` pixels
+    (8-connected); a mask made only of small islands keeps its largest. Works on each mask's box."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), dtype=bool)
+    out = masks.clone()
+    boxes = masks_to_boxes(masks.cpu()).long().tolist()
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if x1 <= x0:
+            continue
+        patch = np.pad(masks[i, y0:y1, x0:x1].cpu().numpy(), 1)
+        islands, n = ndimage.label(patch, eight)
+        if n > 1:
+            sizes = np.bincount(islands.ravel())[1:]
+            small = sizes < area
+            if small.all():
+                small[sizes.argmax()] = False
+            patch &= ~np.isin(islands, 1 + np.flatnonzero(small))
+        gaps, n = ndimage.label(~patch, eight)
+        if n > 1:
+            sizes = np.bincount(gaps.ravel())[1:]
+            border = gaps[0, 0]  # the padding makes the outside one region
+            holes = np.flatnonzero((sizes < area) & (np.arange(1, n + 1) != border)) + 1
+            patch |= np.isin(gaps, holes)
+        out[i, y0:y1, x0:x1] = torch.from_numpy(patch[1:-1, 1:-1]).to(out.device)
+    return out

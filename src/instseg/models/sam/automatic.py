@@ -5,7 +5,9 @@ is one positive click; its three readings are kept when the predicted IoU
 reaches ``iou_threshold`` and the mask is stable: thresholding its logits at
 ``+stability_offset`` and ``-stability_offset`` gives masks whose IoU reaches
 ``stability_threshold``. Duplicates (many points land on one object) go by
-box NMS, the higher predicted IoU winning. Scores are the predicted IoU.
+box NMS, the higher predicted IoU winning. Scores are the predicted IoU. With
+``min_region_area``, islands and holes below that area are removed from each
+mask, and NMS runs again on the cleaned masks.
 Filtering runs on the low-resolution logits; only the survivors are
 upsampled to the image, in chunks, so memory does not grow with the grid.
 """
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from instseg.masks import any_pixel, masks_to_boxes
+from instseg.masks import any_pixel, masks_to_boxes, remove_small_regions
 from instseg.models.sam.mask_decoder import logit_threshold, upsample_logits
 
 UPSAMPLE_CHUNK = 32
@@ -50,12 +52,16 @@ class AutomaticMasks:
         return [self.image(embeddings[b : b + 1], resized[b], original[b]) for b in range(len(resized))]
 
     def image(
-        self, embedding: Tensor, resized: tuple[int, int], original: tuple[int, int]
+        self,
+        embedding: Tensor,
+        resized: tuple[int, int],
+        original: tuple[int, int],
+        points_per_side: int | None = None,
     ) -> dict[str, Tensor]:
         cfg = self.cfg
         threshold = logit_threshold(cfg.mask_threshold)
         kept_logits, kept_scores, kept_corners, kept_boxes = [], [], [], []
-        points = point_grid(cfg.points_per_side, resized, embedding.device)
+        points = point_grid(points_per_side or cfg.points_per_side, resized, embedding.device)
         grid = (int(embedding.shape[-2]), int(embedding.shape[-1]))
         for chunk in points.split(cfg.points_batch):
             labels = torch.ones(len(chunk), 1, device=chunk.device)
@@ -96,12 +102,18 @@ class AutomaticMasks:
             for part, corner in zip(logits.split(UPSAMPLE_CHUNK), corners.split(UPSAMPLE_CHUNK), strict=True)
         ] or [torch.zeros((0, *original), dtype=torch.bool, device=embedding.device)]
         masks = torch.cat(masks)
+        if cfg.min_region_area:
+            masks = remove_small_regions(masks, cfg.min_region_area)
         nonempty = any_pixel(masks)
         masks, scores = masks[nonempty], scores[nonempty]
+        boxes = masks_to_boxes(masks.cpu())
+        if cfg.min_region_area:  # a clean-up can make two masks alike
+            keep = nms(boxes, scores.cpu().float(), cfg.nms_threshold)
+            masks, scores, boxes = masks[keep], scores[keep], boxes[keep]
         order = torch.argsort(scores, descending=True)
-        masks, scores = masks[order], scores[order].float()
+        masks, scores, boxes = masks[order], scores[order].float(), boxes[order.cpu()]
         return {
-            "boxes": masks_to_boxes(masks.cpu()).to(masks.device),
+            "boxes": boxes.to(masks.device),
             "labels": torch.ones(len(scores), dtype=torch.int64, device=scores.device),
             "scores": scores,
             "masks": masks,

@@ -28,6 +28,7 @@ from instseg.config import ModelConfig
 from instseg.models.sam import fpn_encoder
 from instseg.models.sam.automatic import AutomaticMasks
 from instseg.models.sam.criterion import PromptCriterion
+from instseg.models.sam.crops import crop_layers, merge_crops
 from instseg.models.sam.image_encoder import ViTImageEncoder
 from instseg.models.sam.mask_decoder import MaskDecoder, upsample_logits
 from instseg.models.sam.prompt_encoder import PromptEncoder
@@ -76,6 +77,11 @@ class SAMConfig(ModelConfig):
     stability_threshold: float = 0.95  # IoU of the mask thresholded at logit +offset and -offset
     stability_offset: float = 1.0
     nms_threshold: float = 0.7
+    grid_window: int = 0  # decode each grid point on this many embedding cells around it; 0: decode_window
+    min_region_area: int = 0  # px: islands and holes smaller than this are removed from each mask
+    crop_layers: int = 0  # the image again as 2^i x 2^i overlapping crops for i = 1..crop_layers (crops.py)
+    crop_overlap: float = 512 / 1500  # of the shorter side, between neighbouring crops of layer 1
+    crop_points_downscale: int = 1  # layer i's grid has points_per_side / this^i points per side
 
 
 def vit_b_preset() -> SAMConfig:
@@ -235,6 +241,8 @@ class PromptDecoder:
 
 
 class SAM(SegmentationModel):
+    backbone_prefix = "image_encoder."  # what ``backbone_lr`` scales or, at 0, freezes
+
     def __init__(self, cfg: SAMConfig) -> None:
         if cfg.encoder == "vit":
             image_encoder: nn.Module = ViTImageEncoder(
@@ -261,7 +269,8 @@ class SAM(SegmentationModel):
             cfg.prompt_dim, transformer, cfg.multimask, cfg.iou_head_depth, cfg.iou_head_hidden
         )
         decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.decode_window)
-        super().__init__(transform, PromptCriterion(cfg, decoder), AutomaticMasks(cfg, decoder))
+        grid_decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.grid_window or cfg.decode_window)
+        super().__init__(transform, PromptCriterion(cfg, decoder), AutomaticMasks(cfg, grid_decoder))
         self.cfg = cfg
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -275,6 +284,29 @@ class SAM(SegmentationModel):
             s = self.cfg.image_size
             pixels = F.pad(pixels, (0, s - pixels.shape[-1], 0, s - pixels.shape[-2]))
         return self.image_encoder(pixels)
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.training or not self.cfg.crop_layers:
+            return super().forward(images, targets)
+        return [self.automatic_with_crops(image) for image in images]
+
+    @torch.no_grad()
+    def automatic_with_crops(self, image: Tensor) -> dict[str, Tensor]:
+        """Automatic masks over the whole image and its crop layers, merged (``crops.py``)."""
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        results = []
+        for crop in crop_layers(size, self.cfg.crop_layers, self.cfg.crop_overlap):
+            pixels = image[:, crop.y0 : crop.y1, crop.x0 : crop.x1]
+            batch, _ = self.transform([pixels])
+            points = max(1, self.cfg.points_per_side // self.cfg.crop_points_downscale**crop.layer)
+            result = self.postprocessor.image(
+                self.network(batch.tensors), batch.image_sizes[0], tuple(pixels.shape[-2:]), points
+            )
+            results.append((crop, result))
+        merged = merge_crops(results, size, self.cfg)
+        return {k: v.to(image.device) for k, v in merged.items()}
 
     def upsample(self, logits: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
         return upsample_logits(logits, self.decode.stride, resized, original)
