@@ -13,10 +13,12 @@ With ``--data`` (a COCO dataset folder) the checkpoint is also evaluated
 interactively on its val split (``eval/interactive.py``: mIoU after 1/3/5
 clicks, NoC@85/90, box-prompt mIoU), beside ``--baseline``: an instance
 model's checkpoint answering each click with its best-scoring mask that fits
-the clicks (``InstanceBaseline``).
+the clicks (``InstanceBaseline``); with ``--auto-ap`` its automatic masks are
+scored on that split as an instance model's are (class-agnostic mask AP,
+maxDets 1/10/500), ``--set`` changing automatic-mask fields.
 
     python benchmarks/promptable.py --checkpoint runs/bench/sam/checkpoint \
-        --data ../shared/data/dsb2018 --baseline runs/bench/solov2/checkpoint --max-objects 10
+        --data ../shared/data/dsb2018 --baseline nuclei --max-objects 10 --auto-ap
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 import torch
 from latency import _timed  # benchmarks/latency.py: median milliseconds after warm-up
 
+from instseg.config import field_values
 from instseg.data.images import list_images, read_image
 from instseg.models.build import build_model, model_config
 from instseg.prompt_predictor import PromptPredictor
@@ -50,6 +53,17 @@ def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
         started = time.perf_counter()
         report = evaluate_interactive(model, coco_objects(index, args.max_objects), args.max_clicks)
         print(f"\n{name} ({time.perf_counter() - started:.0f} s)\n{report.format()}", flush=True)
+    if args.auto_ap:
+        started = time.perf_counter()
+        predictor = instseg.load(args.checkpoint, device="cpu", **field_values(args.set))
+        ev = instseg.evaluate(predictor, args.data, max_dets=(1, 10, 500), class_agnostic=True)
+        segm, boundary = ev.metrics["segm"], ev.metrics["boundary"]
+        per_image = (time.perf_counter() - started) / len(index.images)
+        print(
+            f"\nautomatic masks on val ({per_image:.1f} s/image): mask AP {segm['AP']:.3f}, "
+            f"AP50 {segm['AP50']:.3f}, AP75 {segm['AP75']:.3f}, Boundary AP {boundary['AP']:.3f}",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -64,6 +78,8 @@ def main() -> int:
     parser.add_argument("--baseline", help="an instance model's checkpoint, answering clicks with its masks")
     parser.add_argument("--max-objects", type=int, default=10, help="the largest N objects of each image")
     parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--auto-ap", action="store_true", help="with --data: automatic masks' AP on val")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="automatic-mask fields")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
