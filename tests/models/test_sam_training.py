@@ -1,5 +1,8 @@
 """SAM's simulated interaction (clicks from the error region) and automatic mask generation's filters."""
 
+import dataclasses
+
+import pytest
 import torch
 
 from instseg.models.build import build_model, model_config
@@ -79,15 +82,16 @@ def test_the_nuclei_preset_learns_a_blob_from_clicks():
     assert sum(history[-5:]) / 5 < 0.6 * sum(history[:5]) / 5, history
 
 
-def test_windowed_decoding_is_decoding_the_window():
+@pytest.mark.parametrize("click_radius", [0.0, 6.0])
+def test_windowed_decoding_is_decoding_the_window(click_radius):
     """A prompt decoded within a 4-cell window of an 8 x 8 embedding gives, inside the window, what
-    the decoder gives on that window cut out by hand, and OUTSIDE elsewhere; a mask prompt is cut the
-    same way."""
+    the decoder gives on that window cut out by hand, and OUTSIDE elsewhere; a mask prompt and the
+    click maps are cut the same way."""
     from instseg.models.sam.model import OUTSIDE, SAM
     from tests.models.test_sam import TINY
 
     torch.manual_seed(0)
-    model = SAM(TINY).eval()
+    model = SAM(dataclasses.replace(TINY, click_radius=click_radius)).eval()
     decode = model.decode
     decode.window = 4
     embedding = torch.randn(1, TINY.prompt_dim, 8, 8)
@@ -96,7 +100,8 @@ def test_windowed_decoding_is_decoding_the_window():
     with torch.no_grad():
         logits, iou = decode(embedding, points, None, mask, True)
         grid = (4, 4)
-        sparse, dense = model.prompt_encoder(points, None, mask[..., 0:16, 16:32], grid)
+        origin = torch.tensor([[0, 16]])  # the window's first row and column of the 32 x 32 logits
+        sparse, dense = model.prompt_encoder(points, None, mask[..., 0:16, 16:32], grid, origin)
         positions = model.prompt_encoder.dense_positions((8, 8))[..., 0:4, 4:8]
         expected, expected_iou = model.mask_decoder(embedding[..., 0:4, 4:8], positions, sparse, dense, True)
     torch.testing.assert_close(logits[..., 0:16, 16:32], expected)
@@ -104,3 +109,20 @@ def test_windowed_decoding_is_decoding_the_window():
     outside = torch.ones_like(logits, dtype=torch.bool)
     outside[..., 0:16, 16:32] = False
     assert (logits[outside] == OUTSIDE).all()
+
+
+def test_click_maps_draw_disks_and_the_box_where_the_prompt_is():
+    from instseg.models.sam.prompt_encoder import click_maps
+
+    xy = torch.tensor([[[10.0, 6.0], [30.0, 20.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, 0.0, -1.0]])  # a positive click, a negative one, padding
+    box = torch.tensor([[20.0, 2.0, 27.0, 9.0]])
+    maps = click_maps((xy, labels), box, (16, 20), 2.0, 3.0)  # cells of 2 px: 32 x 40 px
+    assert maps.shape == (1, 3, 16, 20)
+    positive, negative, inside = maps[0].bool()
+    assert positive[3, 5] and not positive[8, 12] and not positive[0, 0]  # no disk for the padding
+    assert negative[10, 15] and not negative[3, 5]
+    assert 5 <= int(positive.sum()) <= 9  # a disk of radius 3 px on 2-px cells
+    assert inside[1:5, 10:14].all() and int(inside.sum()) == 16
+    shifted = click_maps((xy, labels), box, (8, 8), 2.0, 3.0, origin=torch.tensor([[1, 3]]))
+    torch.testing.assert_close(shifted, maps[..., 1:9, 3:11])

@@ -54,6 +54,7 @@ class SAMConfig(ModelConfig):
     fpn_channels: int = 128
     prompt_dim: int = 256  # width of the embedding, the prompt tokens and the decoder
     mask_channels: int = 16  # hidden channels of the mask prompt's downsampling
+    click_radius: float = 0.0  # px: clicks and box also drawn as maps into the dense prompt; 0: as SAM
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp: int = 2048
@@ -98,7 +99,8 @@ def vit_h_preset() -> SAMConfig:
 
 def nuclei_preset() -> SAMConfig:
     """A CPU-trainable SAM: half-width ResNet-18 + FPN at stride 8, a 128-wide decoder, the input at its
-    own scale; a denser point grid and up to 500 masks for crowded images."""
+    own scale, clicks also drawn as maps (``prompt_encoder.py``); a denser point grid and up to 500
+    masks for crowded images."""
     return SAMConfig(
         encoder="fpn",
         backbone="resnet18_half",
@@ -111,6 +113,7 @@ def nuclei_preset() -> SAMConfig:
         iou_head_hidden=128,
         points_per_side=48,
         decode_window=32,  # 256 px: the training crops' size
+        click_radius=5.0,
         detections_per_image=500,
     )
 
@@ -227,12 +230,13 @@ class PromptDecoder:
             )
             rows = torch.arange(n, device=ys.device)[:, None, None]
             mask_input = mask_input[:, 0][rows, fine_y[:, :, None], fine_x[:, None, :]][:, None]
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input, (wh, ww))
+        corners = 4 * torch.stack([y0, x0], dim=1)
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, (wh, ww), corners)
         if multimask is None:
             logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
         else:
             logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask)
-        return logits, iou, 4 * torch.stack([y0, x0], dim=1)
+        return logits, iou, corners
 
     @property
     def stride(self) -> int:
@@ -263,7 +267,9 @@ class SAM(SegmentationModel):
             )
             stride = fpn_encoder.STRIDE
             transform = PromptTransform(cfg.min_size, cfg.max_size, cfg.scale)
-        prompt_encoder = PromptEncoder(cfg.prompt_dim, stride, cfg.image_size, cfg.mask_channels)
+        prompt_encoder = PromptEncoder(
+            cfg.prompt_dim, stride, cfg.image_size, cfg.mask_channels, cfg.click_radius
+        )
         transformer = TwoWayTransformer(cfg.prompt_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp)
         mask_decoder = MaskDecoder(
             cfg.prompt_dim, transformer, cfg.multimask, cfg.iou_head_depth, cfg.iou_head_hidden

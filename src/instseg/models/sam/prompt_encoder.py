@@ -6,6 +6,14 @@ bottom-right). A prompt of points alone is padded with one "not a point"
 token, as SAM was trained. A mask prompt (the previous low-resolution logits)
 is downsampled 4x by two strided convolutions onto the embedding grid; without
 one every pixel gets the learnt "no mask" vector.
+
+With a ``click_radius`` (not in the official models), the clicks and the box
+are also drawn as maps at the mask prompt's resolution, as interactive
+segmentation models before SAM took them (RITM: a disk per positive and per
+negative click), and downsampled the same way into the dense map. The
+Fourier features of a point vary over about ``reference / (4 pi)`` pixels,
+too smooth to tell apart nuclei a few pixels wide at the reference a CPU
+preset can afford; the maps say exactly where the user clicked, at once.
 """
 
 from __future__ import annotations
@@ -46,28 +54,69 @@ class RandomFourierEncoding(nn.Module):
         return self.encode(xy.float() / reference)
 
 
+def downsampler(inputs: int, hidden: int, dim: int) -> nn.Sequential:
+    """Maps at 4x the embedding's resolution -> ``dim`` channels on its grid."""
+    quarter = hidden // 4
+    return nn.Sequential(
+        nn.Conv2d(inputs, quarter, 2, stride=2),
+        ChannelLayerNorm(quarter, eps=1e-6),
+        nn.GELU(),
+        nn.Conv2d(quarter, hidden, 2, stride=2),
+        ChannelLayerNorm(hidden, eps=1e-6),
+        nn.GELU(),
+        nn.Conv2d(hidden, dim, 1),
+    )
+
+
+def click_maps(
+    points: tuple[Tensor, Tensor] | None,
+    boxes: Tensor | None,
+    size: tuple[int, int],
+    cell: float,
+    radius: float,
+    origin: Tensor | None = None,
+) -> Tensor:
+    """``[B, 3, H, W]``: disks of ``radius`` pixels around the positive and the negative clicks, and the
+    box, on a grid of ``size`` cells ``cell`` input pixels wide whose top-left cell is ``origin``
+    ``[B, 2]`` (rows, columns; the window a prompt is decoded on)."""
+    given = points[0] if points is not None else boxes
+    assert given is not None
+    batch, device = given.shape[0], given.device
+    start = origin.float() if origin is not None else torch.zeros(batch, 2, device=device)
+    ys = (start[:, :1] + torch.arange(size[0], device=device) + 0.5) * cell  # [B, H] in input pixels
+    xs = (start[:, 1:] + torch.arange(size[1], device=device) + 0.5) * cell
+    maps = torch.zeros(batch, 3, *size, device=device)
+    if points is not None and points[0].shape[1]:
+        xy, labels = points[0].float() + 0.5, points[1]
+        dy = ys[:, None, :, None] - xy[:, :, None, None, 1]  # [B, N, H, 1]
+        dx = xs[:, None, None, :] - xy[:, :, None, None, 0]  # [B, N, 1, W]
+        near = (dy.square() + dx.square() <= radius**2).float()
+        for channel, kind in enumerate((POSITIVE, NEGATIVE)):
+            chosen = (labels == kind).float()[:, :, None, None]
+            maps[:, channel] = (near * chosen).amax(dim=1)
+    if boxes is not None:
+        inside_y = (ys >= boxes[:, 1:2]) & (ys <= boxes[:, 3:4] + 1)
+        inside_x = (xs >= boxes[:, 0:1]) & (xs <= boxes[:, 2:3] + 1)
+        maps[:, 2] = (inside_y[:, :, None] & inside_x[:, None, :]).float()
+    return maps
+
+
 class PromptEncoder(nn.Module):
     """Positions are in units of ``reference`` input pixels (the official models: their 1024-px
     square), so that an input of another size keeps the scale the model learnt; the embedding's
     cells are ``stride`` input pixels apart."""
 
-    def __init__(self, dim: int, stride: int, reference: int, mask_channels: int) -> None:
+    def __init__(
+        self, dim: int, stride: int, reference: int, mask_channels: int, click_radius: float = 0.0
+    ) -> None:
         super().__init__()
-        self.dim, self.stride, self.reference = dim, stride, reference
+        self.dim, self.stride, self.reference, self.click_radius = dim, stride, reference, click_radius
         self.fourier = RandomFourierEncoding(dim // 2)
         self.point_kinds = nn.Embedding(4, dim)  # NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT
         self.not_a_point = nn.Embedding(1, dim)
         self.no_mask = nn.Embedding(1, dim)
-        quarter = mask_channels // 4
-        self.mask_down = nn.Sequential(
-            nn.Conv2d(1, quarter, 2, stride=2),
-            ChannelLayerNorm(quarter, eps=1e-6),
-            nn.GELU(),
-            nn.Conv2d(quarter, mask_channels, 2, stride=2),
-            ChannelLayerNorm(mask_channels, eps=1e-6),
-            nn.GELU(),
-            nn.Conv2d(mask_channels, dim, 1),
-        )
+        self.mask_down = downsampler(1, mask_channels, dim)
+        self.click_down = downsampler(3, mask_channels, dim) if click_radius > 0 else None
 
     def dense_positions(self, grid: tuple[int, int]) -> Tensor:
         """``[1, C, h, w]``: the positional encoding of an image embedding of ``grid`` cells."""
@@ -94,9 +143,11 @@ class PromptEncoder(nn.Module):
         boxes: Tensor | None,
         masks: Tensor | None,
         grid: tuple[int, int],
+        origin: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(sparse tokens ``[B, N, C]``, dense map ``[B, C, h, w]``) for B prompts on one image whose
-        embedding has ``grid`` cells; a mask prompt is ``[B, 1, 4h, 4w]`` logits."""
+        embedding has ``grid`` cells; a mask prompt is ``[B, 1, 4h, 4w]`` logits. ``origin`` ``[B, 2]``:
+        where each prompt's grid starts in the whole embedding, in cells of the mask prompt."""
         given = [t for t in (points[0] if points else None, boxes, masks) if t is not None]
         batch = given[0].shape[0] if given else 1
         device = self.no_mask.weight.device
@@ -109,4 +160,8 @@ class PromptEncoder(nn.Module):
             dense = self.mask_down(masks)
         else:
             dense = self.no_mask.weight.reshape(1, -1, 1, 1).expand(batch, -1, *grid)
+        if self.click_down is not None and (points is not None or boxes is not None):
+            size = (4 * grid[0], 4 * grid[1])
+            maps = click_maps(points, boxes, size, self.stride / 4, self.click_radius, origin)
+            dense = dense + self.click_down(maps)
         return torch.cat(sparse, dim=1), dense
