@@ -15,8 +15,18 @@ from typing import Any
 
 import pycocotools.mask as mask_utils
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
-from instseg.data.coco import Problem, check_annotation, find_annotations, load_json
+from instseg.data.coco import (
+    Problem,
+    _id_of,
+    category_problem,
+    check_annotation,
+    find_annotations,
+    image_problem,
+    load_json,
+)
+from instseg.data.images import read_image
 from instseg.errors import DataError
 
 # EXIF orientations that swap width and height when applied
@@ -60,24 +70,30 @@ class CheckReport:
 
 
 def _image_problems(im: dict[str, Any], root: Path) -> list[Problem]:
+    """The image decoded exactly as training will read it, so a file that passes here cannot stop a run."""
     where = f"image {im['id']} ({im['file_name']})"
     path = root / im["file_name"]
     if not path.is_file():
         return [Problem("error", "missing image file", where, f"not found at {path}")]
+    expected = (im["height"], im["width"])
     try:
+        read_image(path, expected)  # accepts the stored or the upright size, as annotation tools differ
         with Image.open(path) as f:
-            raw = (f.height, f.width)
-            upright = raw[::-1] if f.getexif().get(0x0112, 1) in _TRANSPOSING else raw
-    except (UnidentifiedImageError, OSError) as exc:
-        return [Problem("error", "unreadable image", where, f"cannot be read ({exc})")]
-    expected = (int(im["height"]), int(im["width"]))
-    if expected not in (raw, upright):  # read_image accepts either, as annotation tools differ
+            orientation = f.getexif().get(0x0112, 1)
+    except DataError as exc:
+        problem = str(exc).removeprefix(f"{path}: ")
+        kind = "image size mismatch" if "annotations say" in problem else "unreadable image"
+        return [Problem("error", kind, where, problem)]
+    except (UnidentifiedImageError, OSError) as exc:  # read_image succeeded, so only the EXIF block is bad
+        return [Problem("warning", "unreadable EXIF", where, f"has EXIF that cannot be read ({exc})")]
+    if orientation in _TRANSPOSING and expected[0] == expected[1]:
         return [
             Problem(
-                "error",
-                "image size mismatch",
+                "warning",
+                "square image with a rotating EXIF orientation",
                 where,
-                f"is {upright[0]}x{upright[1]} (HxW) but the JSON says {expected[0]}x{expected[1]}",
+                f"has EXIF orientation {orientation}: its annotations are taken to be on the upright "
+                "(rotated) image, as most annotation tools draw them; look at `instseg data show`",
             )
         ]
     return []
@@ -122,7 +138,11 @@ def _bbox_problem(ann: dict[str, Any], rle: dict[str, Any], where: str) -> Probl
 
 
 def check_dataset(
-    data: str | Path, split: str = "train", images: str | Path | None = None, check_images: bool = True
+    data: str | Path,
+    split: str = "train",
+    images: str | Path | None = None,
+    check_images: bool = True,
+    progress: bool = False,
 ) -> CheckReport:
     """Validate a COCO file (or dataset folder split) against its images; never raises for bad content."""
     ann_file = find_annotations(data, split)
@@ -141,22 +161,18 @@ def check_dataset(
 
     categories: dict[int, dict[str, Any]] = {}
     for c in doc["categories"]:
-        if c.get("id") in categories:
-            add(Problem("error", "duplicate category id", f"category {c.get('id')}", "appears twice"))
-        categories[c.get("id")] = c
-    label_of = {cid: i + 1 for i, cid in enumerate(sorted(categories, key=str))}
+        if (problem := category_problem(c)) is not None:
+            add(Problem("error", "malformed category", f"category {_id_of(c)}", problem))
+            continue
+        if c["id"] in categories:
+            add(Problem("error", "duplicate category id", f"category id {c['id']}", "appears more than once"))
+        categories[c["id"]] = c
+    label_of = {cid: i + 1 for i, cid in enumerate(sorted(categories))}
 
     by_id: dict[int, dict[str, Any]] = {}
     for im in doc["images"]:
-        missing = {"id", "file_name", "height", "width"} - im.keys()
-        if missing:
-            hint = (
-                " (LVIS? convert it first: instseg data convert lvis FILE --to coco)"
-                if "coco_url" in im
-                else ""
-            )
-            where = f"image {im.get('id', '?')}"
-            add(Problem("error", "incomplete image record", where, f"lacks {sorted(missing)}{hint}"))
+        if (problem := image_problem(im)) is not None:
+            add(Problem("error", "malformed image record", f"image {_id_of(im)}", problem))
             continue
         if im["id"] in by_id:
             add(Problem("error", "duplicate image id", f"image {im['id']}", "appears twice"))
@@ -170,7 +186,7 @@ def check_dataset(
             except DataError as exc:
                 add(Problem("error", "image folder not found", "file", str(exc)))
         if report.images_dir is not None:
-            for im in by_id.values():
+            for im in tqdm(by_id.values(), desc="check images", unit="image", disable=not progress):
                 report.problems += _image_problems(im, report.images_dir)
 
     seen: set[Any] = set()
@@ -178,10 +194,14 @@ def check_dataset(
     per_image: Counter[int] = Counter()
     crowd = 0
     for ann in doc["annotations"]:
+        if not isinstance(ann, dict):
+            add(Problem("error", "malformed annotation", "annotation ?", f"is a {type(ann).__name__}"))
+            continue
         where = f"annotation {ann.get('id', '?')}"
-        if ann.get("id") in seen:
+        if isinstance(ann.get("id"), int) and ann["id"] in seen:
             add(Problem("error", "duplicate annotation id", where, "appears twice"))
-        seen.add(ann.get("id"))
+            continue
+        seen.add(ann.get("id") if isinstance(ann.get("id"), int) else None)
         rle, problem = check_annotation(ann, by_id, label_of)
         if problem is not None:
             add(problem)

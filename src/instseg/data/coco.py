@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from instseg.data.images import PIXEL_LIMIT_HINT, max_pixels
+from instseg.data.segmentation import check_polygons, check_rle
 from instseg.errors import DataError
 from instseg.structures import Category
 
@@ -111,7 +112,17 @@ class CocoIndex:
                 raise DataError(f"{path}: missing or invalid '{key}' list")
         if not data["categories"]:
             raise DataError(f"{path}: 'categories' is empty")
+        if not isinstance(data.get("annotations", []), list):
+            raise DataError(f"{path}: 'annotations' is not a list")
+        self.has_annotations = "annotations" in data
         self.dataset = data
+        for c in data["categories"]:
+            if (problem := category_problem(c)) is not None:
+                raise DataError(f"{path}: category {_id_of(c)} {problem}")
+        ids = [c["id"] for c in data["categories"]]
+        if len(set(ids)) < len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise DataError(f"{path}: category id {twice[0]} appears more than once")
         self.categories = [
             Category(int(c["id"]), str(c.get("name", c["id"])), str(c.get("supercategory", "")))
             for c in sorted(data["categories"], key=lambda c: c["id"])
@@ -120,15 +131,8 @@ class CocoIndex:
         self.images: list[dict[str, Any]] = []
         by_id: dict[int, dict[str, Any]] = {}
         for im in data["images"]:
-            if not {"id", "file_name", "height", "width"} <= im.keys():
-                hint = (
-                    " (LVIS? convert it first: instseg data convert lvis FILE --to coco)"
-                    if "coco_url" in im
-                    else ""
-                )
-                raise DataError(
-                    f"{path}: image record {im.get('id', '?')} lacks id/file_name/height/width{hint}"
-                )
+            if (problem := image_problem(im)) is not None:
+                raise DataError(f"{path}: image {_id_of(im)} {problem}")
             if im["id"] in by_id:
                 raise DataError(f"{path}: duplicate image id {im['id']}")
             by_id[im["id"]] = im
@@ -174,7 +178,7 @@ class CocoIndex:
         }
 
     def image_path(self, image: dict[str, Any]) -> Path:
-        return self.source.images / image["file_name"]
+        return self.source.images / image["file_name"]  # image_problem refused names outside the folder
 
     def __len__(self) -> int:
         return len(self.images)
@@ -190,6 +194,48 @@ class Problem:
     message: str
 
 
+def _id_of(record: Any) -> Any:
+    return record.get("id", "?") if isinstance(record, dict) else "?"
+
+
+def category_problem(category: Any) -> str | None:
+    """What is wrong with a category record, or None."""
+    if not isinstance(category, dict):
+        return f"is a {type(category).__name__}, not an object"
+    if not _is_int(category.get("id")):
+        return f"has id {category.get('id')!r}, not an integer"
+    return None
+
+
+def image_problem(image: Any) -> str | None:
+    """What is wrong with an image record, or None: fields missing or of the wrong kind, a size beyond
+    the pixel limit (its masks would be decoded at that size), or a file name outside the image folder."""
+    if not isinstance(image, dict):
+        return f"is a {type(image).__name__}, not an object"
+    missing = {"id", "file_name", "height", "width"} - image.keys()
+    if missing:
+        lvis = "coco_url" in image
+        hint = " (LVIS? convert it first: instseg data convert lvis FILE --to coco)" if lvis else ""
+        return f"lacks {'/'.join(sorted(missing))}{hint}"
+    if not isinstance(image["id"], int | str) or isinstance(image["id"], bool):
+        return f"has id {image['id']!r}, not an integer or string"
+    height, width = image["height"], image["width"]
+    if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
+        return f"has size {width!r}x{height!r}, not positive integers"
+    if height * width > max_pixels():
+        return f"is {width}x{height}, more than the limit of {max_pixels()} pixels ({PIXEL_LIMIT_HINT})"
+    name = image["file_name"]
+    if not isinstance(name, str) or not name:
+        return f"has file_name {name!r}, not a file name"
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"has file_name {name!r}, which points outside the image folder"
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def check_annotation(
     ann: dict[str, Any], images: dict[int, dict[str, Any]], label_of: dict[int, int]
 ) -> tuple[dict[str, Any] | None, Problem | None]:
@@ -198,17 +244,25 @@ def check_annotation(
     Errors: unknown image or category, malformed segmentation. Warnings (the
     object is skipped): no polygon with three points, an empty mask.
     """
+    if not isinstance(ann, dict):
+        return None, Problem("error", "malformed annotation", "annotation ?", f"is a {type(ann).__name__}")
     where = f"annotation {ann.get('id', '?')}"
-    if ann.get("image_id") not in images:
+    if "id" in ann and not _is_int(ann["id"]):
+        return None, Problem("error", "malformed annotation id", where, "has an id that is not an integer")
+    if not isinstance(ann.get("image_id"), int | str) or ann.get("image_id") not in images:
         return None, Problem(
             "error", "unknown image id", where, f"refers to unknown image id {ann.get('image_id')}"
         )
-    if ann.get("category_id") not in label_of:
+    if not _is_int(ann.get("category_id")) or ann.get("category_id") not in label_of:
         return None, Problem(
             "error",
             "unknown category id",
             where,
             f"has category id {ann.get('category_id')}, which is not in 'categories'",
+        )
+    if ann.get("iscrowd", 0) not in (0, 1):  # True and False compare equal to 1 and 0
+        return None, Problem(
+            "error", "malformed iscrowd", where, f"has iscrowd {ann['iscrowd']!r}, not 0 or 1"
         )
     im = images[ann["image_id"]]
     try:
@@ -231,24 +285,17 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
     """
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        for p in polygons:
-            if not all(isinstance(v, int | float) and math.isfinite(v) for v in p):
-                raise ValueError("polygon coordinates must be finite numbers")
+        check_polygons(polygons, height, width)
         if not polygons:
             return None
         return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     if isinstance(segmentation, dict):
-        size = list(segmentation["size"])
-        if size != [height, width]:
-            raise ValueError(f"RLE size {size} differs from image size {[height, width]}")
+        check_rle(segmentation, height, width)
         counts = segmentation["counts"]
         if isinstance(counts, list):
-            return mask_utils.frPyObjects(segmentation, height, width)
-        if isinstance(counts, str):
-            return {"size": size, "counts": counts.encode("ascii")}
-        if isinstance(counts, bytes):
-            return {"size": size, "counts": counts}
-        raise ValueError("RLE counts must be a list, str or bytes")
+            return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        compressed = counts.encode("ascii") if isinstance(counts, str) else counts
+        return {"size": [height, width], "counts": compressed}
     raise ValueError(f"segmentation must be polygons or RLE, got {type(segmentation).__name__}")
 
 

@@ -89,7 +89,7 @@ def run_data(args: argparse.Namespace) -> int:
     if args.data_command == "check":
         from instseg.data.check import check_dataset
 
-        report = check_dataset(args.data, args.split, args.images, check_images=not args.no_images)
+        report = check_dataset(args.data, args.split, args.images, not args.no_images, progress=True)
         print(report.format())
         return 0 if report.ok else 1
     if args.data_command == "stats":

@@ -7,6 +7,7 @@ on where a resumed run restarted, and resume reproduces the same trajectory.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from torch.utils.data import Dataset, Sampler
 from instseg.data.coco import CocoIndex
 from instseg.data.images import read_image
 from instseg.data.transforms import TrainTransform
+from instseg.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class CocoTrainDataset(Dataset):
@@ -55,6 +59,13 @@ class ImageListDataset(Dataset):
         self.paths = list(paths)
         self.image_ids = list(image_ids) if image_ids is not None else list(range(len(self.paths)))
         self.sizes = sizes
+        self.failures: list[str] | None = None  # a list: unreadable images are noted here and skipped
+
+    def skipping_unreadable(self) -> ImageListDataset:
+        """This dataset, noting each unreadable image's one-line error in ``failures`` instead of
+        stopping there (read in this process: the notes of worker processes would be lost)."""
+        self.failures = []
+        return self
 
     @classmethod
     def from_coco(cls, index: CocoIndex) -> ImageListDataset:
@@ -67,9 +78,16 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, idx: int) -> tuple[Tensor, int]:
+    def __getitem__(self, idx: int) -> tuple[Tensor, int] | None:
         size = self.sizes[idx] if self.sizes is not None else None
-        return read_image(self.paths[idx], size).float().div_(255.0), self.image_ids[idx]
+        try:
+            return read_image(self.paths[idx], size).float().div_(255.0), self.image_ids[idx]
+        except DataError as exc:
+            if self.failures is None:
+                raise
+            log.warning("skipped: %s", exc)
+            self.failures.append(str(exc))
+            return None
 
 
 class SeededEpochSampler(Sampler):
@@ -103,9 +121,10 @@ class SeededEpochSampler(Sampler):
         return 2**62
 
 
-def collate(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
+def collate(batch: list[tuple[Any, Any] | None]) -> tuple[list[Any], list[Any]]:
+    """Lists of images and of targets; skipped samples (None) are left out."""
+    kept = [b for b in batch if b is not None]
+    return [b[0] for b in kept], [b[1] for b in kept]
 
 
 def batch_to(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -13,6 +14,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from instseg.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 2**27  # 134 Mpx, 11585 px square: 1.6 GB as a float tensor
+PIXEL_LIMIT_HINT = "raise it with the environment variable INSTSEG_MAX_PIXELS, or tile the image"
+
+
+def max_pixels() -> int:
+    """The largest image, in pixels, that is decoded (a decompression bomb is refused before it is);
+    ``INSTSEG_MAX_PIXELS`` changes it. PIL's own limit (``Image.MAX_IMAGE_PIXELS``) applies too."""
+    value = os.environ.get("INSTSEG_MAX_PIXELS", "")
+    try:
+        return int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"INSTSEG_MAX_PIXELS={value!r}: not an integer") from None
 
 
 def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -27,6 +40,11 @@ def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as raw:
+            if raw.width * raw.height > max_pixels():
+                raise DataError(
+                    f"{path}: image is {raw.width}x{raw.height}, more than the limit of {max_pixels()} "
+                    f"pixels ({PIXEL_LIMIT_HINT})"
+                )
             im = ImageOps.exif_transpose(raw)
             if expected_size is not None and (im.height, im.width) != tuple(expected_size):
                 if (raw.height, raw.width) != tuple(expected_size):
@@ -36,7 +54,9 @@ def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
                     )
                 im = raw
             array = _to_rgb_array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own limit, checked when the file is opened
+        raise DataError(f"{path}: refused: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
     return torch.from_numpy(np.array(array, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 

@@ -82,10 +82,33 @@ def load_ground_truth(gt: str | Path | dict[str, Any] | COCO) -> COCO:
     path = Path(gt)
     if not path.is_file():
         raise DataError(f"{path}: ground-truth annotations not found")
-    try:
-        return COCO(str(path))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a COCO annotation file ({exc})") from exc
+    return load_ground_truth(checked_ground_truth(path))
+
+
+def checked_ground_truth(path: Path) -> dict[str, Any]:
+    """A ground-truth file whose every annotation passed the loaders' checks, so that the engine never
+    meets a segmentation it would hang or crash on. Image records need only id, height and width
+    (LVIS files have no file_name)."""
+    from instseg.data.coco import check_annotation, load_json
+
+    data = load_json(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: missing or invalid '{key}' list")
+    images: dict[Any, dict[str, Any]] = {}
+    for im in data["images"]:
+        size = (im.get("height"), im.get("width")) if isinstance(im, dict) else (None, None)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise DataError(
+                f"{path}: image {im.get('id', '?') if isinstance(im, dict) else '?'} lacks a size"
+            )
+        images[im.get("id")] = im
+    label_of = {c.get("id"): 1 for c in data["categories"] if isinstance(c, dict)}
+    for ann in data["annotations"]:
+        _, problem = check_annotation(ann, images, label_of)
+        if problem is not None and problem.level == "error":
+            raise DataError(f"{path}: {problem.where} {problem.message}")
+    return data
 
 
 def is_lvis(coco_gt: COCO) -> bool:
