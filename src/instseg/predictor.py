@@ -42,6 +42,27 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
     raise TypeError(f"cannot use {type(image).__name__} as an image")
 
 
+def model_from_checkpoint(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any], Any, list[Category]]:
+    """(model with the checkpoint's weights, its metadata, config, categories); ``overrides`` change
+    config fields, and one that changes the architecture fails on the weights' shapes."""
+    meta = ckpt.load_meta(path)
+    try:
+        config = checkpoint_config(meta, overrides)
+        categories = [Category(**c) for c in meta["categories"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
+    model = build_model(meta["family"], config, len(categories), ckpt.weight_shapes(path))
+    missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit a {meta['family']} model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model, meta, config, categories
+
+
 class Predictor:
     """``predict`` takes paths, arrays, PIL images or tensors and returns :class:`Instances`.
 
@@ -69,23 +90,23 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", overrides: dict[str, Any] | None = None
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        overrides: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> Predictor:
         """``overrides``: model config fields to change, e.g. inference thresholds; the model is rebuilt
-        with them, so a field that changes the architecture fails on the weights rather than silently."""
-        meta = ckpt.load_meta(path)
-        try:
-            config = checkpoint_config(meta, overrides)
-            categories = [Category(**c) for c in meta["categories"]]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
-        model = build_model(meta["family"], config, len(categories))
-        missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not fit a {meta['family']} model "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        with them, so a field that changes the architecture fails on the weights rather than silently.
+        ``min_score``: the least score the caller keeps; a family's candidate threshold is raised to it,
+        so candidates that would be dropped anyway never get a full-size mask (scores only fall after
+        that threshold: rescoring multiplies by a maskness <= 1)."""
+        overrides = dict(overrides or {})
+        if min_score is not None and "score_threshold" not in overrides:
+            stored = ckpt.load_meta(path)["model_config"].get("score_threshold")
+            if isinstance(stored, int | float) and stored < min_score:
+                overrides["score_threshold"] = min_score
+        model, meta, config, categories = model_from_checkpoint(path, overrides)
         return cls(model, meta["family"], config, categories, resolve_device(device), meta)
 
     @torch.no_grad()

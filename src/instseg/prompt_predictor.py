@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from instseg.config import config_from_dict
 from instseg.engine import checkpoint as ckpt
 from instseg.engine.device import resolve_device
 from instseg.errors import CheckpointError, PromptError
 from instseg.masks import masks_to_boxes
 from instseg.models.sam.mask_decoder import logit_threshold
-from instseg.models.sam.model import OBJECT, SAM, SAMConfig
-from instseg.predictor import ImageLike, to_image_tensor
+from instseg.models.sam.model import OBJECT, SAM
+from instseg.predictor import ImageLike, model_from_checkpoint, to_image_tensor
 from instseg.structures import Instances
 
 
@@ -47,19 +46,9 @@ class PromptPredictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> PromptPredictor:
         """A SAM checkpoint (``instseg import sam``, or trained here) ready for prompts."""
-        meta = ckpt.load_meta(path)
-        if meta.get("family") != "sam":
-            raise CheckpointError(f"{path}: a {meta.get('family')} checkpoint; prompts need a sam checkpoint")
-        try:
-            cfg = config_from_dict(SAMConfig, meta["model_config"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
-        model = SAM(cfg)
-        missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not fit SAM (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        if (family := ckpt.load_meta(path)["family"]) != "sam":
+            raise CheckpointError(f"{path}: a {family} checkpoint; prompts need a sam checkpoint")
+        model = model_from_checkpoint(path)[0]
         return cls(model, resolve_device(device))
 
     @torch.no_grad()

@@ -36,14 +36,22 @@ TRAIN_WEIGHTS = "train_weights.safetensors"
 
 
 def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into ``final.tmp``, then swap it in; a failed write (disk full, no permission) removes
+    the temporary folder and leaves the previous checkpoint as it was."""
     tmp = final.with_name(final.name + ".tmp")
     old = final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save reports a full disk as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "; the previous one is kept" if final.exists() else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise CheckpointError(f"{final}: cannot write the checkpoint ({reason}){kept}") from None
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -55,6 +63,11 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
+def nonfinite(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(
     path: str | Path,
     weights: dict[str, torch.Tensor],
@@ -63,6 +76,9 @@ def save_checkpoint(
     train_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     path = Path(path)
+    for state in (weights, train_weights or {}):
+        if bad := nonfinite(state):
+            raise CheckpointError(f"{path}: not saved, {len(bad)} tensors are not finite (first: {bad[0]})")
     meta = {"format_version": FORMAT_VERSION, **meta}
     header = {"instseg": json.dumps(meta)}
 
@@ -115,12 +131,35 @@ def load_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
     if "instseg" not in header:
         raise CheckpointError(f"{file}: safetensors file has no instseg metadata; not an instseg checkpoint")
-    meta = json.loads(header["instseg"])
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{file}: checkpoint format {meta['format_version']} is newer than this instseg"
-        )
+    try:
+        meta = json.loads(header["instseg"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file}: instseg metadata is not JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: instseg metadata is a {type(meta).__name__}, not an object")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{file}: format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{file}: checkpoint format {version} is newer than this instseg")
+    problems = [
+        f"'{key}' is not {kind.__name__}"
+        for key, kind in (("family", str), ("model_config", dict), ("categories", list))
+        if not isinstance(meta.get(key), kind)
+    ]
+    if problems:
+        raise CheckpointError(f"{file}: incomplete instseg metadata ({'; '.join(problems)})")
     return meta
+
+
+def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in a checkpoint, read from the file's header without loading any."""
+    file = weights_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
 
 
 def load_weights(path: str | Path, raw: bool = False) -> dict[str, torch.Tensor]:

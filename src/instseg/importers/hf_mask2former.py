@@ -22,6 +22,7 @@ from torch import Tensor
 
 from instseg.engine.checkpoint import save_checkpoint
 from instseg.errors import CheckpointError
+from instseg.importers.state_dict import read_state_dict
 from instseg.models.build import checkpoint_meta
 from instseg.models.mask2former.model import Mask2FormerConfig
 from instseg.structures import Category
@@ -152,11 +153,15 @@ def convert_state_dict(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _read_state(source: Path) -> dict[str, Tensor]:
     if (source / "model.safetensors").is_file():
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(source / "model.safetensors"))
+        try:
+            return load_file(str(source / "model.safetensors"))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{source / 'model.safetensors'}: cannot read weights ({exc})") from None
     if (source / "pytorch_model.bin").is_file():
-        return torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return read_state_dict(source / "pytorch_model.bin")
     raise CheckpointError(f"{source}: no model.safetensors or pytorch_model.bin")
 
 
@@ -170,10 +175,16 @@ def import_hf_mask2former(source: str | Path, out: str | Path) -> Path:
         hf = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_file}: malformed JSON ({exc})") from None
-    cfg = config_from_hf(hf)
-    labels = hf.get("id2label") or {str(i): f"class_{i}" for i in range(hf.get("num_labels", 0))}
-    categories = [
-        Category(id=int(i), name=str(name)) for i, name in sorted(labels.items(), key=lambda kv: int(kv[0]))
-    ]
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_file}: expected a config object, got a {type(hf).__name__}")
+    try:
+        cfg = config_from_hf(hf)
+        labels = hf.get("id2label") or {str(i): f"class_{i}" for i in range(hf.get("num_labels", 0))}
+        categories = [
+            Category(id=int(i), name=str(name))
+            for i, name in sorted(labels.items(), key=lambda kv: int(kv[0]))
+        ]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_file}: malformed Mask2Former config ({exc})") from None
     meta = checkpoint_meta("mask2former", cfg, categories, source=f"transformers Mask2Former ({source.name})")
     return save_checkpoint(out, convert_state_dict(_read_state(source)), meta)

@@ -6,14 +6,16 @@ and the mapping is read here in one place, not assembled by decorators.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from instseg.config import config_from_dict, config_to_dict
-from instseg.errors import InstsegError
+from instseg.errors import CheckpointError, InstsegError
 from instseg.models import mask_rcnn
 from instseg.models.fcos import condinst, yolact
 from instseg.models.mask2former import model as mask2former
@@ -25,6 +27,11 @@ from instseg.version import __version__
 # Config version written into checkpoints: 2 gave every meaning one field name. Older checkpoints'
 # fields are renamed on load (all of a family's renames at once, so that a swap of names is safe).
 CONFIG_VERSION = 2
+MAX_PARAMETERS = 2 * 10**9  # weights a model may have: three times vit_h
+MAX_CLASSES = 100_000  # LVIS has 1,203; a header with more is corrupt
+MAX_SIZE = 2**16  # any integer of a stored config: widths, sizes, counts
+MAX_REPEATS = 256  # the count of a repeated block: ViT-H has 32
+REPEAT_SUFFIXES = ("layers", "depth", "convs")
 RENAMED_FIELDS: dict[str, dict[str, str]] = {
     "condinst": {"mask_weight": "dice_weight", "mask_bce_weight": "mask_weight"},
 }
@@ -125,14 +132,58 @@ def checkpoint_config(meta: dict[str, Any], overrides: dict[str, Any] | None = N
     if meta.get("config_version", 1) < 2:
         renames = RENAMED_FIELDS.get(name, {})
         values = {renames.get(k, k): v for k, v in values.items()}
+    _check_sizes(values, name)
     return config_from_dict(family(name).config, {**values, **(overrides or {})})
 
 
-def build_model(name: str, config: Any, num_classes: int) -> nn.Module:
+def _check_sizes(values: dict[str, Any], name: str) -> None:
+    """Bounds on a header's integers before any module is built: a corrupt or hostile header could
+    otherwise ask for a million layers (each built before anything can be counted)."""
+    for key, value in values.items():
+        numbers = value if isinstance(value, list | tuple) else [value]
+        for v in numbers:
+            if not isinstance(v, int) or isinstance(v, bool):
+                continue
+            limit = MAX_REPEATS if key.endswith(REPEAT_SUFFIXES) else MAX_SIZE
+            if abs(v) > limit:
+                raise CheckpointError(f"{name} config: {key} = {v} is beyond any model (limit {limit})")
+
+
+def build_model(
+    name: str, config: Any, num_classes: int, weight_shapes: dict[str, tuple[int, ...]] | None = None
+) -> nn.Module:
+    """The model. With ``weight_shapes`` (a checkpoint's tensors, config from its header) it is first
+    built on the meta device (shapes, no memory, the global RNG untouched), so a header that asks for
+    terabytes, or that disagrees with the weights, is refused before anything is allocated."""
+    fam = family(name)
+    if num_classes > MAX_CLASSES:
+        raise InstsegError(f"{name}: {num_classes} categories, more than the limit of {MAX_CLASSES}")
     try:
-        return family(name).build(config, num_classes)
-    except ValueError as exc:  # builders reject inconsistent configs with ValueError
+        if weight_shapes is not None:
+            _check_shapes(name, fam, config, num_classes, weight_shapes)
+        return fam.build(config, num_classes)
+    except (ValueError, TypeError) as exc:  # builders reject inconsistent configs with ValueError
         raise InstsegError(f"{name} config: {exc}") from None
+
+
+def _check_shapes(
+    name: str, fam: Family, config: Any, num_classes: int, weight_shapes: dict[str, tuple[int, ...]]
+) -> None:
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in fam.build(config, num_classes).state_dict().items()}
+    size = sum(math.prod(s) for s in shapes.values())
+    if size > MAX_PARAMETERS:
+        raise InstsegError(
+            f"{name} config: {size / 1e9:.1f} billion weights, more than the limit of "
+            f"{MAX_PARAMETERS / 1e9:.0f} billion (a corrupt checkpoint header?)"
+        )
+    differ = [k for k, s in shapes.items() if k in weight_shapes and weight_shapes[k] != s]
+    if differ:
+        k = differ[0]
+        raise CheckpointError(
+            f"{name} config: {len(differ)} weights differ in shape from the checkpoint's "
+            f"(first: {k}, {list(shapes[k])} vs {list(weight_shapes[k])})"
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

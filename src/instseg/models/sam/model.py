@@ -320,4 +320,6 @@ class SAM(SegmentationModel):
 
 def build_sam(cfg: SAMConfig, num_classes: int = 1) -> SAM:
     """SAM is class-agnostic: every mask is labelled 1, whatever ``num_classes`` the data has."""
+    if not 0 <= cfg.crop_layers <= 4:  # layer i adds 4^i crops, each a full automatic-mask pass
+        raise ValueError(f"crop_layers must be 0 to 4, not {cfg.crop_layers}")
     return SAM(cfg)
