@@ -164,6 +164,7 @@ def main() -> int:
         preset=args.preset,
         model_options=model_options,
         out=str(out),
+        overwrite=True,  # a benchmark run again with the same --out measures again
         time_budget_s=args.budget_min * 60,
         **train_options,
     )

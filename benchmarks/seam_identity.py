@@ -50,6 +50,7 @@ def train_all(args: argparse.Namespace) -> None:
             preset=preset,
             images=str(args.data / "train"),
             out=str(args.out / family),
+            overwrite=True,
             time_budget_s=args.seconds,
             steps=100000,
             batch_size=2,

@@ -51,6 +51,7 @@ class TrainConfig:
     val_data: str | None = None  # default: the val split of a dataset folder
     val_images: str | None = None
     out: str = "runs/train"
+    overwrite: bool = False  # replace a training run already in out (else refused, unless resuming it)
     steps: int = 1000
     time_budget_s: float | None = None  # stop after this long; the schedule follows elapsed time
     batch_size: int = 4

@@ -116,6 +116,7 @@ def train_on_mini(
         data=str(data / "annotations" / "instances_train.json"),
         images=str(data / "train"),
         out=str(out),
+        overwrite=True,  # the demo is run again and again into the same folder
         steps=10**9,
         time_budget_s=minutes * 60,
         batch_size=4,

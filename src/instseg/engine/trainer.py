@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from instseg.engine.evaluation import evaluate_model
 from instseg.engine.fine_tune import load_for_fine_tuning
 from instseg.engine.precise_bn import recompute_batch_norm_statistics
 from instseg.engine.schedule import lr_factor
-from instseg.errors import DataError, TrainingDiverged
+from instseg.errors import CheckpointError, DataError, InstsegError, TrainingDiverged
 from instseg.eval.coco import format_table
 from instseg.eval.report import EvalOptions
 from instseg.models.build import build_model, checkpoint_meta
@@ -57,6 +58,9 @@ def training_indexes(cfg: TrainConfig) -> tuple[CocoIndex, CocoIndex | None]:
     if not cfg.data:
         raise DataError("no training data given (--data)")
     train = CocoIndex(resolve_source(cfg.data, "train", cfg.images))
+    if not train.has_annotations or not train.objects:
+        what = "no 'annotations' list" if not train.has_annotations else "no usable annotations"
+        raise DataError(f"{train.source.annotations}: {what}; there is nothing to train on")
     val = None
     if cfg.val_data:
         val = CocoIndex(resolve_source(cfg.val_data, "val", cfg.val_images), keep_crowd=True)
@@ -114,6 +118,36 @@ def _loader(dataset: CocoTrainDataset, cfg: TrainConfig, start_step: int) -> Dat
     )
 
 
+RUN_FILES = ("metrics.jsonl", "train_summary.json", "last", "checkpoint", "snapshots")
+
+
+def prepare_out(out: Path, resuming: bool, overwrite: bool) -> Path:
+    """The run's folder, made writable: a folder that already holds a run is refused unless the run
+    is resumed (its log goes on) or ``overwrite`` (its files are removed first), so no model is lost
+    by a repeated command."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not resuming:
+        if not overwrite:
+            raise InstsegError(
+                f"{out}: already holds a training run ({', '.join(found)}); continue it with "
+                f"--resume {out / 'last'}, or replace it with --overwrite"
+            )
+        for name in (*found, "last.old", "last.tmp", "checkpoint.old", "checkpoint.tmp"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InstsegError(f"{out}: cannot write the run's folder ({exc.strerror or exc})") from None
+    return out
+
+
 def training_batches(index: CocoIndex, cfg: TrainConfig, start_step: int = 0) -> Iterator[Any]:
     """The seeded stream of augmented training batches that step ``start_step`` onwards would see."""
     transform = TrainTransform(cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter)
@@ -134,8 +168,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = prepare_out(Path(cfg.out), resume is not None, cfg.overwrite)
         train_index, self.val_index = training_indexes(cfg)
         self.categories = train_index.categories
         val = self.val_index
@@ -174,9 +207,22 @@ class Trainer:
         self.window: dict[str, list[float]] = {}
 
     def resume(self, path: str | Path) -> None:
+        meta = ckpt.load_meta(path)
+        if meta.get("family") != self.meta["family"]:
+            raise CheckpointError(
+                f"{path}: is a {meta.get('family')} checkpoint, this run trains {self.meta['family']}; "
+                "resume with the same --model and --preset"
+            )
         state = ckpt.load_train_state(path)
-        self.model.load_state_dict(ckpt.load_weights(path, raw=True))
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(ckpt.load_weights(path, raw=True))
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).splitlines()[0]
+            raise CheckpointError(
+                f"{path}: does not fit this run's model ({reason}); resume with the same --preset and "
+                "model fields"
+            ) from None
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
@@ -215,12 +261,19 @@ class Trainer:
 
     def diverged(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
         parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        self.stop(f"loss is {float(loss.detach())} at step {self.step + 1} ({parts})")
+
+    def stop(self, what: str) -> None:
+        """Training diverged: say so, and which checkpoint is the last good one (checkpoints are only
+        ever written from finite weights, so the one on disk is)."""
         last = self.out / "last"
-        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was saved yet"
-        raise TrainingDiverged(
-            f"loss is {float(loss.detach())} at step {self.step + 1} ({parts}); stopped, {kept}. "
-            f"Try a lower --lr or a longer --warmup-steps."
-        )
+        kept = "no checkpoint was saved yet"
+        if last.exists():
+            try:
+                kept = f"last good checkpoint: {last} (step {ckpt.load_meta(last).get('step', '?')})"
+            except CheckpointError:
+                kept = f"last checkpoint: {last}"
+        raise TrainingDiverged(f"{what}; stopped, {kept}. Try a lower --lr or a longer --warmup-steps.")
 
     def log(self, jsonl: Any, lr: float) -> None:
         """The window's mean losses to the JSONL log."""
@@ -232,6 +285,9 @@ class Trainer:
 
     def save(self, path: Path, metrics: dict[str, Any] | None = None, resumable: bool = True) -> None:
         meta = {**self.meta, "step": self.step, "metrics": metrics or {}}
+        bad = ckpt.nonfinite(self.finished.state_dict()) or ckpt.nonfinite(self.model.state_dict())
+        if bad:
+            self.stop(f"{len(bad)} weight tensors are not finite after step {self.step} (first: {bad[0]})")
         if not resumable:
             ckpt.save_checkpoint(path, self.finished.state_dict(), meta)
             return
@@ -272,7 +328,7 @@ class Trainer:
         total = cfg.steps if not cfg.time_budget_s else None
         bar = tqdm(total=total, initial=self.step, disable=not self.progress_bars, desc="train", unit="step")
         started = time.perf_counter() - self.elapsed
-        with (out / "metrics.jsonl").open("a") as jsonl:
+        with (out / "metrics.jsonl").open("a") as jsonl, bar:  # closed on errors too: they print below it
             while self.progress() < 1.0:
                 loss, lr = self.train_step()
                 self.elapsed = time.perf_counter() - started
@@ -289,15 +345,19 @@ class Trainer:
                     if metrics:
                         log.info("step %d\n%s", self.step, format_table(metrics))
                     started = time.perf_counter() - self.elapsed  # evaluation time is not training time
-            bar.close()
+            bar.close()  # the bar ends here; closing it again on leaving the block does nothing
             device, count = self.device, cfg.precise_bn_batches
             if recompute_batch_norm_statistics(
                 self.finished, self.batches, count, device, self.progress_bars
             ):
                 log.info("BatchNorm statistics averaged over %d training batches", count)
+            # on disk before the final evaluation, which an interrupt or a bad val image can stop
+            self.save(out / "last")
+            self.save(out / "checkpoint", resumable=False)
             metrics, seconds_per_image = self.evaluate(jsonl)
-        self.save(out / "last", metrics)
-        self.save(out / "checkpoint", metrics, resumable=False)
+        if metrics:
+            self.save(out / "last", metrics)
+            self.save(out / "checkpoint", metrics, resumable=False)
         return self.summary(metrics, seconds_per_image)
 
     def summary(self, metrics: dict[str, dict[str, float]], seconds_per_image: float | None) -> TrainResult:
