@@ -19,10 +19,13 @@ from instseg.predictor import ImageLike, Predictor
 from instseg.structures import Instances
 
 
-def load(checkpoint: str | Path, device: str = "auto", **overrides: Any) -> Predictor:
+def load(
+    checkpoint: str | Path, device: str = "auto", min_score: float | None = None, **overrides: Any
+) -> Predictor:
     """Rebuild a model from a checkpoint directory or ``.safetensors`` file alone; ``overrides`` change
-    model config fields (``load(ck, score_threshold=0.01, mask_rescore=False)``)."""
-    return Predictor.from_checkpoint(checkpoint, device, overrides)
+    model config fields (``load(ck, score_threshold=0.01, mask_rescore=False)``). ``min_score``: the
+    least score that will be kept; less work and memory on detections that would be dropped."""
+    return Predictor.from_checkpoint(checkpoint, device, overrides, min_score)
 
 
 def predict(

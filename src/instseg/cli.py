@@ -241,7 +241,9 @@ def _predict_prompts(args: argparse.Namespace) -> int:
     """SAM with prompts: one mask per image for the clicks (and a box), or one per box."""
     import torch
 
+    from instseg.data.coco import write_json
     from instseg.data.images import list_images, output_stems, read_image
+    from instseg.errors import DataError
     from instseg.measurements import label_image, measure, write_label_png, write_table
     from instseg.pictures import draw_prompts, overlay, save_picture
     from instseg.prompt_predictor import PromptPredictor
@@ -256,9 +258,14 @@ def _predict_prompts(args: argparse.Namespace) -> int:
     stems = output_stems(paths)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, results = [], []
+    rows, results, failures = [], [], []
     for i, path in enumerate(paths):
-        image = read_image(path).float() / 255
+        try:
+            image = read_image(path).float() / 255
+        except DataError as exc:
+            logging.getLogger(__name__).warning("skipped: %s", exc)
+            failures.append(str(exc))
+            continue
         predictor.set_image(image)
         if len(points):  # one object: the clicks, with the box when there is one
             box = boxes[0] if len(boxes) == 1 else None
@@ -280,13 +287,15 @@ def _predict_prompts(args: argparse.Namespace) -> int:
             picture = overlay(image, shown, labelled=labelled)
             picture = draw_prompts(picture, shown.image_size, points if len(points) else None, labels, boxes)
             save_picture(picture, out / "overlays" / f"{stems[i]}.png")
-    (out / "predictions.json").write_text(json.dumps(results))
+    write_json(results, out / "predictions.json")
     write_table(out / "objects.csv", rows)
-    print(f"{len(paths)} images, {len(results)} masks; COCO results: {out / 'predictions.json'}")
+    print(
+        f"{len(paths) - len(failures)} images, {len(results)} masks; COCO results: {out / 'predictions.json'}"
+    )
     print(f"label images: {out / 'labels'}; measurements: {out / 'objects.csv'}")
     if not args.no_overlays:
         print(f"overlays with the prompts: {out / 'overlays'}")
-    return 0
+    return _report_failures(failures, out)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -294,13 +303,14 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_prompts(args)
     from instseg.api import load
     from instseg.config import field_values
+    from instseg.data.coco import write_json
     from instseg.data.datasets import ImageListDataset
     from instseg.data.images import list_images, output_stems
     from instseg.engine.inference import run_inference
     from instseg.measurements import label_image, measure, write_label_png, write_table
     from instseg.pictures import save_overlay
 
-    predictor = load(args.checkpoint, args.device, **field_values(args.set))
+    predictor = load(args.checkpoint, args.device, args.min_score, **field_values(args.set))
     paths = list_images(args.inputs)
     stems = output_stems(paths)
     out = Path(args.out)
@@ -308,7 +318,8 @@ def _predict(args: argparse.Namespace) -> int:
     rows: list[dict] = []
 
     def on_image(image_id: int, image, instances) -> None:
-        shown = instances[instances.scores >= args.min_score]
+        keep = instances.scores >= args.min_score
+        shown = instances if bool(keep.all()) else instances[keep]  # no copy of the masks when all stay
         labels, kept = label_image(shown)
         write_label_png(out / "labels" / f"{stems[image_id]}_labels.png", labels)
         rows.extend(measure(labels, kept, shown, image, str(paths[image_id])))
@@ -316,9 +327,10 @@ def _predict(args: argparse.Namespace) -> int:
             path = out / "overlays" / f"{stems[image_id]}.png"
             save_overlay(image, shown, path, labelled=(labels, kept))
 
+    images = ImageListDataset(paths).skipping_unreadable()
     run = run_inference(
         predictor.inference,
-        ImageListDataset(paths),
+        images,
         predictor.categories,
         predictor.device,
         args.batch_size,
@@ -327,14 +339,33 @@ def _predict(args: argparse.Namespace) -> int:
     results = [
         dict(r, file_name=str(paths[r["image_id"]])) for r in run.results if r["score"] >= args.min_score
     ]
-    (out / "predictions.json").write_text(json.dumps(results))
+    write_json(results, out / "predictions.json")
     write_table(out / "objects.csv", rows)
-    print(f"{len(paths)} images, {len(results)} instances, {run.seconds_per_image:.3f} s/image")
+    print(f"{run.images} images, {len(results)} instances, {run.seconds_per_image:.3f} s/image")
     print(f"COCO results: {out / 'predictions.json'}")
     print(f"label images (uint16 PNG): {out / 'labels'}; per-object measurements: {out / 'objects.csv'}")
     if not args.no_overlays:
         print(f"overlays: {out / 'overlays'}")
-    return 0
+    return _report_failures(images.failures or [], out)
+
+
+def _report_failures(failures: list[str], out: Path) -> int:
+    """Exit status 1 and ``failures.txt`` when some inputs could not be read; everything else is written."""
+    if not failures:
+        return 0
+    (out / "failures.txt").write_text("\n".join(failures) + "\n")
+    print(f"instseg: {len(failures)} images could not be read and were skipped: {out / 'failures.txt'}")
+    return 1
+
+
+def _one_line(exc: InstsegError) -> str:
+    """The error's own message; one raised in a DataLoader worker comes back wrapped in the worker's
+    traceback, whose last line is the message."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith("instseg.errors.") else last
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -380,7 +411,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InstsegError as exc:
         if args.verbose:
             raise
-        print(f"instseg: error: {exc}", file=sys.stderr)
+        print(f"instseg: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --out, a full disk: the file and the reason, no traceback
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"instseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("instseg: interrupted", file=sys.stderr)

@@ -54,6 +54,8 @@ def run_inference(
     run = InferenceRun()
     try:
         for images, image_ids in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+            if not images:  # every image of the batch was unreadable and skipped
+                continue
             batch = [im.to(device) for im in images]
             if device.type == "cuda":
                 torch.cuda.synchronize()
