@@ -85,7 +85,7 @@ def test_overfits_one_image():
 
 
 def test_overfits_one_image_with_relative_coordinates():
-    assert_overfits_scene("solov2", {**SMALL, "coordinates": "relative"})
+    assert_overfits_scene("solov2", {**SMALL, "coordinates": "relative"}, steps=150)
 
 
 def test_relative_prior_is_one_quadratic_around_every_cell_and_bounded():
