@@ -90,7 +90,7 @@ def test_eval_cli_with_prompts(tiny_coco, tmp_path, capsys):
     assert (tmp_path / "ev" / "interactive_iou.png").stat().st_size > 1000
 
 
-def test_the_instance_baseline_answers_with_the_best_mask_that_fits_the_clicks():
+def test_the_instance_baseline_answers_with_the_mask_that_agrees_with_most_clicks():
     from instseg.eval.interactive import InstanceBaseline
 
     big, small = square(5, 35, 5, 35), square(10, 20, 10, 20)
@@ -107,4 +107,7 @@ def test_the_instance_baseline_answers_with_the_best_mask_that_fits_the_clicks()
     assert torch.equal(baseline.predict([(15, 15)], [1]).masks[0], masks[0])  # both contain it: best score
     assert torch.equal(baseline.predict([(15, 15), (30, 30)], [1, 0]).masks[0], masks[1])
     assert not baseline.predict([(2, 2)], [1]).masks.any()  # no mask contains it
+    # a negative click inside both: no mask agrees with every click, so the one agreeing with most
+    two = baseline.predict([(15, 15), (30, 30), (12, 12)], [1, 0, 0])
+    assert torch.equal(two.masks[0], masks[1])
     assert torch.equal(baseline.predict(box=[9, 9, 21, 21]).masks[0], masks[1])

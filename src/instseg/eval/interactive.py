@@ -184,9 +184,11 @@ def coco_objects(index: Any, max_objects: int | None = None) -> Any:
 
 
 class InstanceBaseline:
-    """An instance model answering clicks: the best-scoring of its masks that contains every positive
-    click and no negative one (empty when none does); a box gets the mask whose box overlaps it most.
-    What a user of a non-promptable model can do, to compare a promptable one against."""
+    """An instance model answering clicks: of its masks that contain a positive click, the one that
+    agrees with the most clicks (inside for positive, outside for negative), the best-scoring among
+    equals; empty when no mask contains a positive click. A box gets the mask whose box overlaps it
+    most. What a user of a non-promptable model can do, to compare a promptable one against: more
+    clicks can only pick another of the same masks."""
 
     def __init__(self, segment: Any) -> None:
         self.segment = segment  # image -> Instances (a Predictor)
@@ -213,8 +215,10 @@ class InstanceBaseline:
             xy = torch.as_tensor(points, dtype=torch.long).reshape(-1, 2)
             signs = torch.ones(len(xy)) if labels is None else torch.as_tensor(labels, dtype=torch.float32)
             inside = found.masks[:, xy[:, 1], xy[:, 0]]  # [N, clicks]
-            fits = (inside == (signs > 0)).all(1)
-            chosen = next((int(i) for i in order if fits[i]), None)
+            agree = (inside == (signs > 0)).sum(1)
+            touched = (inside & (signs > 0)).any(1)
+            candidates = [int(i) for i in order if touched[i]]
+            chosen = max(candidates, key=lambda i: int(agree[i]), default=None)  # max keeps the first
         elif box is not None and len(found):
             overlap = box_iou(torch.as_tensor(box, dtype=torch.float32).reshape(1, 4), found.boxes)[0]
             chosen = int(overlap.argmax())
