@@ -38,7 +38,7 @@ def test_paste_masks_empty():
 
 def test_encode_masks_round_trip():
     masks = torch.rand((5, 31, 17), generator=torch.Generator().manual_seed(1)) > 0.6
-    rles = encode_masks(masks, chunk=2)
+    rles = encode_masks(masks, chunk_bytes=2 * 31 * 17)  # two masks a chunk
     assert all(isinstance(r["counts"], str) for r in rles)
     decoded = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()}) for r in rles])
     assert np.array_equal(decoded, masks.numpy())

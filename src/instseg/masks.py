@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def encode_masks(masks: Tensor, chunk: int = 64) -> list[dict[str, Any]]:
-    """Compressed RLE of each bool mask ``[N, H, W]``; counts are str so the result is JSON-ready."""
+def encode_masks(masks: Tensor, chunk_bytes: int = 2**27) -> list[dict[str, Any]]:
+    """Compressed RLE of each bool mask ``[N, H, W]``; counts are str so the result is JSON-ready.
+    Encoded a chunk of about ``chunk_bytes`` at a time (pycocotools wants a Fortran-ordered copy)."""
     rles: list[dict[str, Any]] = []
+    chunk = max(1, chunk_bytes // max(masks.shape[-2] * masks.shape[-1], 1))
     for start in range(0, masks.shape[0], chunk):
         block = masks[start : start + chunk].cpu().numpy().astype(np.uint8)
         for rle in mask_utils.encode(np.asfortranarray(block.transpose(1, 2, 0))):
