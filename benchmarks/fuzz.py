@@ -30,7 +30,9 @@ def _limit_memory(gib: float) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=2000, help="generated cases per property")
     parser.add_argument("--memory-gib", type=float, default=8.0, help="address-space limit of the run")
     args = parser.parse_args()
