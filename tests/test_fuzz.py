@@ -102,6 +102,14 @@ def _mutate(doc: Any, data: st.DataObject) -> Any:
     return doc
 
 
+def _mutated(base: Any, data: st.DataObject, most: int) -> Any:
+    """A copy of ``base`` with 1 to ``most`` random changes."""
+    doc = copy.deepcopy(base)
+    for _ in range(data.draw(st.integers(1, most))):
+        doc = _mutate(doc, data)
+    return doc
+
+
 # ---- COCO annotation files ------------------------------------------------------------------
 
 
@@ -115,9 +123,7 @@ def coco_base(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
 @given(data=st.data())
 def test_a_coco_file_that_data_check_passes_trains(coco_base, data):
     root, base = coco_base
-    doc = copy.deepcopy(base)
-    for _ in range(data.draw(st.integers(1, 3))):
-        doc = _mutate(doc, data)
+    doc = _mutated(base, data, 3)
     path = root / "annotations" / "fuzz.json"
     path.write_text(json.dumps(doc))
     report = check_dataset(path, images=root / "train")
@@ -280,9 +286,7 @@ def checkpoint_base() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 @given(data=st.data())
 def test_any_checkpoint_header_loads_and_predicts_or_is_refused(tmp_path_factory, checkpoint_base, data):
     weights, meta = checkpoint_base
-    header: Any = copy.deepcopy(meta)
-    for _ in range(data.draw(st.integers(1, 2))):
-        header = _mutate(header, data)
+    header = _mutated(meta, data, 2)
     text = json.dumps(header) if data.draw(st.integers(0, 20)) else data.draw(st.text(max_size=20))
     path = tmp_path_factory.getbasetemp() / "fuzz_checkpoint.safetensors"
     save_file(weights, str(path), metadata={"instseg": text})
@@ -328,9 +332,7 @@ def results_base(coco_base) -> tuple[Path, list[dict[str, Any]]]:
 @given(data=st.data())
 def test_any_results_file_is_scored_or_refused(tmp_path_factory, results_base, data):
     gt, base = results_base
-    results: Any = copy.deepcopy(base)
-    for _ in range(data.draw(st.integers(1, 2))):
-        results = _mutate(results, data)
+    results = _mutated(base, data, 2)
     if data.draw(st.booleans()) and isinstance(results, list) and results and isinstance(results[0], dict):
         seg = results[0].get("segmentation")
         if isinstance(seg, dict) and isinstance(seg.get("counts"), str):
