@@ -59,8 +59,11 @@ def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, bl
     thousands of candidates), the boxes are cut into blocks of neighbours by
     their top edge and only blocks whose vertical extents meet are compared:
     the same answer as the full matrix, at a fraction of its N x N cost.
-    Degenerate pairs (zero union) count as IoU 0.
+    Degenerate pairs (zero union) count as IoU 0. An exported graph always
+    takes the full matrix: the blocks need their sizes in Python.
     """
+    if torch.compiler.is_exporting():
+        return _fast_nms(box_iou(boxes, boxes).nan_to_num(0.0), labels, iou_threshold)
     n = len(boxes)
     if n <= block:
         if n == 0:
@@ -83,4 +86,5 @@ def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, bl
 def _fast_nms(iou: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
     """Unlike sequential NMS, a box already suppressed can still suppress the ones below it."""
     iou = iou.triu(diagonal=1) * (labels[:, None] == labels[None, :])
-    return iou.max(dim=0).values <= iou_threshold
+    floor = iou.new_zeros((1, iou.shape[1]))  # a row of zeros: the maximum is defined for no boxes too
+    return torch.cat([iou, floor]).amax(dim=0) <= iou_threshold

@@ -165,6 +165,8 @@ def detections_from_masks(
 ) -> dict[str, Tensor]:
     """The output dict of a family whose detections are masks (SOLOv2, Mask2Former): ``masks_at_input``,
     empty masks dropped, boxes taken from the masks, 0-based ``labels`` made 1-based."""
+    if torch.compiler.is_exporting():
+        return _dense_detections_from_masks(probs, labels, scores, resized, original, threshold)
     masks = masks_at_input(probs, resized, original, threshold)
     nonempty = any_pixel(masks)
     if not bool(nonempty.all()):  # the usual case copies nothing
@@ -199,6 +201,8 @@ def assemble_detections(
     that full-size masks are written once, already in order (the first pass's
     probabilities are kept for the second up to ``MASK_CACHE_BYTES``).
     """
+    if torch.compiler.is_exporting():
+        return _dense_assembly(mask_probs, boxes, labels, scores, resized, original, assembly)
     boxes = boxes.clone()
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, resized[1])
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, resized[0])
@@ -225,3 +229,103 @@ def assemble_detections(
     if not bool(nonempty.all()):
         masks, boxes, labels, scores = masks[nonempty], boxes[nonempty], labels[nonempty], scores[nonempty]
     return {"boxes": boxes, "labels": labels + 1, "scores": scores, "masks": masks}
+
+
+# The same assembly as one dense computation, for exported graphs: a graph cannot size its Python
+# loops by the number of detections, so masks are resampled all at once (N x H x W floats at the peak).
+
+
+def resampling_matrix(out_size: int, in_size: int, scale: float, device: torch.device) -> Tensor:
+    """``[out_size, in_size]`` bilinear weights (align_corners False, edges clamped, as ``grid_sample``
+    with border padding): output pixel p samples input coordinate (p + 0.5) / scale - 0.5."""
+    source = ((torch.arange(out_size, device=device) + 0.5) / scale - 0.5).clamp(min=0).clamp(max=in_size - 1)
+    low = source.floor()
+    frac = (source - low)[:, None]
+    low = low.to(torch.int64)[:, None]
+    high = (low + 1).clamp(max=in_size - 1)
+    cells = torch.arange(in_size, device=device)[None]
+    return (cells == low).to(frac.dtype) * (1 - frac) + (cells == high).to(frac.dtype) * frac
+
+
+def dense_probs_at_input(
+    probs: Tensor,
+    resized: tuple[int, int],
+    original: tuple[int, int],
+    stride: int = MASK_STRIDE,
+    clip: Tensor | None = None,
+) -> Tensor:
+    """``masks_at_input`` before its threshold, as two matrix products over all masks at once (separable
+    bilinear resampling): float ``[N, H, W]``, 0 outside ``clip``. Thresholded, the same pixels as
+    ``masks_at_input`` up to float rounding."""
+    valid_h = (resized[0] + stride - 1) // stride
+    valid_w = (resized[1] + stride - 1) // stride
+    rows = resampling_matrix(original[0], valid_h, stride * original[0] / resized[0], probs.device)
+    cols = resampling_matrix(original[1], valid_w, stride * original[1] / resized[1], probs.device)
+    if clip is not None:  # pixels whose centre lies in the box, p in [ceil(a - 0.5), ceil(b - 0.5)), keep
+        limits = torch.ceil(clip - 0.5)  # their rows and columns of the matrices: the cut costs no pass
+        ys = torch.arange(original[0], device=probs.device, dtype=rows.dtype)[None]
+        xs = torch.arange(original[1], device=probs.device, dtype=cols.dtype)[None]
+        rows = rows * ((ys >= limits[:, 1:2]) & (ys < limits[:, 3:4])).to(rows.dtype)[:, :, None]
+        cols = cols * ((xs >= limits[:, 0:1]) & (xs < limits[:, 2:3])).to(cols.dtype)[:, :, None]
+    return rows @ probs[:, :valid_h, :valid_w] @ cols.transpose(-1, -2)
+
+
+def tight_boxes(masks: Tensor) -> Tensor:
+    """xyxy boxes (exclusive right/bottom edge) of non-empty bool masks, with no data-dependent branch."""
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    ys = torch.arange(masks.shape[1], device=masks.device, dtype=torch.float32)[None]
+    xs = torch.arange(masks.shape[2], device=masks.device, dtype=torch.float32)[None]
+    big = float(2**30)
+    y0 = torch.where(rows, ys, big).amin(1)
+    y1 = torch.where(rows, ys, -1.0).amax(1) + 1
+    x0 = torch.where(cols, xs, big).amin(1)
+    x1 = torch.where(cols, xs, -1.0).amax(1) + 1
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
+def _dense_detections_from_masks(
+    probs: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    resized: tuple[int, int],
+    original: tuple[int, int],
+    threshold: float,
+) -> dict[str, Tensor]:
+    values = dense_probs_at_input(probs, resized, original)
+    keep = torch.nonzero(values.flatten(1).amax(1) > threshold).flatten()
+    masks = (values > threshold).index_select(0, keep)  # bytes copied, not floats; Gather, not GatherND
+    return {"boxes": tight_boxes(masks), "labels": labels[keep] + 1, "scores": scores[keep], "masks": masks}
+
+
+def _dense_assembly(
+    mask_probs: Callable[[Tensor], Tensor],
+    boxes: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    resized: tuple[int, int],
+    original: tuple[int, int],
+    assembly: MaskAssembly,
+) -> dict[str, Tensor]:
+    boxes = torch.stack(
+        [
+            boxes[:, 0].clamp(min=0).clamp(max=resized[1]) * (original[1] / resized[1]),
+            boxes[:, 1].clamp(min=0).clamp(max=resized[0]) * (original[0] / resized[0]),
+            boxes[:, 2].clamp(min=0).clamp(max=resized[1]) * (original[1] / resized[1]),
+            boxes[:, 3].clamp(min=0).clamp(max=resized[0]) * (original[0] / resized[0]),
+        ],
+        1,
+    )
+    probs = mask_probs(torch.arange(boxes.shape[0], device=boxes.device))
+    if assembly.rescore:
+        scores = scores * maskness(probs, assembly.threshold)
+    order = scores.topk(scores.shape[0]).indices  # ONNX has no stable sort; its TopK keeps ties in order
+    boxes, labels, scores = boxes[order], labels[order], scores[order]
+    clip = boxes if assembly.crop_to_boxes else None
+    values = dense_probs_at_input(probs[order], resized, original, assembly.stride, clip)
+    keep = torch.nonzero(values.flatten(1).amax(1) > assembly.threshold).flatten()
+    return {
+        "boxes": boxes[keep],
+        "labels": labels[keep] + 1,
+        "scores": scores[keep],
+        "masks": (values > assembly.threshold).index_select(0, keep),  # bytes copied; Gather, not GatherND
+    }

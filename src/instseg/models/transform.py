@@ -8,6 +8,9 @@ shrink the tiny nuclei of the largest images.
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
@@ -32,9 +35,23 @@ class ResizeNormalize(GeneralizedRCNNTransform):
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
         if self.scale is None:
             return super().resize(image, target)
-        h, w = image.shape[-2:]
-        s = min(self.scale, self.max_size / max(h, w))
-        return self.resize_to(image, target, (max(1, round(h * s)), max(1, round(w * s))))
+        return self.resize_to(image, target, self.output_size(*image.shape[-2:]))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height`` x ``width`` is resized to at inference.
+
+        Written with ``torch.sym_*`` so that an exported graph computes the same
+        size from its input's symbolic shape; fixed scales round half up.
+        """
+        if self.scale is None:  # torchvision's rule: floor(side x factor)
+            factor = torch.sym_min(
+                self.min_size[-1] / torch.sym_min(height, width), self.max_size / torch.sym_max(height, width)
+            )
+            return math.floor(height * factor), math.floor(width * factor)
+        factor = torch.sym_min(self.scale, self.max_size / torch.sym_max(height, width))
+        return torch.sym_max(1, math.floor(height * factor + 0.5)), torch.sym_max(
+            1, math.floor(width * factor + 0.5)
+        )
 
     def resize_to(
         self,

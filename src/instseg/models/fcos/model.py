@@ -79,6 +79,7 @@ class FCOSOutputs:
     locations: Tensor  # [L, 2] input-pixel (x, y) of each location
     levels: Tensor  # [L] pyramid level of each location
     semantic_logits: Tensor | None = None  # [B, K, h, w] auxiliary semantic head (training only)
+    level_sizes: tuple[int, ...] = ()  # locations per level (``levels`` counted), for slicing without a sync
 
 
 class FCOSMasks(Protocol):
@@ -158,6 +159,7 @@ class FCOSInstanceModel(SegmentationModel):
         params, mask_input = self.mask_input(head["extra"], features)
         locations, levels = point_layout(features, self.strides)
         semantic = self.semantic(features[0]) if self.semantic is not None and self.training else None
+        sizes = tuple(f.shape[-2] * f.shape[-1] for f in features)
         return FCOSOutputs(
-            head["cls"], head["ltrb"], head["ctr"], params, mask_input, locations, levels, semantic
+            head["cls"], head["ltrb"], head["ctr"], params, mask_input, locations, levels, semantic, sizes
         )

@@ -39,27 +39,38 @@ class DetectionRules:
 
 
 def select_detections(
-    class_logits: Tensor, quality_logits: Tensor, boxes: Tensor, levels: Tensor, rules: DetectionRules
+    class_logits: Tensor,
+    quality_logits: Tensor,
+    boxes: Tensor,
+    level_sizes: tuple[int, ...],
+    rules: DetectionRules,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One image: (location index, label 0..K-1, score) of the detections kept after NMS, best first.
 
     Score = sqrt(class probability x centre-ness); candidates need a class
-    probability above ``rules.score_threshold``, and each level keeps its
-    ``rules.pre_nms_top`` best before class-wise box NMS: torchvision's
-    sequential ``batched_nms`` ("standard") or YOLACT's one-matrix Fast NMS
-    ("fast").
+    probability above ``rules.score_threshold``, and each level (``level_sizes``
+    locations, finest first) keeps its ``rules.pre_nms_top`` best before
+    class-wise box NMS: torchvision's sequential ``batched_nms`` ("standard") or
+    YOLACT's one-matrix Fast NMS ("fast"). No step reads a tensor's value back
+    into Python, so the same code runs eagerly and inside an exported graph.
     """
     prob = class_logits.sigmoid()
     score = (prob * quality_logits.sigmoid()[:, None]).sqrt()
-    locs, labels = torch.nonzero(prob > rules.score_threshold, as_tuple=True)
-    cand = score[locs, labels]
-    keep = []
-    for level in torch.unique(levels[locs]).tolist():
-        idx = torch.nonzero(levels[locs] == level).flatten()
-        keep.append(idx[torch.topk(cand[idx], min(rules.pre_nms_top, len(idx))).indices])
-    if keep:
-        sel = torch.cat(keep)
-        locs, labels, cand = locs[sel], labels[sel], cand[sel]
+    ranked = torch.where(prob > rules.score_threshold, score, -1.0)  # -1: not a candidate
+    num_classes = prob.shape[1]
+    locs, labels, cand = [], [], []
+    start = 0
+    for size in level_sizes:
+        level = ranked[start : start + size].flatten()
+        top = level.topk(torch.sym_min(rules.pre_nms_top, level.numel()))
+        is_candidate = top.values >= 0
+        flat = top.indices[is_candidate]
+        loc = flat // num_classes
+        locs.append(loc + start)
+        labels.append(flat - loc * num_classes)
+        cand.append(top.values[is_candidate])
+        start = start + size
+    locs, labels, cand = torch.cat(locs), torch.cat(labels), torch.cat(cand)
     if rules.nms == "fast":
         order = torch.argsort(cand, descending=True)[: rules.pre_nms_top]
         locs, labels, cand = locs[order], labels[order], cand[order]
@@ -89,10 +100,11 @@ class FCOSPostprocessor(nn.Module):
         self, outputs: FCOSOutputs, b: int, resized: tuple[int, int], original: tuple[int, int]
     ) -> dict[str, Tensor]:
         locations, levels = outputs.locations, outputs.levels
+        level_sizes = outputs.level_sizes or tuple(torch.bincount(levels).tolist())
         params, mask_input = outputs.mask_params[b], outputs.mask_input[b]
         boxes = ltrb_to_boxes(locations, outputs.ltrb[b])
         keep, labels, scores = select_detections(
-            outputs.class_logits[b], outputs.quality_logits[b], boxes, levels, self.rules
+            outputs.class_logits[b], outputs.quality_logits[b], boxes, level_sizes, self.rules
         )
         boxes = boxes[keep]
 

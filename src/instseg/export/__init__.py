@@ -1,0 +1,1 @@
+"""Exported graphs of the models: ONNX with the whole pipeline inside, run with ONNX Runtime."""

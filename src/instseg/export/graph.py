@@ -1,0 +1,46 @@
+"""One image in, the final detections out: the module that an exported graph is made from.
+
+The seam's eval path (``SegmentationModel.forward``) with the transform written
+on the image's symbolic shape: RGB bytes are scaled, normalised, resized by the
+model's own rule and padded; then the family's network and its postprocessor
+run unchanged. The postprocessors read no tensor value back into Python where
+an export would need it, and assemble masks densely while exporting
+(``models/postprocess.py``), so NMS, Matrix NMS or the query readout and mask
+pasting are all inside the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instseg.models.segmentation_model import SegmentationModel
+
+OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
+
+
+class ImageGraph(nn.Module):
+    """``image`` uint8 ``[H, W, 3]`` RGB -> ``boxes`` float ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1..K),
+    ``scores`` float ``[N]`` (descending), ``masks`` bool ``[N, H, W]``, all in the image's pixels."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.model = model.eval()
+        transform = model.transform
+        self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        transform = self.model.transform
+        height, width = image.shape[0], image.shape[1]
+        pixels = (image.permute(2, 0, 1).float() / 255.0 - self.mean) / self.std
+        size = transform.output_size(height, width)
+        pixels = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)
+        step = transform.size_divisible
+        pad_h = (size[0] + step - 1) // step * step - size[0]
+        pad_w = (size[1] + step - 1) // step * step - size[1]
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
+        outputs = self.model.network(pixels)
+        result = self.model.postprocessor(outputs, [size], [(height, width)])[0]
+        return result["boxes"], result["labels"], result["scores"], result["masks"]
