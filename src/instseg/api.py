@@ -24,7 +24,18 @@ def load(
 ) -> Predictor:
     """Rebuild a model from a checkpoint directory or ``.safetensors`` file alone; ``overrides`` change
     model config fields (``load(ck, score_threshold=0.01, mask_rescore=False)``). ``min_score``: the
-    least score that will be kept; less work and memory on detections that would be dropped."""
+    least score that will be kept; less work and memory on detections that would be dropped.
+
+    A ``.onnx`` file (``instseg export``) runs with ONNX Runtime on the CPU; its thresholds were
+    fixed at export, so it takes no ``overrides``."""
+    if str(checkpoint).endswith(".onnx"):
+        from instseg.export.onnx import ExportError, onnx_predictor
+
+        if overrides:
+            raise ExportError(
+                f"{checkpoint}: an exported graph takes no config overrides ({sorted(overrides)})"
+            )
+        return onnx_predictor(checkpoint)
     return Predictor.from_checkpoint(checkpoint, device, overrides, min_score)
 
 

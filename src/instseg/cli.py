@@ -1,4 +1,4 @@
-"""``instseg <command>``: demo, train, eval, predict, data, import.
+"""``instseg <command>``: demo, train, eval, predict, data, import, export.
 
 Training flags are generated from the config dataclasses: every field of
 ``TrainConfig`` and of the chosen family's config is a ``--flag``, and
@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Writes COCO results (predictions.json), a uint16 label image per input "
         "(labels/<stem>_labels.png), per-object measurements (objects.csv) and overlays.",
     )
-    pr.add_argument("--model", "--checkpoint", dest="checkpoint", required=True, help=MODEL_HELP)
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", "--checkpoint", dest="checkpoint", help=MODEL_HELP)
+    source.add_argument("--onnx", help="a graph written by `instseg export`, run with ONNX Runtime")
     pr.add_argument("inputs", nargs="+", metavar="IMAGES")
     pr.add_argument("--out", required=True)
     pr.add_argument("--min-score", type=float, default=0.5, help="keep only instances scoring at least this")
@@ -119,6 +121,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("source", help="the checkpoint to convert")
     imp.add_argument("out", help="instseg checkpoint directory to write")
+
+    exp = sub.add_parser(
+        "export",
+        help="write a checkpoint as one ONNX graph: image in, final detections out",
+    )
+    exp.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
+    exp.add_argument("--format", choices=["onnx"], default="onnx")
+    exp.add_argument("--out", required=True, help="the .onnx file to write")
+    exp.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="raise the candidate score threshold to this (fewer masks, less memory); "
+        "default: the model's own threshold, so the graph returns what the model returns",
+    )
     return parser
 
 
@@ -310,7 +327,7 @@ def _predict(args: argparse.Namespace) -> int:
     from instseg.measurements import label_image, measure, write_label_png, write_table
     from instseg.pictures import save_overlay
 
-    predictor = load(args.checkpoint, args.device, args.min_score, **field_values(args.set))
+    predictor = load(args.onnx or args.checkpoint, args.device, args.min_score, **field_values(args.set))
     paths = list_images(args.inputs)
     stems = output_stems(paths)
     out = Path(args.out)
@@ -407,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from instseg.data.commands import run_data
 
             return run_data(args)
+        if args.command == "export":
+            from instseg.export.onnx import export_onnx
+
+            print(f"wrote {export_onnx(args.checkpoint, args.out, args.min_score)}")
+            return 0
         return _predict(args)
     except InstsegError as exc:
         if args.verbose:

@@ -67,7 +67,8 @@ class Predictor:
     """``predict`` takes paths, arrays, PIL images or tensors and returns :class:`Instances`.
 
     ``model`` is the trained module as loaded; ``predict`` runs ``inference``, a copy made once
-    with BatchNorms folded and, on CPU, channels-last memory (``models/fusion.py``).
+    with BatchNorms folded and, on CPU, channels-last memory (``models/fusion.py``), or the given
+    ``inference`` module (an exported graph's runner).
     ``min_score``: only instances scoring at least this are returned.
     """
 
@@ -79,10 +80,11 @@ class Predictor:
         categories: Sequence[Category],
         device: torch.device | str = "cpu",
         meta: dict[str, Any] | None = None,
+        inference: nn.Module | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.inference = inference_model(self.model)
+        self.inference = inference if inference is not None else inference_model(self.model)
         self.family = family_name
         self.config = config
         self.categories = tuple(categories)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou, nms
 
 
 def mask_iou_matrix(masks: Tensor) -> Tensor:
@@ -36,20 +36,29 @@ def matrix_nms(
     decay_j = min_i f(iou_ij) / f(max_k iou_ki), over higher-scored masks i of
     the same class and k before i; f(x) = exp(-sigma x^2) or 1 - x.
     """
-    n = len(scores)
-    if n == 0:
-        return scores
     iou = mask_iou_matrix(masks).triu(diagonal=1)
     same = (labels[:, None] == labels[None, :]).triu(diagonal=1)
     iou = iou * same
-    compensate = iou.max(dim=0).values[:, None]  # row i: how much mask i was overlapped from above
+    # row i: how much mask i was overlapped from above (a zero row keeps the maximum defined for no masks)
+    compensate = torch.cat([iou, iou.new_zeros((1, iou.shape[1]))]).amax(dim=0)[:, None]
     if kernel == "gaussian":
         decay = torch.exp(-sigma * (iou**2 - compensate**2))
     elif kernel == "linear":
         decay = (1 - iou) / (1 - compensate).clamp(min=1e-6)
     else:
         raise ValueError(f"unknown Matrix NMS kernel {kernel!r}")
-    return scores * decay.min(dim=0).values.clamp(max=1.0)
+    decay = torch.cat([decay, decay.new_ones((1, decay.shape[1]))])  # 1: no decay, for no masks too
+    return scores * decay.amin(dim=0).clamp(max=1.0)
+
+
+def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's ``batched_nms``: indices of the kept boxes, best first. Inside an exported graph
+    its coordinate trick is written out here (boxes of each class shifted apart, one NMS), because
+    torchvision branches on the number of boxes first."""
+    if not torch.compiler.is_exporting():
+        return batched_nms(boxes, scores, labels, iou_threshold)
+    reach = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).amax(dim=0) + 1  # defined for no boxes too
+    return nms(boxes + (labels.to(boxes.dtype) * reach)[:, None], scores, iou_threshold)
 
 
 def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, block: int = 256) -> Tensor:

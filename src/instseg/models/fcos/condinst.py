@@ -42,7 +42,7 @@ class MaskWindow:
         device = self.logits.device
         rows = self.top[:, None] + torch.arange(h, device=device) + pad
         cols = self.left[:, None] + torch.arange(w, device=device) + pad
-        n = torch.arange(len(rows), device=device)[:, None, None]
+        n = torch.arange(rows.shape[0], device=device)[:, None, None]
         return n, rows[:, :, None], cols[:, None, :]
 
     def crop(self, maps: Tensor) -> Tensor:
@@ -50,10 +50,11 @@ class MaskWindow:
         pad = max(self.logits.shape[-2:])
         return F.pad(maps, (pad,) * 4)[self._cells(pad)]
 
-    def paste(self, values: Tensor, size: tuple[int, int]) -> Tensor:
-        """``values`` [n, h, w] (shaped like the windows) placed at the windows on zero maps of ``size``."""
+    def paste(self, values: Tensor, size: tuple[int, int], fill: float = 0.0) -> Tensor:
+        """``values`` [n, h, w] (shaped like the windows) placed at the windows on maps of ``size``
+        filled with ``fill``."""
         pad = max(self.logits.shape[-2:])
-        canvas = values.new_zeros((len(values), size[0] + 2 * pad, size[1] + 2 * pad))
+        canvas = values.new_full((values.shape[0], size[0] + 2 * pad, size[1] + 2 * pad), fill)
         canvas[self._cells(pad)] = values
         return canvas[:, pad : pad + size[0], pad : pad + size[1]]
 
@@ -126,6 +127,10 @@ class DynamicMasks(nn.Module):
         self.cfg = cfg
         self.strides = strides
         self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
+        self.upper_bounds = [
+            *cfg.size_bounds,
+            math.inf,
+        ]  # per level, in Python: an export never reads a buffer
         soi = [*cfg.size_bounds, 2 * cfg.size_bounds[-1]]
         self.register_buffer("soi", torch.tensor(soi), persistent=False)
 
@@ -163,42 +168,64 @@ class DynamicMasks(nn.Module):
         up = stride // cfg.mask_stride
         h, w = mask_feats.shape[-2:]
         out = []
-        for level in torch.unique(levels).tolist():
+        # an exported graph visits every level (some with no instance), and where a level's window may
+        # cover the map it computes both readings and picks one by the map's size, read as a tensor
+        exporting = torch.compiler.is_exporting()
+        for level in range(len(self.strides)) if exporting else torch.unique(levels).tolist():
             idx = torch.nonzero(levels == level).flatten()
-            loc = locations[idx]
-            bound = float(self.ranges[level, 1])
-            radius = math.inf if math.isinf(bound) else math.ceil(bound / stride) + 1
-            if 2 * radius + 1 >= max(h, w):  # the whole map
-                feats = mask_feats.flatten(1)
-                pixels = feature_locations([(h, w)], [stride], mask_feats.device).T
-                top = left = torch.zeros(len(idx), dtype=torch.int64, device=loc.device)
-                shape = (h, w)
-            else:
-                radius = int(radius)
-                span = torch.arange(-radius, radius + 1, device=loc.device)
-                rows = (loc[:, 1] / stride).long()[:, None] + span  # [n, S], may run off the map
-                cols = (loc[:, 0] / stride).long()[:, None] + span
-                padded = F.pad(mask_feats, (radius,) * 4)
-                feats = padded[:, rows[:, :, None] + radius, cols[:, None, :] + radius].transpose(0, 1)
-                feats = feats.flatten(2)  # [n, C, S*S]
-                side = len(span)
-                px = ((cols.float() + 0.5) * stride)[:, None, :].expand(-1, side, -1)
-                py = ((rows.float() + 0.5) * stride)[:, :, None].expand(-1, -1, side)
-                pixels = torch.stack([px, py], 1).flatten(2)  # [n, 2, S*S]
-                top, left, shape = rows[:, 0], cols[:, 0], (side, side)
-            logits = dynamic_mask_logits(
-                params[idx],
-                feats,
-                pixels,
-                loc,
-                self.soi[level].expand(len(idx)),
-                cfg.dynamic_width,
-                cfg.dynamic_layers,
-            ).view(len(idx), *shape)
-            if up > 1:
-                logits = F.interpolate(logits[:, None], scale_factor=up, mode="bilinear")[:, 0]
-            out.append(MaskWindow(idx, logits, top * up, left * up))
+            bound = self.upper_bounds[level]
+            radius = None if math.isinf(bound) else math.ceil(bound / stride) + 1
+            if radius is not None and not exporting and 2 * radius + 1 >= max(h, w):
+                radius = None  # the window would cover the map: use the map
+            win = self._window(idx, params[idx], mask_feats, locations[idx], level, radius)
+            if exporting and radius is not None:
+                whole = self._window(idx, params[idx], mask_feats, locations[idx], level, None)
+                side = torch.full((), 2 * radius + 1, device=mask_feats.device)
+                covers = (torch.full((), h, device=side.device) <= side) & (
+                    torch.full((), w, device=side.device) <= side
+                )
+                pasted = win.paste(win.logits, (h * up, w * up), fill=-math.inf)  # sigmoid 0 outside
+                win = MaskWindow(idx, torch.where(covers, whole.logits, pasted), whole.top, whole.left)
+            out.append(win)
         return out
+
+    def _window(
+        self, idx: Tensor, params: Tensor, mask_feats: Tensor, loc: Tensor, level: int, radius: int | None
+    ) -> MaskWindow:
+        """One level's instances (``idx``) on windows of ``radius`` cells around them, or on the whole
+        map (``None``)."""
+        cfg, stride = self.cfg, self.head_stride
+        up = stride // cfg.mask_stride
+        h, w = mask_feats.shape[-2:]
+        if radius is None:
+            feats = mask_feats.flatten(1)
+            pixels = feature_locations([(h, w)], [stride], mask_feats.device).T
+            top = left = torch.zeros(idx.shape[0], dtype=torch.int64, device=loc.device)
+            shape = (h, w)
+        else:
+            span = torch.arange(-radius, radius + 1, device=loc.device)
+            rows = (loc[:, 1] / stride).long()[:, None] + span  # [n, S], may run off the map
+            cols = (loc[:, 0] / stride).long()[:, None] + span
+            padded = F.pad(mask_feats, (radius,) * 4)
+            feats = padded[:, rows[:, :, None] + radius, cols[:, None, :] + radius].transpose(0, 1)
+            feats = feats.flatten(2)  # [n, C, S*S]
+            side = 2 * radius + 1
+            px = ((cols.float() + 0.5) * stride)[:, None, :].expand(-1, side, -1)
+            py = ((rows.float() + 0.5) * stride)[:, :, None].expand(-1, -1, side)
+            pixels = torch.stack([px, py], 1).flatten(2)  # [n, 2, S*S]
+            top, left, shape = rows[:, 0], cols[:, 0], (side, side)
+        logits = dynamic_mask_logits(
+            params,
+            feats,
+            pixels,
+            loc,
+            self.soi[level].expand(idx.shape[0]),
+            cfg.dynamic_width,
+            cfg.dynamic_layers,
+        ).view(idx.shape[0], *shape)
+        if up > 1:
+            logits = F.interpolate(logits[:, None], scale_factor=up, mode="bilinear")[:, 0]
+        return MaskWindow(idx, logits, top * up, left * up)
 
     def losses(
         self,
@@ -235,7 +262,7 @@ class DynamicMasks(nn.Module):
         self, params: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
     ) -> Tensor:
         size = self.size(mask_input)
-        probs = mask_input.new_zeros((len(params), *size))
+        probs = mask_input.new_zeros((params.shape[0], *size))
         for win in self.windows(params, mask_input, locations, levels):
             probs[win.index] = win.paste(win.logits.sigmoid(), size)
         return probs

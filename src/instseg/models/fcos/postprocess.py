@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from instseg.models.fcos.head import ltrb_to_boxes
-from instseg.models.nms import fast_nms_boxes
+from instseg.models.nms import class_wise_nms, fast_nms_boxes
 from instseg.models.postprocess import MaskAssembly, assemble_detections
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def select_detections(
         survive = fast_nms_boxes(boxes[locs], labels, rules.nms_threshold)
         kept = torch.nonzero(survive).flatten()[: rules.detections_per_image]
     else:
-        kept = batched_nms(boxes[locs], cand, labels, rules.nms_threshold)[: rules.detections_per_image]
+        kept = class_wise_nms(boxes[locs], cand, labels, rules.nms_threshold)[: rules.detections_per_image]
     return locs[kept], labels[kept], cand[kept]
 
 

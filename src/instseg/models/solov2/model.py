@@ -97,6 +97,15 @@ def nuclei_preset() -> SOLOv2Config:
     )
 
 
+def rounded_ratio(a: int, b: float) -> int:
+    """``round(a / b)`` (ties to even, as Python rounds) with ``floor`` and integer arithmetic only,
+    so that an exported graph computes it from a symbolic size."""
+    x = a / b
+    up = math.floor(x + 0.5)  # ties rounded up
+    tie = math.floor(up - x + 0.5)  # up - x lies in (-0.5, 0.5]: 1 exactly at a tie
+    return up - tie * (up - (up // 2) * 2)  # a tie that went up to an odd number goes back down
+
+
 def coord_channels(x: Tensor) -> Tensor:
     """Normalised x and y in [-1, 1], one channel each (CoordConv)."""
     b, _, h, w = x.shape
@@ -209,10 +218,13 @@ class SOLOv2(SegmentationModel):
         self.mask_features = MaskFeatures(cfg)
 
     def grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
-        return [(max(1, round(padded[0] / c)), max(1, round(padded[1] / c))) for c in self.cfg.grid_cells]
+        return [
+            (torch.sym_max(1, rounded_ratio(padded[0], c)), torch.sym_max(1, rounded_ratio(padded[1], c)))
+            for c in self.cfg.grid_cells
+        ]
 
     def network(self, pixels: Tensor) -> SOLOv2Outputs:
-        padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        padded = (pixels.shape[-2], pixels.shape[-1])
         features = list(self.backbone(pixels).values())  # P2..P6
         cate, kernels = [], []
         for level, (feature, grid) in enumerate(zip(features, self.grids(padded), strict=True)):

@@ -66,9 +66,8 @@ class SOLOv2Postprocessor(nn.Module):
         grids = [(c.shape[-2], c.shape[-1]) for c in cate]
         cells, labels = torch.nonzero(scores > cfg.score_threshold, as_tuple=True)
         cand = scores[cells, labels]
-        if len(cand) > cfg.pre_nms_top:
-            top = torch.topk(cand, cfg.pre_nms_top).indices
-            cells, labels, cand = cells[top], labels[top], cand[top]
+        top = torch.topk(cand, torch.sym_min(cfg.pre_nms_top, cand.shape[0])).indices
+        cells, labels, cand = cells[top], labels[top], cand[top]
         soft = self.masks.logits(kerns[cells], cells, grids, mask_feats).sigmoid()
         hard = soft > cfg.mask_threshold
         keep = hard.flatten(1).sum(1).float() > min_area[cells]

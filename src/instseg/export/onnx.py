@@ -1,0 +1,200 @@
+"""ONNX export of a checkpoint, whole pipeline inside, and a predictor that runs the file with ONNX Runtime.
+
+The graph is ``ImageGraph``: RGB bytes ``[H, W, 3]`` of any size in, the
+final ``boxes``, ``labels``, ``scores`` and bool ``masks [N, H, W]`` out. It is
+made by PyTorch's ``torch.export``-based exporter with the image's height and
+width symbolic, so nothing is specialised to the example image. The model's
+metadata (``onnx`` ``metadata_props``) carries what a user of the file needs
+without instseg: the category list, the preprocessing, the family, its config
+and the instseg version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from instseg.errors import InstsegError
+from instseg.export.graph import OUTPUT_NAMES, ImageGraph
+from instseg.models.fusion import inference_model
+from instseg.predictor import Predictor, model_from_checkpoint
+from instseg.structures import Category
+from instseg.version import __version__
+
+EXPORTABLE = (
+    "yolact",
+    "condinst",
+    "solov2",
+    "mask2former",
+)  # families whose postprocessor runs inside a graph
+INPUT_NAME = "image"
+MAX_SIDE = 2**15  # the graph's bound on either image side
+OPSET = 18
+
+
+class ExportError(InstsegError):
+    """A model that cannot be exported, or an export that failed."""
+
+
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, min_score: float | None = None, opset: int = OPSET
+) -> Path:
+    """Write ``checkpoint`` as one ONNX graph at ``out`` (atomically) and return its path.
+
+    ``min_score`` raises the family's candidate score threshold, as ``predict --min-score`` does:
+    fewer candidates get a full-size mask, and the graph's peak memory (N x H x W floats for N
+    detections) falls with them. Without it the graph returns what the eager model returns.
+    """
+    model, meta, config, categories = model_from_checkpoint(
+        checkpoint, _score_override(checkpoint, min_score)
+    )
+    family = meta["family"]
+    if family not in EXPORTABLE:
+        raise ExportError(
+            f"{checkpoint}: exporting {family} models is not supported yet "
+            f"(exportable families: {', '.join(EXPORTABLE)})"
+        )
+    graph = ImageGraph(inference_model(model)).eval()
+    example = torch.randint(
+        0, 256, (256, 320, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    height = torch.export.Dim("height", min=2, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=2, max=MAX_SIDE)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp")
+    try:
+        logging.disable(logging.INFO)  # the exporter and its graph optimiser log every rewrite
+        with (
+            warnings.catch_warnings(),
+            torch.no_grad(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                dynamo=True,
+                dynamic_shapes={INPUT_NAME: {0: height, 1: width}},
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+                verbose=False,
+            )
+        program.model.metadata_props.update(_metadata(meta, graph, categories, config))
+        program.save(str(temporary))
+        os.replace(temporary, out)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        temporary.unlink(missing_ok=True)
+        raise ExportError(
+            f"{checkpoint}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
+    finally:
+        logging.disable(logging.NOTSET)
+    return out
+
+
+def _score_override(checkpoint: str | Path, min_score: float | None) -> dict[str, Any]:
+    if min_score is None:
+        return {}
+    from instseg.engine.checkpoint import load_meta
+
+    stored = load_meta(checkpoint)["model_config"].get("score_threshold")
+    return {"score_threshold": min_score} if isinstance(stored, int | float) and stored < min_score else {}
+
+
+def _metadata(
+    meta: dict[str, Any], graph: ImageGraph, categories: list[Category], config: Any
+) -> dict[str, str]:
+    transform = graph.model.transform
+    preprocessing = {
+        "input": "uint8 [height, width, 3] RGB",
+        "scale": transform.scale,
+        "min_size": transform.min_size[-1],
+        "max_size": transform.max_size,
+        "mean": list(transform.image_mean),
+        "std": list(transform.image_std),
+        "pad_to_multiple_of": transform.size_divisible,
+    }
+    outputs = {
+        "boxes": "float32 [N, 4] xyxy in input pixels",
+        "labels": "int64 [N], 1-based index into categories",
+        "scores": "float32 [N], descending",
+        "masks": "bool [N, height, width]",
+    }
+    return {
+        "instseg_version": __version__,
+        "family": meta["family"],
+        "categories": json.dumps([vars(c) for c in categories]),
+        "preprocessing": json.dumps(preprocessing),
+        "outputs": json.dumps(outputs),
+        "model_config": json.dumps(meta["model_config"] | _config_fields(config)),
+    }
+
+
+def _config_fields(config: Any) -> dict[str, Any]:
+    """The config as built (overrides applied), in JSON types."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+class OnnxModel(nn.Module):
+    """An exported graph behind the model contract: ``model(images)`` -> one output dict per image.
+
+    ``images`` are float ``[3, H, W]`` in [0, 1], as every instseg model takes them; the graph's
+    input is their bytes.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ExportError("running ONNX models needs onnxruntime: pip install 'instseg[onnx]'") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unreadable or invalid files
+            raise ExportError(
+                f"{path}: not an ONNX model ONNX Runtime can load ({str(exc).splitlines()[0]})"
+            ) from None
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        if "categories" not in self.metadata or "family" not in self.metadata:
+            raise ExportError(f"{path}: not an instseg export (its metadata has no categories or family)")
+        self.path = Path(path)
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        return [self.image(im) for im in images]
+
+    def image(self, image: Tensor) -> dict[str, Tensor]:
+        pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+        boxes, labels, scores, masks = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels.numpy()})
+        return {
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(labels),
+            "scores": torch.from_numpy(scores),
+            "masks": torch.from_numpy(np.asarray(masks, dtype=bool)),
+        }
+
+
+def onnx_predictor(path: str | Path, threads: int | None = None) -> Predictor:
+    """A ``Predictor`` (``predict``, ``categories``, ``inference``) over an exported graph."""
+    model = OnnxModel(path, threads)
+    categories = [Category(**c) for c in json.loads(model.metadata["categories"])]
+    config = json.loads(model.metadata.get("model_config", "{}"))
+    family = model.metadata["family"]
+    return Predictor(model, family, config, categories, "cpu", dict(model.metadata), inference=model)
