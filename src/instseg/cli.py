@@ -1,4 +1,4 @@
-"""``instseg <command>``: demo, train, eval, predict, data, import, export.
+"""``instseg <command>``: demo, train, eval, predict, data, import, export, serve.
 
 Training flags are generated from the config dataclasses: every field of
 ``TrainConfig`` and of the chosen family's config is a ``--flag``, and
@@ -136,6 +136,18 @@ def _parser() -> argparse.ArgumentParser:
         help="raise the candidate score threshold to this (fewer masks, less memory); "
         "default: the model's own threshold, so the graph returns what the model returns",
     )
+
+    sv = sub.add_parser("serve", help="serve a model over HTTP (JSON API, metrics and a web page at /)")
+    sv.add_argument(
+        "--checkpoint", "--model", dest="checkpoint", required=True, help=f"{MODEL_HELP}, or .onnx"
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="inference threads")
+    sv.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker before 503")
+    sv.add_argument("--max-upload-mb", type=float, default=32.0)
+    sv.add_argument("--min-score", type=float, default=0.5, help="default score_threshold of /v1/predict")
+    sv.add_argument("--device", default="auto")
     return parser
 
 
@@ -366,6 +378,22 @@ def _predict(args: argparse.Namespace) -> int:
     return _report_failures(images.failures or [], out)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from instseg.serve.app import ServeConfig, create_app
+    except ImportError as exc:
+        raise InstsegError(f"instseg serve needs its extra: pip install 'instseg[serve]' ({exc})") from None
+    from instseg.api import load
+
+    config = ServeConfig(args.workers, args.queue, int(args.max_upload_mb * 2**20), min_score=args.min_score)
+    app = create_app(load(args.checkpoint, args.device), config)
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (web page), /v1/predict, /metrics")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _report_failures(failures: list[str], out: Path) -> int:
     """Exit status 1 and ``failures.txt`` when some inputs could not be read; everything else is written."""
     if not failures:
@@ -424,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from instseg.data.commands import run_data
 
             return run_data(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "export":
             from instseg.export.onnx import export_onnx
 

@@ -73,6 +73,13 @@ class Instances:
         )
 
     @property
+    def category_ids(self) -> list[int]:
+        """The dataset's category id of each instance (its label when there are no categories)."""
+        return [
+            self.categories[i - 1].id if 0 < i <= len(self.categories) else i for i in self.labels.tolist()
+        ]
+
+    @property
     def category_names(self) -> list[str]:
         return [
             self.categories[i - 1].name if 0 < i <= len(self.categories) else str(i)

@@ -6,6 +6,7 @@ import glob
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -28,6 +29,10 @@ def max_pixels() -> int:
         raise DataError(f"INSTSEG_MAX_PIXELS={value!r}: not an integer") from None
 
 
+class ImageTooLarge(DataError):
+    """An image over the pixel limit (or PIL's decompression-bomb limit), refused before decoding."""
+
+
 def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Load an image as uint8 ``[3, H, W]`` RGB, upright per its EXIF orientation.
 
@@ -38,26 +43,33 @@ def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
+    return decode_image(path, str(path), expected_size)
+
+
+def decode_image(
+    source: Path | BinaryIO, name: str, expected_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """``read_image`` of a path or an open binary file (an upload); ``name`` is what errors call it."""
     try:
-        with Image.open(path) as raw:
+        with Image.open(source) as raw:
             if raw.width * raw.height > max_pixels():
-                raise DataError(
-                    f"{path}: image is {raw.width}x{raw.height}, more than the limit of {max_pixels()} "
+                raise ImageTooLarge(
+                    f"{name}: image is {raw.width}x{raw.height}, more than the limit of {max_pixels()} "
                     f"pixels ({PIXEL_LIMIT_HINT})"
                 )
             im = ImageOps.exif_transpose(raw)
             if expected_size is not None and (im.height, im.width) != tuple(expected_size):
                 if (raw.height, raw.width) != tuple(expected_size):
                     raise DataError(
-                        f"{path}: image is {im.width}x{im.height} but the annotations say "
+                        f"{name}: image is {im.width}x{im.height} but the annotations say "
                         f"{expected_size[1]}x{expected_size[0]}"
                     )
                 im = raw
             array = _to_rgb_array(im)
     except Image.DecompressionBombError as exc:  # PIL's own limit, checked when the file is opened
-        raise DataError(f"{path}: refused: {exc}") from None
+        raise ImageTooLarge(f"{name}: refused: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+        raise DataError(f"{name}: cannot read image ({exc})") from None
     return torch.from_numpy(np.array(array, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 

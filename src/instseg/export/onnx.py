@@ -94,15 +94,37 @@ def export_onnx(
             )
         program.model.metadata_props.update(_metadata(meta, graph, categories, config))
         program.save(str(temporary))
+        _check_against_eager(temporary, graph)
         os.replace(temporary, out)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except (RuntimeError, ValueError, TypeError, ExportError) as exc:
         temporary.unlink(missing_ok=True)
+        if isinstance(exc, ExportError):
+            raise
         raise ExportError(
             f"{checkpoint}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from exc
     finally:
         logging.disable(logging.NOTSET)
     return out
+
+
+def _check_against_eager(path: Path, graph: ImageGraph) -> None:
+    """Run the written graph once on an image of another size and shape than the example: a size that
+    the exporter fixed by mistake fails here, not in a user's hands."""
+    image = torch.randint(0, 256, (97, 131, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    try:
+        got = OnnxModel(path).session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
+    except Exception as exc:  # ONNX Runtime's own error types
+        raise ExportError(
+            f"the exported graph fails on a 97x131 image ({str(exc).splitlines()[0]})"
+        ) from None
+    with torch.no_grad():
+        expected = graph(image)
+    if got[3].shape != tuple(expected[3].shape):
+        raise ExportError(
+            f"the exported graph disagrees with the model on a 97x131 image: masks {got[3].shape}, "
+            f"expected {tuple(expected[3].shape)}"
+        )
 
 
 def _score_override(checkpoint: str | Path, min_score: float | None) -> dict[str, Any]:

@@ -41,17 +41,19 @@ class ResizeNormalize(GeneralizedRCNNTransform):
         """The size an image of ``height`` x ``width`` is resized to at inference.
 
         Written with ``torch.sym_*`` so that an exported graph computes the same
-        size from its input's symbolic shape; fixed scales round half up.
+        size from its input's symbolic shape; fixed scales round half up. The
+        outer ``sym_min`` with ``max_size`` changes no value (the factor already
+        caps the longer side) but tells the exporter the bound.
         """
         if self.scale is None:  # torchvision's rule: floor(side x factor)
             factor = torch.sym_min(
                 self.min_size[-1] / torch.sym_min(height, width), self.max_size / torch.sym_max(height, width)
             )
-            return math.floor(height * factor), math.floor(width * factor)
-        factor = torch.sym_min(self.scale, self.max_size / torch.sym_max(height, width))
-        return torch.sym_max(1, math.floor(height * factor + 0.5)), torch.sym_max(
-            1, math.floor(width * factor + 0.5)
-        )
+            sides = (math.floor(height * factor), math.floor(width * factor))
+        else:
+            factor = torch.sym_min(self.scale, self.max_size / torch.sym_max(height, width))
+            sides = (math.floor(height * factor + 0.5), math.floor(width * factor + 0.5))
+        return tuple(torch.sym_min(self.max_size, torch.sym_max(1, side)) for side in sides)
 
     def resize_to(
         self,

@@ -107,10 +107,11 @@ def rounded_ratio(a: int, b: float) -> int:
 
 
 def coord_channels(x: Tensor) -> Tensor:
-    """Normalised x and y in [-1, 1], one channel each (CoordConv)."""
+    """Normalised x and y in [-1, 1], one channel each (CoordConv). ``linspace``'s values, by ``arange``:
+    an export would fix ``linspace``'s length to the example image's."""
     b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype) * (2.0 / torch.sym_max(h - 1, 1)) - 1
+    xs = torch.arange(w, device=x.device, dtype=x.dtype) * (2.0 / torch.sym_max(w - 1, 1)) - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx, gy])[None].expand(b, -1, -1, -1)
 

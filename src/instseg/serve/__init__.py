@@ -1,0 +1,1 @@
+"""``instseg serve``: a model behind HTTP (FastAPI + uvicorn), with a web page at ``/``."""
