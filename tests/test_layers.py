@@ -24,6 +24,7 @@ LAYERS = [
     {"engine"},
     {"importers", "predictor"},
     {"prompt_predictor"},
+    {"export", "serve"},
     {"api"},
     {"demo"},
     {"cli", "__init__"},

@@ -202,7 +202,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         }
 
     @app.post("/v1/predict")
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request) -> JSONResponse:
         upload, options = await _read_form(request)
         threshold = _score_threshold(options.get("score_threshold"), config.min_score)
         masks = options.get("masks", "rle")
@@ -215,7 +215,8 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         metrics.queue.set(max(state["in_flight"] - config.workers, 0))
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, _infer, predictor, image, threshold, masks, metrics)
+            out = await loop.run_in_executor(executor, _infer, predictor, image, threshold, masks, metrics)
+            return JSONResponse(out)  # plain JSON types already: FastAPI's encoder walk is skipped
         finally:
             state["in_flight"] -= 1
             metrics.queue.set(max(state["in_flight"] - config.workers, 0))
