@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from instseg.masks import class_maps, downsample_masks
 from instseg.models.conv_tower import conv_tower
 from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_parameters
-from instseg.models.fcos.head import level_ranges
 from instseg.models.fcos.model import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel, FCOSOutputs, level_strides
 from instseg.models.fcos.targets import PointTargets, feature_locations
 from instseg.models.losses import dice_loss, focal_loss_sum
@@ -126,11 +125,8 @@ class DynamicMasks(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.strides = strides
-        self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
-        self.upper_bounds = [
-            *cfg.size_bounds,
-            math.inf,
-        ]  # per level, in Python: an export never reads a buffer
+        # each level's upper size bound, kept in Python: an exported graph must not read it from a buffer
+        self.upper_bounds = [*cfg.size_bounds, math.inf]
         soi = [*cfg.size_bounds, 2 * cfg.size_bounds[-1]]
         self.register_buffer("soi", torch.tensor(soi), persistent=False)
 

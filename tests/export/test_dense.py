@@ -1,0 +1,51 @@
+"""The dense forms that exported graphs take give what the eager code gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instseg.masks import masks_to_boxes
+from instseg.models.postprocess import dense_probs_at_input, masks_at_input, tight_boxes
+from instseg.models.solov2.model import rounded_ratio
+from instseg.models.transform import ResizeNormalize
+
+
+@pytest.mark.parametrize(
+    ("resized", "original"), [((96, 128), (64, 85)), ((61, 83), (61, 83)), ((128, 96), (200, 150))]
+)
+@pytest.mark.parametrize("clip", [False, True])
+def test_dense_resampling_thresholds_to_the_eager_masks(resized, original, clip):
+    g = torch.Generator().manual_seed(0)
+    padded = ((resized[0] + 31) // 32 * 32 // 4, (resized[1] + 31) // 32 * 32 // 4)
+    probs = torch.nn.functional.avg_pool2d(torch.rand(6, 1, padded[0] + 2, padded[1] + 2, generator=g), 3, 1)[
+        :, 0
+    ]
+    boxes = None
+    if clip:
+        corner = torch.rand(6, 2, generator=g) * torch.tensor([original[1], original[0]]) * 0.6
+        boxes = torch.cat([corner, corner + torch.tensor([original[1], original[0]]) * 0.4], 1)
+    eager = masks_at_input(probs, resized, original, 0.5, 4, boxes)
+    dense = dense_probs_at_input(probs, resized, original, 4, boxes) > 0.5
+    assert eager.any() and eager.shape == dense.shape
+    assert (eager != dense).float().mean() <= 1e-4  # float rounding right at the threshold only
+
+
+def test_rounded_ratio_rounds_as_python_does():
+    for b in (8.0, 12.4, 16.0, 22.2, 32.0, 64.0, 66.7, 3):
+        assert [rounded_ratio(a, b) for a in range(1, 800)] == [round(a / b) for a in range(1, 800)]
+
+
+def test_output_size_follows_torchvision_and_the_fixed_scale():
+    shorter = ResizeNormalize(448, 768, None)
+    assert shorter.output_size(96, 128) == (448, 597)  # floor(128 x 448 / 96)
+    assert shorter.output_size(100, 1000) == (76, 768)  # the longer side capped
+    fixed = ResizeNormalize(800, 2048, 1.5)
+    assert fixed.output_size(61, 83) == (92, 125)  # 91.5 rounds up, 124.5 too
+    assert fixed.output_size(4000, 10) == (2048, 5)
+
+
+def test_tight_boxes_equal_masks_to_boxes_on_non_empty_masks():
+    masks = torch.rand(20, 30, 40, generator=torch.Generator().manual_seed(2)) > 0.97
+    masks = masks[masks.flatten(1).any(1)]
+    assert torch.equal(tight_boxes(masks), masks_to_boxes(masks))
