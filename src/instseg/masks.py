@@ -47,15 +47,20 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     cols = masks.any(dim=1)
     nonempty = rows.any(dim=1)
     if nonempty.any():
-        r, c = rows[nonempty].float(), cols[nonempty].float()
-        ar_h = torch.arange(masks.shape[1], dtype=torch.float32)
-        ar_w = torch.arange(masks.shape[2], dtype=torch.float32)
-        y0 = torch.where(r > 0, ar_h, float("inf")).amin(1)
-        y1 = torch.where(r > 0, ar_h, -1.0).amax(1) + 1
-        x0 = torch.where(c > 0, ar_w, float("inf")).amin(1)
-        x1 = torch.where(c > 0, ar_w, -1.0).amax(1) + 1
-        boxes[nonempty] = torch.stack([x0, y0, x1, y1], 1)
+        boxes[nonempty] = boxes_from_extents(rows[nonempty], cols[nonempty]).cpu()
     return boxes
+
+
+def boxes_from_extents(rows: Tensor, cols: Tensor) -> Tensor:
+    """xyxy boxes (exclusive right/bottom edge) of masks given which of their rows ``[N, H]`` and
+    columns ``[N, W]`` hold a pixel; every mask must hold one. No branch, so graphs export it."""
+    ys = torch.arange(rows.shape[1], dtype=torch.float32, device=rows.device)
+    xs = torch.arange(cols.shape[1], dtype=torch.float32, device=cols.device)
+    y0 = torch.where(rows, ys, float("inf")).amin(1)
+    y1 = torch.where(rows, ys, -1.0).amax(1) + 1
+    x0 = torch.where(cols, xs, float("inf")).amin(1)
+    x1 = torch.where(cols, xs, -1.0).amax(1) + 1
+    return torch.stack([x0, y0, x1, y1], 1)
 
 
 def mass_centres(masks: Tensor, boxes: Tensor) -> Tensor:

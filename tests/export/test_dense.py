@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instseg.masks import masks_to_boxes
-from instseg.models.postprocess import dense_probs_at_input, masks_at_input, tight_boxes
+from instseg.masks import boxes_from_extents, masks_to_boxes
+from instseg.models.postprocess import dense_probs_at_input, masks_at_input
 from instseg.models.solov2.model import rounded_ratio
 from instseg.models.transform import ResizeNormalize
 
@@ -45,7 +45,11 @@ def test_output_size_follows_torchvision_and_the_fixed_scale():
     assert fixed.output_size(4000, 10) == (2048, 5)
 
 
-def test_tight_boxes_equal_masks_to_boxes_on_non_empty_masks():
-    masks = torch.rand(20, 30, 40, generator=torch.Generator().manual_seed(2)) > 0.97
-    masks = masks[masks.flatten(1).any(1)]
-    assert torch.equal(tight_boxes(masks), masks_to_boxes(masks))
+def test_boxes_from_extents_are_the_tight_boxes_and_empty_masks_get_zeros():
+    masks = torch.zeros(3, 30, 40, dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True
+    masks[2, 29, 39] = True
+    expected = torch.tensor([[3.0, 2, 9, 5], [0, 0, 0, 0], [39, 29, 40, 30]])
+    assert torch.equal(masks_to_boxes(masks), expected)
+    some = masks[[0, 2]]
+    assert torch.equal(boxes_from_extents(some.any(2), some.any(1)), expected[[0, 2]])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import resize_boxes
 
-from instseg.masks import any_pixel, masks_to_boxes
+from instseg.masks import any_pixel, boxes_from_extents, masks_to_boxes
 
 MASK_STRIDE = 4  # SOLOv2, CondInst, YOLACT and Mask2Former predict masks at 1/4 of the (padded) input
 MASK_CACHE_BYTES = 256 * 2**20  # low-resolution mask probabilities kept between assembly's two passes
@@ -270,19 +270,6 @@ def dense_probs_at_input(
     return rows @ probs[:, :valid_h, :valid_w] @ cols.transpose(-1, -2)
 
 
-def tight_boxes(masks: Tensor) -> Tensor:
-    """xyxy boxes (exclusive right/bottom edge) of non-empty bool masks, with no data-dependent branch."""
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    ys = torch.arange(masks.shape[1], device=masks.device, dtype=torch.float32)[None]
-    xs = torch.arange(masks.shape[2], device=masks.device, dtype=torch.float32)[None]
-    big = float(2**30)
-    y0 = torch.where(rows, ys, big).amin(1)
-    y1 = torch.where(rows, ys, -1.0).amax(1) + 1
-    x0 = torch.where(cols, xs, big).amin(1)
-    x1 = torch.where(cols, xs, -1.0).amax(1) + 1
-    return torch.stack([x0, y0, x1, y1], 1)
-
-
 def _dense_detections_from_masks(
     probs: Tensor,
     labels: Tensor,
@@ -294,7 +281,10 @@ def _dense_detections_from_masks(
     values = dense_probs_at_input(probs, resized, original)
     keep = torch.nonzero(values.flatten(1).amax(1) > threshold).flatten()
     masks = (values > threshold).index_select(0, keep)  # bytes copied, not floats; Gather, not GatherND
-    return {"boxes": tight_boxes(masks), "labels": labels[keep] + 1, "scores": scores[keep], "masks": masks}
+    # extents from float maxima: ONNX Runtime reduces floats far faster than it casts bools to reduce them
+    rows, cols = values.amax(dim=2) > threshold, values.amax(dim=1) > threshold
+    boxes = boxes_from_extents(rows.index_select(0, keep), cols.index_select(0, keep))
+    return {"boxes": boxes, "labels": labels[keep] + 1, "scores": scores[keep], "masks": masks}
 
 
 def _dense_assembly(
