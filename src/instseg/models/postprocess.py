@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection.transform import resize_boxes
 
 from instseg.masks import any_pixel, boxes_from_extents, masks_to_boxes
 
@@ -180,6 +179,14 @@ def detections_from_masks(
     }
 
 
+def boxes_at_input(boxes: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
+    """xyxy boxes on the resized image, clipped to it and scaled to the input's pixels; written with
+    the sizes as plain numbers, so that an exported graph computes it from symbolic ones."""
+    xs = boxes[:, 0::2].clamp(min=0).clamp(max=resized[1]) * (original[1] / resized[1])
+    ys = boxes[:, 1::2].clamp(min=0).clamp(max=resized[0]) * (original[0] / resized[0])
+    return torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], 1)
+
+
 def assemble_detections(
     mask_probs: Callable[[Tensor], Tensor],
     boxes: Tensor,
@@ -203,10 +210,7 @@ def assemble_detections(
     """
     if torch.compiler.is_exporting():
         return _dense_assembly(mask_probs, boxes, labels, scores, resized, original, assembly)
-    boxes = boxes.clone()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, resized[1])
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, resized[0])
-    boxes = resize_boxes(boxes, resized, original)
+    boxes = boxes_at_input(boxes, resized, original)
     kept: list[Tensor] = []  # the rescoring pass's probabilities, reused while they fit the budget
     if assembly.rescore and len(boxes):
         quality, fits = [], True
@@ -296,15 +300,7 @@ def _dense_assembly(
     original: tuple[int, int],
     assembly: MaskAssembly,
 ) -> dict[str, Tensor]:
-    boxes = torch.stack(
-        [
-            boxes[:, 0].clamp(min=0).clamp(max=resized[1]) * (original[1] / resized[1]),
-            boxes[:, 1].clamp(min=0).clamp(max=resized[0]) * (original[0] / resized[0]),
-            boxes[:, 2].clamp(min=0).clamp(max=resized[1]) * (original[1] / resized[1]),
-            boxes[:, 3].clamp(min=0).clamp(max=resized[0]) * (original[0] / resized[0]),
-        ],
-        1,
-    )
+    boxes = boxes_at_input(boxes, resized, original)
     probs = mask_probs(torch.arange(boxes.shape[0], device=boxes.device))
     if assembly.rescore:
         scores = scores * maskness(probs, assembly.threshold)
