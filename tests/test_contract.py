@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 import torch
 
+from instseg.cropped_masks import CroppedMasks, cropped_masks
 from instseg.masks import any_pixel, masks_to_boxes
 from instseg.models.build import FAMILIES, build_model, model_config
 from instseg.models.fcos.head import FCOSHead
@@ -83,6 +84,20 @@ def test_inference_output_contract(name, preset):
         assert (boxes[:, 2:] >= boxes[:, :2]).all()
         if FAMILIES[name].boxes == "mask":
             assert torch.equal(boxes, masks_to_boxes(out["masks"]))
+
+
+@pytest.mark.parametrize(("name", "preset"), [p for p in PAIRS if p[0] != "sam"])
+def test_cropped_masks_are_the_dense_masks_cut_to_boxes(name, preset):
+    model = _model(name, preset).eval()
+    images = [torch.rand(3, *size) for size in SIZES]
+    with torch.no_grad():
+        dense = model(images)
+        with cropped_masks():
+            cropped = model(images)
+    for d, c in zip(dense, cropped, strict=True):
+        assert isinstance(c["masks"], CroppedMasks) and len(c["masks"]) == len(d["scores"]) > 0
+        assert torch.equal(c["masks"].dense(), d["masks"])
+        assert all(torch.equal(c[k], d[k]) for k in ("boxes", "labels", "scores"))
 
 
 @pytest.mark.parametrize(("name", "preset"), PAIRS)

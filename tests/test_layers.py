@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "instseg"
 LAYERS = [
     {"errors", "version"},
     {"config"},
+    {"cropped_masks"},
     {"masks"},
     {"structures"},
     {"measurements"},

@@ -14,10 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from instseg.cropped_masks import CroppedMasks
 
-def encode_masks(masks: Tensor, chunk_bytes: int = 2**27) -> list[dict[str, Any]]:
-    """Compressed RLE of each bool mask ``[N, H, W]``; counts are str so the result is JSON-ready.
-    Encoded a chunk of about ``chunk_bytes`` at a time (pycocotools wants a Fortran-ordered copy)."""
+
+def encode_masks(masks: Tensor | CroppedMasks, chunk_bytes: int = 2**27) -> list[dict[str, Any]]:
+    """Compressed RLE of each bool mask ``[N, H, W]`` (or of ``CroppedMasks``, from their crops); counts
+    are str so the result is JSON-ready. Dense masks are encoded a chunk of about ``chunk_bytes`` at a
+    time (pycocotools wants a Fortran-ordered copy)."""
+    if isinstance(masks, CroppedMasks):
+        return masks.to_rle()
     rles: list[dict[str, Any]] = []
     chunk = max(1, chunk_bytes // max(masks.shape[-2] * masks.shape[-1], 1))
     for start in range(0, masks.shape[0], chunk):

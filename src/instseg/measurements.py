@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from instseg.cropped_masks import to_cropped
 from instseg.errors import DataError
 from instseg.structures import Instances
 
@@ -40,20 +41,24 @@ COLUMNS = (
 
 def label_image(instances: Instances) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels [H, W] int64, kept [M])``: the id of each pixel's best-scored object, 0 where none, and
-    the indices into ``instances`` of the objects ids 1..M stand for."""
-    masks = instances.masks
-    if len(instances) == 0:
-        return torch.zeros(instances.image_size, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    the indices into ``instances`` of the objects ids 1..M stand for.
+
+    Painted crop by crop, worst score first, so no full-size mask per object is needed."""
+    labels = torch.zeros(instances.image_size, dtype=torch.int64)
+    n = len(instances)
+    if n == 0:
+        return labels, torch.zeros(0, dtype=torch.int64)
     order = torch.argsort(instances.scores, descending=True, stable=True)
-    in_order = bool((order == torch.arange(len(order))).all())  # the contract's order: no copy needed
-    ranked = (masks if in_order else masks[order]).view(torch.uint8)
-    best = ranked.argmax(0)  # the first (best-scored) object covering each pixel
-    covered = ranked.amax(0) > 0
-    visible = torch.zeros(len(order), dtype=torch.bool)
-    visible[best[covered].unique()] = True
+    masks = to_cropped(instances.masks)
+    origins = masks.origins.tolist()
+    for rank in range(n - 1, -1, -1):  # the better-scored object is painted later, on top
+        i = int(order[rank])
+        crop, (x0, y0) = masks.crops[i], origins[i]
+        labels[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]][crop.cpu()] = rank + 1
+    visible = torch.bincount(labels.flatten(), minlength=n + 1) > 0
+    visible[0] = False
     new_id = torch.cumsum(visible, 0) * visible  # consecutive ids over the objects that keep pixels
-    labels = torch.where(covered, new_id[best], 0)
-    return labels, order[visible]
+    return new_id[labels], order[visible[1:]]
 
 
 def measure(

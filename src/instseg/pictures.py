@@ -63,19 +63,21 @@ def overlay(
     if len(instances) == 0:
         return canvas
     colors = torch.tensor(distinct_colors(len(instances)), dtype=torch.float32)
-    palette = torch.cat([torch.zeros(1, 3), colors[kept]])[labels].permute(2, 0, 1)  # [3, H, W]
+    palette = torch.cat([torch.zeros(1, 3), colors[kept]]).T.contiguous()  # [3, M + 1]: colour of each id
     inside = labels > 0
-    blended = canvas.float() * (1 - alpha) + palette * alpha
-    padded = torch.nn.functional.pad(labels[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
-    centre = padded[1:-1, 1:-1]
-    edge = inside & (
-        (padded[:-2, 1:-1] != centre)
-        | (padded[2:, 1:-1] != centre)
-        | (padded[1:-1, :-2] != centre)
-        | (padded[1:-1, 2:] != centre)
-    )
-    out = torch.where(inside, blended, canvas.float())
-    out = torch.where(edge, palette, out).round().to(torch.uint8)
+    # a contour pixel has a 4-neighbour of another id (the image's border counts as the same id)
+    edge = torch.zeros_like(inside)
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge &= inside
+    out = torch.empty_like(canvas)
+    for c in range(3):  # a channel at a time: a few full-size temporaries, not a dozen
+        colour = palette[c][labels]
+        blended = canvas[c].float().mul_(1 - alpha).add_(colour * alpha)
+        channel = torch.where(inside, blended, canvas[c].float())
+        out[c] = torch.where(edge, colour, channel).round_().to(torch.uint8)
     if boxes:
         names = instances.category_names
         text = [f"{n} {s:.2f}" for n, s in zip(names, instances.scores.tolist(), strict=True)]

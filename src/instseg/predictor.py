@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from instseg.cropped_masks import cropped_masks
 from instseg.data.images import read_image
 from instseg.engine import checkpoint as ckpt
 from instseg.engine.device import resolve_device
@@ -117,13 +119,17 @@ class Predictor:
         images: ImageLike | Sequence[ImageLike],
         batch_size: int = 1,
         min_score: float | None = None,
+        cropped: bool = False,
     ) -> Instances | list[Instances]:
+        """``cropped``: keep each mask as the crop of its box (``CroppedMasks``), not bool ``[N, H, W]``;
+        what large images with many objects need (RLE, label images and overlays take either)."""
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         out: list[Instances] = []
         for start in range(0, len(items), batch_size):
             batch = [to_image_tensor(im) for im in items[start : start + batch_size]]
-            outputs = self.inference([im.to(self.device) for im in batch])
+            with cropped_masks() if cropped else nullcontext():
+                outputs = self.inference([im.to(self.device) for im in batch])
             for image, o in zip(batch, outputs, strict=True):
                 inst = Instances.from_output(o, tuple(image.shape[-2:]), self.categories)
                 out.append(inst if min_score is None else inst[inst.scores >= min_score])

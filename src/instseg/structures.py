@@ -2,9 +2,10 @@
 
 Records only: the mask arithmetic lives in ``masks.py`` and the models' mask
 assembly in ``models/postprocess.py``. Masks leave a model as bool
-``[N, H, W]``; anything that keeps or ships them (results files, evaluation)
-turns them into RLE right away, so a folder of large images never holds a
-stack of full-resolution masks.
+``[N, H, W]``, or as box crops (``CroppedMasks``) inside ``cropped_masks()``,
+as prediction and evaluation ask for them; anything that keeps or ships them
+(results files, evaluation) turns them into RLE right away, so a folder of
+large images never holds a stack of full-resolution masks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from instseg.cropped_masks import CroppedMasks
 from instseg.masks import encode_masks
 
 
@@ -36,7 +38,7 @@ class Instances:
     boxes: Tensor  # float [N, 4] xyxy
     labels: Tensor  # int64 [N], 1..K
     scores: Tensor  # float [N]
-    masks: Tensor  # bool [N, H, W]
+    masks: Tensor | CroppedMasks  # bool [N, H, W], or each the crop of its box
     image_size: tuple[int, int]  # (H, W)
     categories: Sequence[Category] = field(default_factory=tuple)
 
@@ -67,7 +69,7 @@ class Instances:
             boxes=output["boxes"].detach().float().cpu(),
             labels=output["labels"].detach().long().cpu(),
             scores=output["scores"].detach().float().cpu(),
-            masks=masks.detach().bool().cpu(),
+            masks=masks.cpu() if isinstance(masks, CroppedMasks) else masks.detach().bool().cpu(),
             image_size=image_size,
             categories=tuple(categories),
         )
@@ -86,12 +88,16 @@ class Instances:
             for i in self.labels.tolist()
         ]
 
+    def dense_masks(self) -> Tensor:
+        """Bool ``[N, H, W]``, made from the crops when the masks are kept cropped."""
+        return self.masks.dense() if isinstance(self.masks, CroppedMasks) else self.masks
+
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {
             "boxes": self.boxes.numpy(),
             "labels": self.labels.numpy(),
             "scores": self.scores.numpy(),
-            "masks": self.masks.numpy(),
+            "masks": self.dense_masks().numpy(),
         }
 
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ def test_dense_resampling_thresholds_to_the_eager_masks(resized, original, clip)
     if clip:
         corner = torch.rand(6, 2, generator=g) * torch.tensor([original[1], original[0]]) * 0.6
         boxes = torch.cat([corner, corner + torch.tensor([original[1], original[0]]) * 0.4], 1)
-    eager = masks_at_input(probs, resized, original, 0.5, 4, boxes)
+    eager = masks_at_input(probs, resized, original, 0.5, 4, boxes).dense()
     dense = dense_probs_at_input(probs, resized, original, 4, boxes) > 0.5
     assert eager.any() and eager.shape == dense.shape
     assert (eager != dense).float().mean() <= 1e-4  # float rounding right at the threshold only

@@ -141,7 +141,7 @@ class Blocking:
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def predict(self, image, min_score=None):
+    def predict(self, image, min_score=None, cropped=False):
         self.release.wait(timeout=30)
         empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "scores": torch.zeros(0)}
         return Instances.from_output(empty, tuple(image.shape[-2:]))

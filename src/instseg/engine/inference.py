@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from instseg.cropped_masks import cropped_masks
 from instseg.data.datasets import ImageListDataset, collate
 from instseg.masks import encode_masks
 from instseg.structures import Category, Instances, results_to_coco
@@ -44,6 +45,10 @@ def run_inference(
 ) -> InferenceRun:
     """COCO results (RLE masks) for every image; ``on_image`` sees each image's full Instances.
 
+    Masks come from the model as box crops (``cropped_masks()``), so a large
+    image with many objects never needs a full-size mask per object; ``on_image``
+    gets them so too (``Instances.dense_masks()`` makes the stack).
+
     ``model`` runs as given; pass ``Predictor.inference`` (or ``models.fusion.inference_model``'s
     copy) for BatchNorm folded and channels-last memory.
     """
@@ -60,7 +65,8 @@ def run_inference(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            outputs = model(batch)
+            with cropped_masks():
+                outputs = model(batch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             run.model_seconds += time.perf_counter() - start

@@ -27,7 +27,7 @@ def compare_instances(a: Instances, b: Instances) -> Parity:
         return Parity(False, 0.0, float("inf"), False)
     if len(a) == 0:
         return Parity(True, 1.0, 0.0, True)
-    fa, fb = a.masks.flatten(1).float(), b.masks.flatten(1).float()
+    fa, fb = a.dense_masks().flatten(1).float(), b.dense_masks().flatten(1).float()
     inter = fa @ fb.T
     iou = inter / (fa.sum(1)[:, None] + fb.sum(1)[None] - inter).clamp(min=1)
     score_gap = (a.scores[:, None] - b.scores[None, :]).abs()

@@ -29,7 +29,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
 from instseg.config import ModelConfig
-from instseg.masks import any_pixel
+from instseg.cropped_masks import as_requested
 from instseg.models.backbones import build_fpn_backbone, norm_layer
 from instseg.models.postprocess import paste_masks
 from instseg.models.transform import ResizeNormalize
@@ -139,11 +139,13 @@ class RoIMaskTransform(ResizeNormalize):
         for pred, size, original in zip(result, image_shapes, original_image_sizes, strict=True):
             pred["boxes"] = resize_boxes(pred["boxes"], size, original)
             if "masks" in pred:
-                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original, self.mask_threshold)
-                nonempty = any_pixel(pred["masks"])
+                masks = paste_masks(pred["masks"], pred["boxes"], original, self.mask_threshold)
+                nonempty = masks.nonempty().to(pred["boxes"].device)
                 if not bool(nonempty.all()):
-                    for key in ("boxes", "labels", "scores", "masks"):
+                    masks = masks[nonempty]
+                    for key in ("boxes", "labels", "scores"):
                         pred[key] = pred[key][nonempty]
+                pred["masks"] = as_requested(masks)
         return result
 
 

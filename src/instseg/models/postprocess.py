@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from instseg.masks import any_pixel, boxes_from_extents, masks_to_boxes
+from instseg.cropped_masks import CroppedMasks, as_requested
+from instseg.masks import boxes_from_extents
 
 MASK_STRIDE = 4  # SOLOv2, CondInst, YOLACT and Mask2Former predict masks at 1/4 of the (padded) input
 MASK_CACHE_BYTES = 256 * 2**20  # low-resolution mask probabilities kept between assembly's two passes
@@ -45,20 +46,23 @@ def maskness(probs: Tensor, threshold: float, hard: Tensor | None = None) -> Ten
 
 def paste_masks(
     mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5
-) -> Tensor:
-    """Paste per-box mask probabilities ``[N, (1,) M, M]`` into bool full-image masks ``[N, H, W]``.
+) -> CroppedMasks:
+    """Per-box mask probabilities ``[N, (1,) M, M]`` -> each mask at the image's pixels, as the bool crop
+    of its box.
 
     Same arithmetic as torchvision's ``paste_masks_in_image`` (one-pixel padding,
     bilinear resize to the box), but each mask is resized only to its box and
-    thresholded straight into a bool canvas: torchvision builds ``[N, 1, H, W]``
-    float, 2 GB for 500 detections on a 1024x1024 image.
+    thresholded straight to bool: torchvision builds ``[N, 1, H, W]`` float,
+    2 GB for 500 detections on a 1024x1024 image.
     """
     if mask_probs.dim() == 4:
         mask_probs = mask_probs[:, 0]
     height, width = image_size
-    out = torch.zeros((mask_probs.shape[0], height, width), dtype=torch.bool, device=mask_probs.device)
-    if mask_probs.shape[0] == 0:
-        return out
+    n = mask_probs.shape[0]
+    crops = [torch.zeros((0, 0), dtype=torch.bool, device=mask_probs.device)] * n
+    origins = torch.zeros((n, 2), dtype=torch.int64)
+    if n == 0:
+        return CroppedMasks(crops, origins, image_size)
     m = mask_probs.shape[-1]
     scale = (m + 2.0) / m
     padded = F.pad(mask_probs, (1, 1, 1, 1))
@@ -76,8 +80,9 @@ def paste_masks(
         resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[
             0, 0
         ]
-        out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
-    return out
+        crops[i] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+        origins[i] = torch.tensor((xa, ya))
+    return CroppedMasks(crops, origins, image_size)
 
 
 def upsample_masks(
@@ -86,24 +91,23 @@ def upsample_masks(
     image_size: tuple[int, int],
     threshold: float = 0.5,
     clip: Tensor | None = None,
-    out: Tensor | None = None,
-) -> Tensor:
-    """Mask probabilities ``[N, h, w]`` -> bool ``[N, H, W]``; ``scale`` is output px per input px.
+) -> CroppedMasks:
+    """Mask probabilities ``[N, h, w]`` -> binary masks of ``image_size`` as crops; ``scale`` is output
+    px per input px.
 
     The same values as bilinear ``F.interpolate`` of the whole map (align_corners
     False), but each mask is resampled only around where it exceeds the
     threshold: outside that box, plus one pixel, every bilinear sample mixes
     values below the threshold and stays below it. ``clip``: xyxy boxes in
     output pixels; pixels whose centre lies outside a mask's box stay False
-    (cut while resampling, not by a second full-size pass). ``out``: a zeroed
-    bool ``[N, H, W]`` to write into.
+    (cut while resampling, not by a second full-size pass).
     """
     n = probs.shape[0]
     height, width = image_size
-    if out is None:
-        out = torch.zeros((n, height, width), dtype=torch.bool, device=probs.device)
+    crops = [torch.zeros((0, 0), dtype=torch.bool, device=probs.device)] * n
+    origins = torch.zeros((n, 2), dtype=torch.int64)
     if n == 0:
-        return out
+        return CroppedMasks(crops, origins, image_size)
     sy, sx = scale
     h, w = probs.shape[-2:]
     above = probs > threshold
@@ -133,8 +137,9 @@ def upsample_masks(
         grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None].to(probs.dtype)
         crop = probs[i, fy0:fy1, fx0:fx1][None, None]
         sampled = F.grid_sample(crop, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out[i, uy0:uy1, ux0:ux1] = sampled[0, 0] > threshold
-    return out
+        crops[i] = sampled[0, 0] > threshold
+        origins[i] = torch.tensor((ux0, uy0))
+    return CroppedMasks(crops, origins, image_size)
 
 
 def masks_at_input(
@@ -144,14 +149,13 @@ def masks_at_input(
     threshold: float = 0.5,
     stride: int = MASK_STRIDE,
     clip: Tensor | None = None,
-    out: Tensor | None = None,
-) -> Tensor:
-    """1/``stride`` mask probabilities on a padded batch ``[N, h, w]`` -> bool masks ``[N, H, W]`` of the
-    input image: the padding is cut off and the rest resampled onto the original pixels (``clip`` and
-    ``out`` as in ``upsample_masks``)."""
+) -> CroppedMasks:
+    """1/``stride`` mask probabilities on a padded batch ``[N, h, w]`` -> binary masks of the input image:
+    the padding is cut off and the rest resampled onto the original pixels (``clip`` as in
+    ``upsample_masks``)."""
     valid = (math.ceil(resized[0] / stride), math.ceil(resized[1] / stride))
     scale = (stride * original[0] / resized[0], stride * original[1] / resized[1])
-    return upsample_masks(probs[:, : valid[0], : valid[1]], scale, original, threshold, clip, out)
+    return upsample_masks(probs[:, : valid[0], : valid[1]], scale, original, threshold, clip)
 
 
 def detections_from_masks(
@@ -161,21 +165,21 @@ def detections_from_masks(
     resized: tuple[int, int],
     original: tuple[int, int],
     threshold: float = 0.5,
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor | CroppedMasks]:
     """The output dict of a family whose detections are masks (SOLOv2, Mask2Former): ``masks_at_input``,
     empty masks dropped, boxes taken from the masks, 0-based ``labels`` made 1-based."""
     if torch.compiler.is_exporting():
         return _dense_detections_from_masks(probs, labels, scores, resized, original, threshold)
     masks = masks_at_input(probs, resized, original, threshold)
-    nonempty = any_pixel(masks)
+    nonempty = masks.nonempty()
     if not bool(nonempty.all()):  # the usual case copies nothing
         masks = masks[nonempty]
         labels, scores = labels[nonempty.to(labels.device)], scores[nonempty.to(scores.device)]
     return {
-        "boxes": masks_to_boxes(masks).to(scores.device),
+        "boxes": masks.tight_boxes().to(scores.device),
         "labels": labels + 1,
         "scores": scores,
-        "masks": masks,
+        "masks": as_requested(masks),
     }
 
 
@@ -196,7 +200,7 @@ def assemble_detections(
     original: tuple[int, int],
     assembly: MaskAssembly,
     chunk: int = 64,
-) -> dict[str, Tensor]:
+) -> dict[str, Tensor | CroppedMasks]:
     """The output dict of one image.
 
     Masks come from ``mask_probs(detection indices)`` (probabilities at
@@ -222,17 +226,17 @@ def assemble_detections(
         scores = scores * torch.cat(quality).to(scores.device)
     probs_all = torch.cat(kept) if kept else None  # else computed again, a chunk at a time
     order = torch.argsort(scores, descending=True, stable=True)
-    masks = torch.zeros((len(boxes), *original), dtype=torch.bool, device=boxes.device)
-    for k, idx in enumerate(order.split(chunk)):
+    parts = []
+    for idx in order.split(chunk):
         probs = probs_all[idx] if probs_all is not None else mask_probs(idx)
         clip = boxes[idx] if assembly.crop_to_boxes else None
-        out = masks[k * chunk : k * chunk + len(idx)]
-        masks_at_input(probs, resized, original, assembly.threshold, assembly.stride, clip, out)
+        parts.append(masks_at_input(probs, resized, original, assembly.threshold, assembly.stride, clip))
+    masks = CroppedMasks.cat(parts, original)
     boxes, labels, scores = boxes[order], labels[order], scores[order]
-    nonempty = any_pixel(masks)
+    nonempty = masks.nonempty().to(boxes.device)
     if not bool(nonempty.all()):
         masks, boxes, labels, scores = masks[nonempty], boxes[nonempty], labels[nonempty], scores[nonempty]
-    return {"boxes": boxes, "labels": labels + 1, "scores": scores, "masks": masks}
+    return {"boxes": boxes, "labels": labels + 1, "scores": scores, "masks": as_requested(masks)}
 
 
 # The same assembly as one dense computation, for exported graphs: a graph cannot size its Python

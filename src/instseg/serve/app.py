@@ -282,7 +282,7 @@ def _infer(
     metrics.busy.inc()
     try:
         started = time.perf_counter()
-        instances = predictor.predict(image.float().div_(255.0), min_score=threshold)
+        instances = predictor.predict(image.float().div_(255.0), min_score=threshold, cropped=True)
         seconds = time.perf_counter() - started
         metrics.inference.observe(seconds)
     finally:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from instseg.cropped_masks import to_cropped
 from instseg.masks import encode_masks
 from instseg.measurements import label_image
 from instseg.structures import Instances
@@ -15,11 +16,13 @@ from instseg.structures import Instances
 MaskFormat = Literal["rle", "polygons", "png"]
 
 
-def polygons(mask: np.ndarray) -> list[list[float]]:
+def polygons(mask: np.ndarray, origin: tuple[int, int] = (0, 0)) -> list[list[float]]:
     """Outer contours of a bool mask as COCO polygons ``[x0, y0, x1, y1, ...]`` (pixel corners, so a
-    one-pixel mask is a unit square); parts of fewer than 3 points are left out."""
+    one-pixel mask is a unit square); parts of fewer than 3 points are left out. ``origin``: the image
+    position (x, y) of the mask's top-left pixel, when ``mask`` is a crop."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [(c.reshape(-1, 2) + 0.5).flatten().tolist() for c in contours if len(c) >= 3]
+    shift = np.asarray(origin, dtype=np.float64) + 0.5
+    return [(c.reshape(-1, 2) + shift).flatten().tolist() for c in contours if len(c) >= 3]
 
 
 def prediction_json(instances: Instances, masks: MaskFormat) -> dict[str, Any]:
@@ -44,8 +47,9 @@ def prediction_json(instances: Instances, masks: MaskFormat) -> dict[str, Any]:
         for item, rle in zip(items, encode_masks(instances.masks), strict=True):
             item["mask"] = rle
     elif masks == "polygons":
-        for item, mask in zip(items, instances.masks.numpy(), strict=True):
-            item["polygons"] = polygons(mask)
+        masks = to_cropped(instances.masks)
+        for item, crop, origin in zip(items, masks.crops, masks.origins.tolist(), strict=True):
+            item["polygons"] = polygons(crop.numpy(), origin)
     else:
         labels, kept = label_image(instances)
         remap = np.zeros(len(kept) + 1, dtype=np.uint16)
