@@ -118,3 +118,21 @@ def test_training_step_returns_finite_named_losses(name, preset):
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize(("name", "preset"), [p for p in PAIRS if p[0] != "sam"])
+def test_every_parameter_is_in_the_loss_graph_with_and_without_objects(name, preset):
+    # DistributedDataParallel waits for a gradient of every parameter: a branch left out of the loss on
+    # a batch without objects would stop a multi-process run at its first empty crop
+    model = _model(name, preset, min_size=64, max_size=96).train()
+    image = torch.rand(3, 64, 80)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    empty["masks"] = torch.zeros((0, 64, 80), dtype=torch.uint8)
+    masks = torch.zeros((1, 64, 80), dtype=torch.uint8)
+    masks[0, 8:30, 10:40] = 1
+    one = {"boxes": torch.tensor([[10.0, 8, 40, 30]]), "labels": torch.tensor([1]), "masks": masks}
+    for targets in ([empty, empty], [one, empty]):
+        model.zero_grad(set_to_none=True)
+        sum(model([image, image], targets).values()).backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, missing[:5]

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "instseg"
 LAYERS = [
     {"errors", "version"},
     {"config"},
+    {"distributed"},
     {"cropped_masks"},
     {"masks"},
     {"structures"},
@@ -27,8 +28,9 @@ LAYERS = [
     {"prompt_predictor"},
     {"export", "serve"},
     {"api"},
-    {"demo"},
+    {"demo", "launch"},
     {"cli", "__init__"},
+    {"__main__"},
 ]
 FAMILIES = {"fcos", "solov2", "mask2former", "sam"}  # family subpackages of models/: none imports another
 

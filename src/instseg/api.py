@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from instseg import distributed
 from instseg.config import TrainConfig, config_from_dict
 from instseg.data.coco import CocoIndex, find_annotations, resolve_source
 from instseg.engine.evaluation import Evaluation, evaluate_model
@@ -98,7 +99,7 @@ def evaluate(
         _options(boundary, options),
         progress=progress,
     )
-    if out is not None:
+    if out is not None and distributed.is_main():  # under torchrun, rank 0 holds every result
         ev.report.write(out, ev.results)
     return ev
 

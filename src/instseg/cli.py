@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="default")
     train.add_argument("--config", help="YAML file of config fields")
     train.add_argument("--resume", help="checkpoint directory to continue from (e.g. OUT/last)")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train as this many processes on this machine (torchrun, DistributedDataParallel; each "
+        "takes --batch-size images a step); for several machines run torchrun -m instseg train ...",
+    )
     train.add_argument("-h", "--help", action="store_true")
 
     ev = sub.add_parser(
@@ -60,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", help="image folder, when it cannot be guessed")
     ev.add_argument("--max-dets", type=int, nargs="+", default=None, help="default 1 10 100 (LVIS: 300)")
     ev.add_argument("--no-boundary", action="store_true", help="skip Boundary AP")
+    ev.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="predict with this many processes (each a shard of the images); rank 0 scores them all",
+    )
     ev.add_argument("--boundary-dilation", type=float, default=0.02, help="Boundary IoU dilation ratio")
     ev.add_argument("--class-agnostic", action="store_true", help="ignore categories when matching")
     lvis = ev.add_mutually_exclusive_group()
@@ -151,8 +165,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace, rest: list[str]) -> int:
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
+def _train(args: argparse.Namespace, rest: list[str], argv: Sequence[str]) -> int:
     from instseg.config import TrainConfig, add_config_flags, config_from_dict, load_yaml, split_fields
+    from instseg.distributed import launched
     from instseg.engine.checkpoint import load_meta
     from instseg.engine.fine_tune import fine_tune_config
     from instseg.engine.trainer import train
@@ -182,7 +209,17 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
         name, model_cfg = fine_tune_config(cfg.init, args.model, model_values)
     else:
         model_cfg = model_config(name, args.preset, model_values)
+    if args.nproc > 1 and not launched():  # the flags are checked here once, then every rank starts
+        from instseg.engine.trainer import last_checkpoint_note
+        from instseg.launch import launch_ranks
+
+        try:
+            return launch_ranks(args.nproc, _without_nproc(argv))
+        except InstsegError as exc:
+            raise InstsegError(f"{exc}; {last_checkpoint_note(Path(cfg.out))}") from None
     result = train(cfg, name, model_cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # the other ranks of a torchrun job say nothing
+        return 0
     print(f"checkpoint: {result.checkpoint}")
     if result.metrics:
         from instseg.eval.coco import format_table
@@ -210,9 +247,23 @@ def _eval_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.prompts:
         return _eval_prompts(args)
+    from instseg import distributed
+
+    if args.nproc > 1 and not distributed.launched():
+        from instseg.launch import launch_ranks
+
+        return launch_ranks(args.nproc, _without_nproc(argv))
+    try:
+        return _eval_model(args)
+    finally:
+        distributed.stop()
+
+
+def _eval_model(args: argparse.Namespace) -> int:
+    from instseg import distributed
     from instseg.api import evaluate, evaluate_results, load
     from instseg.config import field_values
 
@@ -231,8 +282,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.results:
         report = evaluate_results(args.results, args.data, not args.no_boundary, args.out, **options)
     else:
+        predictor = load(args.checkpoint, args.device, **field_values(args.set))
+        distributed.start(predictor.device)  # under torchrun: this rank predicts its shard
         ev = evaluate(
-            load(args.checkpoint, args.device, **field_values(args.set)),
+            predictor,
             args.data,
             args.split,
             args.images,
@@ -241,6 +294,8 @@ def _eval(args: argparse.Namespace) -> int:
             **options,
         )
         report = ev.report
+        if not distributed.is_main():
+            return 0
     print(report.format())
     if report.seconds_per_image is not None:
         print(f"{report.images} images, {report.seconds_per_image:.3f} s/image")
@@ -415,8 +470,11 @@ def _one_line(exc: InstsegError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 alone reports progress
+    level = logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
     if rest and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
@@ -433,9 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nsummary: {demo.summary}")
             return 0
         if args.command == "train":
-            return _train(args, rest)
+            return _train(args, rest, argv)
         if args.command == "eval":
-            return _eval(args)
+            return _eval(args, argv)
         if args.command == "import":
             from instseg.importers.hf_mask2former import import_hf_mask2former
             from instseg.importers.sam import import_sam

@@ -68,7 +68,9 @@ class TrainConfig:
     ema: bool = False
     precise_bn_batches: int = 200  # BatchNorm statistics averaged over this many batches at the end; 0: off
     ema_decay: float = 0.999
-    amp: bool = False  # autocast on CUDA
+    # autocast: bf16 on CPU or CUDA; fp16 (with a gradient scaler) on CUDA only
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False  # torch.compile the model for training
     channels_last: bool = False  # NHWC weights and activations: faster for BatchNorm/MobileNet models on CPU
     device: str = "auto"
     threads: int | None = None  # torch CPU threads

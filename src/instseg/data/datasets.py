@@ -43,6 +43,7 @@ class CocoTrainDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 img, target = self.transform(image, objects)
+            target["seed"] = torch.tensor(seed)  # the draw's own seed, for the criterion's random points
         target["image_id"] = torch.tensor(info["id"])
         return img, target
 
@@ -93,26 +94,33 @@ class ImageListDataset(Dataset):
 class SeededEpochSampler(Sampler):
     """Shuffled ``(index, seed)`` draws, epoch after epoch, that can start at any step.
 
-    The order of epoch ``e`` depends only on ``(seed, e)``; ``start`` skips the
-    draws a resumed run has already trained on.
+    The order of epoch ``e`` depends only on ``(seed, e)``; ``start_step`` skips
+    the draws a resumed run has already trained on. With ``world`` ranks, step
+    ``s`` trains on the ``world * batch_size`` draws one process would take for
+    a batch that large, and rank ``r`` takes the ``r``-th ``batch_size`` of them:
+    the ranks together see exactly one large batch, with the same augmentation.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         if size == 0:
             raise ValueError("cannot sample from an empty dataset")
         self.size = size
         self.batch_size = batch_size
         self.seed = seed
-        self.start = start_step * batch_size
+        self.rank, self.world = rank, world
+        self.start = start_step * batch_size * world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position = 0
         epoch = 0
+        step_draws = self.batch_size * self.world
         while True:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.size, generator=g).tolist()
             for i in order:
-                if position >= self.start:
+                if position >= self.start and (position % step_draws) // self.batch_size == self.rank:
                     yield i, (self.seed * 1_000_003 + position) % (2**63)
                 position += 1
             epoch += 1

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from instseg import distributed
 from instseg.data.coco import CocoIndex
 from instseg.data.datasets import ImageListDataset
 from instseg.engine.inference import ImageCallback, run_inference
@@ -63,6 +64,7 @@ def evaluate_model(
     run = run_inference(
         model, dataset, categories, device, batch_size, workers, on_image, progress, desc="evaluate"
     )
-    report = evaluate_results(index.dataset, run.results, options, details)
+    # one evaluation, on rank 0, of every rank's results; its report (or its error) reaches every rank
+    report = distributed.on_main(lambda: evaluate_results(index.dataset, run.results, options, details))
     report.images, report.seconds_per_image = run.images, run.seconds_per_image
     return Evaluation(report, run.results)

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from instseg import distributed
 from instseg.cropped_masks import cropped_masks
 from instseg.data.datasets import ImageListDataset, collate
 from instseg.masks import encode_masks
@@ -45,6 +46,10 @@ def run_inference(
 ) -> InferenceRun:
     """COCO results (RLE masks) for every image; ``on_image`` sees each image's full Instances.
 
+    On several ranks each predicts every ``world_size``-th image and rank 0
+    gets all the results (``gathered``); ``on_image`` runs where the image was
+    predicted.
+
     Masks come from the model as box crops (``cropped_masks()``), so a large
     image with many objects never needs a full-size mask per object; ``on_image``
     gets them so too (``Instances.dense_masks()`` makes the stack).
@@ -55,7 +60,8 @@ def run_inference(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    shard = Subset(dataset, range(distributed.rank(), len(dataset), distributed.world_size()))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     run = InferenceRun()
     try:
         for images, image_ids in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
@@ -85,4 +91,15 @@ def run_inference(
                     on_image(image_id, image, Instances.from_output(out, tuple(image.shape[-2:]), categories))
     finally:
         model.train(was_training)
-    return run
+    return gathered(run, dataset.image_ids) if distributed.active() else run
+
+
+def gathered(run: InferenceRun, image_ids: Sequence[int]) -> InferenceRun:
+    """Every rank's results on rank 0, in the order one process would have produced them (the dataset's
+    image order, each image's detections as the model ranked them); the other ranks keep none."""
+    parts = distributed.gather_to_main((run.results, run.images, run.model_seconds))
+    if parts is None:
+        return InferenceRun([], run.images, run.model_seconds)
+    position = {image_id: i for i, image_id in enumerate(image_ids)}
+    merged = sorted((r for results, _, _ in parts for r in results), key=lambda r: position[r["image_id"]])
+    return InferenceRun(merged, sum(p[1] for p in parts), sum(p[2] for p in parts))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from instseg import distributed
 from instseg.config import TrainConfig, config_to_dict
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler, batch_to, collate
@@ -106,12 +109,15 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _loader(dataset: CocoTrainDataset, cfg: TrainConfig, start_step: int) -> DataLoader:
+    sampler = SeededEpochSampler(
+        len(dataset), cfg.batch_size, cfg.seed, start_step, distributed.rank(), distributed.world_size()
+    )
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         collate_fn=collate,
         num_workers=cfg.workers,
-        sampler=SeededEpochSampler(len(dataset), cfg.batch_size, cfg.seed, start_step),
+        sampler=sampler,
         generator=torch.Generator().manual_seed(cfg.seed),  # keep the global RNG out of the loader
         worker_init_fn=_single_thread,
         persistent_workers=cfg.workers > 0,
@@ -149,26 +155,60 @@ def prepare_out(out: Path, resuming: bool, overwrite: bool) -> Path:
 
 
 def training_batches(index: CocoIndex, cfg: TrainConfig, start_step: int = 0) -> Iterator[Any]:
-    """The seeded stream of augmented training batches that step ``start_step`` onwards would see."""
+    """The seeded stream of augmented training batches that step ``start_step`` onwards would see (this
+    rank's share of them, when the run is one of several ranks)."""
     transform = TrainTransform(cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter)
     return iter(_loader(CocoTrainDataset(index, transform), cfg, start_step))
+
+
+def last_checkpoint_note(out: Path) -> str:
+    """Where a stopped run can be resumed from, in words (checkpoints are only ever written whole, from
+    finite weights, so the one on disk is good)."""
+    last = out / "last"
+    if not last.exists():
+        return "no checkpoint was saved yet"
+    try:
+        return f"last good checkpoint: {last} (step {ckpt.load_meta(last).get('step', '?')})"
+    except CheckpointError:
+        return f"last checkpoint: {last}"
 
 
 def _single_thread(_: int) -> None:
     torch.set_num_threads(1)  # workers share the cores with the training process
 
 
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise InstsegError("precision fp16 needs a CUDA device; on a CPU use bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 class Trainer:
-    """One training run's state and its named steps; ``run`` is the loop."""
+    """One training run's state and its named steps; ``run`` is the loop.
+
+    Under ``torchrun`` each process is one rank of DistributedDataParallel:
+    the ranks share each step's batch (``SeededEpochSampler``), the families
+    average their loss normalisers over the ranks, and rank 0 alone writes
+    logs, checkpoints and metrics. Evaluation is sharded (``run_inference``).
+    """
 
     def __init__(
         self, cfg: TrainConfig, model_name: str, model_cfg: Any, resume: str | Path | None, progress: bool
     ) -> None:
-        self.cfg, self.progress_bars = cfg, progress
+        self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        distributed.start(self.device)
+        if self.device.type == "cuda" and distributed.active():
+            self.device = torch.device("cuda", distributed.local_rank())
+        self.main = distributed.is_main()
+        self.progress_bars = progress and self.main
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.out = prepare_out(Path(cfg.out), resume is not None, cfg.overwrite)
+        self.autocast = _autocast(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.out = distributed.on_main(lambda: prepare_out(Path(cfg.out), resume is not None, cfg.overwrite))
         train_index, self.val_index = training_indexes(cfg)
         self.categories = train_index.categories
         val = self.val_index
@@ -197,12 +237,14 @@ class Trainer:
         self.step, self.elapsed = 0, 0.0
         if resume is not None:
             self.resume(resume)
+        elif distributed.active():  # each rank its own stream for the model's random draws
+            torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
+        # what the training step calls: the model, compiled and/or wrapped for the ranks if asked
+        self.forward: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        if distributed.active():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.forward, device_ids=ids)
         self.batches = training_batches(train_index, cfg, self.step)
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if cfg.amp and self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
         self.images_seen = 0
         self.window: dict[str, list[float]] = {}
 
@@ -225,14 +267,29 @@ class Trainer:
             ) from None
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
+        ranks, here = int(state.get("world_size", 1)), distributed.world_size()
+        if ranks != here:
+            raise CheckpointError(
+                f"{path}: was trained by {ranks} process(es) and this run has {here}; a step is one "
+                f"batch of --batch-size per process, so the data order would not continue. Resume with "
+                f"--nproc {ranks} (or start a new run from its weights with --init)"
+            )
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        torch.set_rng_state(state["rng"])
+        rng = state.get("rng_ranks", [state["rng"]])
+        torch.set_rng_state(rng[distributed.rank()] if distributed.rank() < len(rng) else state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
 
     def progress(self) -> float:
         """Fraction of training done: by steps, or by time when there is a budget, whichever is further."""
         p = self.step / self.cfg.steps
         return max(p, self.elapsed / self.cfg.time_budget_s) if self.cfg.time_budget_s else p
+
+    def done(self) -> bool:
+        """Whether training is over, the same answer on every rank (a time budget runs out on one rank
+        first; the others stop with it)."""
+        if self.cfg.time_budget_s:
+            return distributed.any_rank(self.progress() >= 1.0)
+        return self.progress() >= 1.0
 
     def train_step(self) -> tuple[float, float]:
         """One optimizer step on the next batch; returns (total loss, learning rate)."""
@@ -242,37 +299,42 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with self.autocast:
-            losses = self.model(images, targets)
+            losses = self.forward(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
+        if distributed.any_rank(not bool(torch.isfinite(loss))):  # every rank stops at this step
             self.diverged(loss, losses)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
-        self.images_seen += len(images)
+        self.images_seen += len(images) * distributed.world_size()  # all ranks together
         for k, v in {"loss": loss, **losses}.items():
             self.window.setdefault(k, []).append(float(v.detach()))
         return float(loss.detach()), lr
 
     def diverged(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        if bool(torch.isfinite(loss)):  # finite here: it was another rank's loss
+            self.stop(f"the loss is not finite on another rank at step {self.step + 1}")
         parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-        self.stop(f"loss is {float(loss.detach())} at step {self.step + 1} ({parts})")
+        where = f" on rank {distributed.rank()}" if distributed.active() else ""
+        self.stop(f"loss is {float(loss.detach())} at step {self.step + 1}{where} ({parts})")
 
     def stop(self, what: str) -> None:
         """Training diverged: say so, and which checkpoint is the last good one (checkpoints are only
         ever written from finite weights, so the one on disk is)."""
-        last = self.out / "last"
-        kept = "no checkpoint was saved yet"
-        if last.exists():
-            try:
-                kept = f"last good checkpoint: {last} (step {ckpt.load_meta(last).get('step', '?')})"
-            except CheckpointError:
-                kept = f"last checkpoint: {last}"
+        kept = last_checkpoint_note(self.out)
         raise TrainingDiverged(f"{what}; stopped, {kept}. Try a lower --lr or a longer --warmup-steps.")
 
     def log(self, jsonl: Any, lr: float) -> None:
@@ -284,10 +346,15 @@ class Trainer:
         self.window.clear()
 
     def save(self, path: Path, metrics: dict[str, Any] | None = None, resumable: bool = True) -> None:
+        """Written by rank 0 (the weights are the same on every rank); each rank's RNG state goes in."""
         meta = {**self.meta, "step": self.step, "metrics": metrics or {}}
         bad = ckpt.nonfinite(self.finished.state_dict()) or ckpt.nonfinite(self.model.state_dict())
-        if bad:
-            self.stop(f"{len(bad)} weight tensors are not finite after step {self.step} (first: {bad[0]})")
+        if distributed.any_rank(bool(bad)):
+            first = f" (first: {bad[0]})" if bad else " on another rank"
+            self.stop(f"{len(bad)} weight tensors are not finite after step {self.step}{first}")
+        rng_ranks = distributed.gather_to_main(torch.get_rng_state()) if resumable else None
+        if not self.main:
+            return
         if not resumable:
             ckpt.save_checkpoint(path, self.finished.state_dict(), meta)
             return
@@ -296,6 +363,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
+            "world_size": distributed.world_size(),
+            "rng_ranks": rng_ranks,
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -328,8 +397,9 @@ class Trainer:
         total = cfg.steps if not cfg.time_budget_s else None
         bar = tqdm(total=total, initial=self.step, disable=not self.progress_bars, desc="train", unit="step")
         started = time.perf_counter() - self.elapsed
-        with (out / "metrics.jsonl").open("a") as jsonl, bar:  # closed on errors too: they print below it
-            while self.progress() < 1.0:
+        log_path = out / "metrics.jsonl" if self.main else Path(os.devnull)  # rank 0 keeps the log
+        with log_path.open("a") as jsonl, bar:  # closed on errors too: they print below it
+            while not self.done():
                 loss, lr = self.train_step()
                 self.elapsed = time.perf_counter() - started
                 bar.update(1)
@@ -340,7 +410,7 @@ class Trainer:
                     self.save(out / "last")
                 if cfg.keep_every and self.step % cfg.keep_every == 0:
                     self.save(out / "snapshots" / f"step_{self.step:07d}", resumable=False)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.progress() < 1.0:
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not self.done():
                     metrics, _ = self.evaluate(jsonl)
                     if metrics:
                         log.info("step %d\n%s", self.step, format_table(metrics))
@@ -368,8 +438,10 @@ class Trainer:
             "train_images_per_s": images_per_s,
             "seconds_per_image": seconds_per_image,
             "metrics": metrics,
+            "processes": distributed.world_size(),
         }
-        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if self.main:
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         log_file = self.out / "metrics.jsonl"
         return TrainResult(
             self.out / "checkpoint", self.step, self.elapsed, metrics, seconds_per_image, log_file
@@ -380,4 +452,7 @@ def train(
     cfg: TrainConfig, model_name: str, model_cfg: Any, resume: str | Path | None = None, progress: bool = True
 ) -> TrainResult:
     """Train ``model_name`` and write ``<out>/checkpoint`` (inference) and ``<out>/last`` (resume)."""
-    return Trainer(cfg, model_name, model_cfg, resume, progress).run()
+    try:
+        return Trainer(cfg, model_name, model_cfg, resume, progress).run()
+    finally:
+        distributed.stop()

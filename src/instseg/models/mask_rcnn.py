@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -30,6 +31,7 @@ from torchvision.ops.poolers import LevelMapper
 
 from instseg.config import ModelConfig
 from instseg.cropped_masks import as_requested
+from instseg.distributed import mean_over_ranks
 from instseg.models.backbones import build_fpn_backbone, norm_layer
 from instseg.models.postprocess import paste_masks
 from instseg.models.transform import ResizeNormalize
@@ -149,16 +151,53 @@ class RoIMaskTransform(ResizeNormalize):
         return result
 
 
+class CountingSampler:
+    """torchvision's positive/negative sampler, unchanged, noting how many anchors or RoIs it picked
+    (``picked``) and how many of them are positive (``positive``) in the last batch."""
+
+    def __init__(self, sampler: BalancedPositiveNegativeSampler) -> None:
+        self.sampler = sampler
+        self.picked, self.positive = 0, 0
+
+    def __call__(self, labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        pos, neg = self.sampler(labels)
+        self.positive = sum(int(p.sum()) for p in pos)
+        self.picked = self.positive + sum(int(n.sum()) for n in neg)
+        return pos, neg
+
+
+def _rank_share(count: int) -> Tensor:
+    """This rank's count over the mean count of the ranks (1 in one process): a loss that is a mean over
+    this rank's samples, times this, is their sum over the mean count, and DistributedDataParallel's
+    gradient average then makes it the mean over every rank's samples, as one process would take it."""
+    return torch.as_tensor(float(count)) / mean_over_ranks(count, least=1e-6)
+
+
 class InstanceMaskRCNN(MaskRCNN):
-    """torchvision's ``MaskRCNN`` with the project's loss names; the module tree and weights are its own."""
+    """torchvision's ``MaskRCNN`` with the project's loss names; the module tree and weights are its own.
+
+    Its losses are means over the anchors and RoIs sampled in the batch; on
+    several ranks each is rescaled by ``_rank_share`` so that the ranks
+    together train as one process on the whole batch (the samplers count).
+    """
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         out = super().forward(images, targets)
-        if isinstance(out, dict):
-            return {LOSS_NAMES.get(k, k): v for k, v in out.items()}
-        return out
+        if not isinstance(out, dict):
+            return out
+        rpn, roi = self.rpn.fg_bg_sampler, self.roi_heads.fg_bg_sampler
+        if isinstance(rpn, CountingSampler) and isinstance(roi, CountingSampler):
+            shares = {
+                "loss_objectness": _rank_share(rpn.picked),
+                "loss_rpn_box_reg": _rank_share(rpn.picked),
+                "loss_classifier": _rank_share(roi.picked),
+                "loss_box_reg": _rank_share(roi.picked),
+                "loss_mask": _rank_share(roi.positive),
+            }
+            out = {k: v * shares[k].to(v) if k in shares else v for k, v in out.items()}
+        return {LOSS_NAMES.get(k, k): v for k, v in out.items()}
 
 
 def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
@@ -209,4 +248,6 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
         mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, num_classes + 1),
     )
     model.transform = RoIMaskTransform(cfg)
+    model.rpn.fg_bg_sampler = CountingSampler(model.rpn.fg_bg_sampler)
+    model.roi_heads.fg_bg_sampler = CountingSampler(model.roi_heads.fg_bg_sampler)
     return model

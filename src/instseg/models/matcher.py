@@ -51,7 +51,9 @@ class HungarianMatcher(nn.Module):
         mask_embed: Tensor,
         mask_features: Tensor,
         targets: list[dict[str, Tensor]],
+        generators: list[torch.Generator | None] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
+        """``generators``: one per image for its random points (``point_sampling.draw_generator``)."""
         indices = []
         for b, target in enumerate(targets):
             labels, gt = target["labels"], target["masks"]
@@ -59,7 +61,8 @@ class HungarianMatcher(nn.Module):
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty))
                 continue
-            points = torch.rand(1, self.num_points, 2, device=gt.device)
+            generator = generators[b] if generators is not None else None
+            points = torch.rand((1, self.num_points, 2), device=gt.device, generator=generator)
             pred = mask_embed[b] @ point_sample(mask_features[b : b + 1], points)[0]
             true = point_sample(gt[:, None], points.expand(len(gt), -1, -1))[:, 0]
             cost = (

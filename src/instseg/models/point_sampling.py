@@ -22,17 +22,31 @@ def point_sample(maps: Tensor, points: Tensor) -> Tensor:
     return F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", align_corners=False)[..., 0]
 
 
+def draw_generator(target: dict[str, Tensor], device: torch.device) -> torch.Generator | None:
+    """A generator seeded from the training draw's own seed (``target["seed"]``), so the random points
+    of an image do not depend on which images share its batch or its process; ``None`` (the global
+    generator) for targets without one."""
+    if "seed" not in target:
+        return None
+    return torch.Generator(device=device).manual_seed(int(target["seed"]))
+
+
 @torch.no_grad()
 def uncertain_points(
-    logits: Tensor, num_points: int, oversample: float = 3.0, importance: float = 0.75
+    logits: Tensor,
+    num_points: int,
+    oversample: float = 3.0,
+    importance: float = 0.75,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """``[N, P, 2]`` points per mask: ``importance`` of them the most uncertain of ``oversample * P``
     random candidates (logit closest to 0), the rest uniform."""
     n = logits.shape[0]
-    candidates = torch.rand(n, max(int(num_points * oversample), 1), 2, device=logits.device)
+    shape = (n, max(int(num_points * oversample), 1), 2)
+    candidates = torch.rand(shape, device=logits.device, generator=generator)
     uncertainty = -point_sample(logits[:, None], candidates)[:, 0].abs()
     k = min(int(importance * num_points), candidates.shape[1])
     top = uncertainty.topk(k, dim=1).indices
     chosen = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
-    uniform = torch.rand(n, num_points - k, 2, device=logits.device)
+    uniform = torch.rand((n, num_points - k, 2), device=logits.device, generator=generator)
     return torch.cat([chosen, uniform], dim=1)

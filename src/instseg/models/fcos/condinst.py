@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg.distributed import mean_over_ranks
 from instseg.masks import class_maps, downsample_masks
 from instseg.models.conv_tower import conv_tower
 from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_parameters
@@ -251,7 +252,8 @@ class DynamicMasks(nn.Module):
         """Focal loss over every cell, normalised by the cells a class covers (at least half of)."""
         wanted = class_maps(targets, logits.shape[1], self.strides[0], tuple(logits.shape[-2:])) >= 0.5
         alpha, gamma = self.cfg.focal_alpha, self.cfg.focal_gamma
-        loss = focal_loss_sum(logits, wanted, alpha, gamma) / max(int(wanted.sum()), 1)
+        covered = mean_over_ranks(wanted.sum(), least=1).to(logits.device)  # averaged over ranks
+        loss = focal_loss_sum(logits, wanted, alpha, gamma) / covered
         return self.cfg.semantic_weight * loss
 
     def probs(

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
+from instseg.distributed import mean_over_ranks
 from instseg.models.fcos.head import level_ranges, ltrb_iou, ltrb_to_boxes
 from instseg.models.fcos.targets import PointTargets, assign_targets
 from instseg.models.losses import focal_loss_sum
+from instseg.models.point_sampling import draw_generator
 
 if TYPE_CHECKING:
     from instseg.models.fcos.model import FCOSConfig, FCOSMasks, FCOSOutputs
@@ -32,11 +34,13 @@ class FCOSCriterion(nn.Module):
         self.masks = masks
         self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
 
-    def sample_positives(self, assigned: PointTargets) -> Tensor:
-        """Indices of the positive locations given a mask loss: all, or a random subset on crowded images."""
+    def sample_positives(self, assigned: PointTargets, target: dict[str, Tensor]) -> Tensor:
+        """Indices of the positive locations given a mask loss: all, or a random subset on crowded images
+        (drawn with the image's own generator where the target has one)."""
         pos = torch.nonzero(assigned.owner >= 0).flatten()
         if len(pos) > self.cfg.max_masks_per_image:
-            pos = pos[torch.randperm(len(pos), device=pos.device)[: self.cfg.max_masks_per_image]]
+            order = torch.randperm(len(pos), device=pos.device, generator=draw_generator(target, pos.device))
+            pos = pos[order[: self.cfg.max_masks_per_image]]
         return pos
 
     def forward(self, outputs: FCOSOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -45,12 +49,14 @@ class FCOSCriterion(nn.Module):
         assigned = assign_targets(targets, locations, levels, self.strides, self.ranges, cfg.center_radius)
         labels = [t["labels"] for t in targets]
         losses = detection_losses(outputs, assigned, labels, cfg.focal_alpha, cfg.focal_gamma, cfg.quality)
-        positives = [self.sample_positives(a) for a in assigned]
+        positives = [self.sample_positives(a, t) for a, t in zip(assigned, targets, strict=True)]
         for name, weight, values in self.masks.losses(outputs, targets, assigned, positives):
             if weight <= 0:
                 continue
+            # the mean over every rank's instances (each rank takes part, with or without any)
+            count = mean_over_ranks(sum(len(v) for v in values), least=1)
             if values:
-                losses[name] = weight * torch.cat(values).mean()
+                losses[name] = weight * torch.cat(values).sum() / count
             else:  # no positives in the batch: a zero that keeps the graph
                 losses[name] = outputs.mask_params.sum() * 0.0 + outputs.mask_input.sum() * 0.0
         if outputs.semantic_logits is not None:
@@ -84,10 +90,12 @@ def detection_losses(
     )  # [B, L], 0 = background, else 1..K
     onehot = F.one_hot(cls_t, num_classes + 1)[..., 1:]
     pos = cls_t > 0
-    num_pos = max(int(pos.sum()), 1)
+    # normalisers averaged over the ranks, as the reference implementation does (one process: as is)
+    num_pos = mean_over_ranks(pos.sum(), least=1).to(outputs.class_logits.device)
     loss_class = focal_loss_sum(outputs.class_logits, onehot, alpha, gamma) / num_pos
     ltrb_t = torch.stack([t.ltrb for t in targets])[pos]
     ctr_t = torch.stack([t.centerness for t in targets])[pos]
+    ctr_sum = mean_over_ranks(ctr_t.sum(), least=1e-6).to(ctr_t.device)
     if len(ltrb_t) == 0:
         zero = outputs.ltrb.sum() * 0.0 + outputs.quality_logits.sum() * 0.0
         return {"loss_class": loss_class, "loss_box": zero, "loss_quality": zero}
@@ -95,7 +103,7 @@ def detection_losses(
     giou = generalized_box_iou_loss(
         ltrb_to_boxes(loc, outputs.ltrb[pos]), ltrb_to_boxes(loc, ltrb_t), reduction="none"
     )
-    loss_box = (giou * ctr_t).sum() / ctr_t.sum().clamp(min=1e-6)
+    loss_box = (giou * ctr_t).sum() / ctr_sum
     quality_t = ltrb_iou(outputs.ltrb[pos].detach(), ltrb_t) if quality == "iou" else ctr_t
     logits = outputs.quality_logits[pos]
     loss_quality = F.binary_cross_entropy_with_logits(logits, quality_t, reduction="sum") / num_pos

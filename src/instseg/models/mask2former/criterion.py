@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg.distributed import mean_over_ranks
 from instseg.models.losses import point_dice_loss
 from instseg.models.mask2former.decoder import QueryPredictions, mask_logits
 from instseg.models.matcher import HungarianMatcher
-from instseg.models.point_sampling import point_sample, uncertain_points
+from instseg.models.point_sampling import draw_generator, point_sample, uncertain_points
 
 if TYPE_CHECKING:
     from instseg.models.mask2former.model import Mask2FormerOutputs
@@ -56,11 +57,14 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """``targets``: 0-based ``labels`` and float ``masks`` covering the same extent as the mask
         features (``set_targets``)."""
-        num_masks = max(sum(len(t["labels"]) for t in targets), 1)
+        # objects per rank, averaged over the ranks: the gradient of one process on the whole batch
+        num_masks = mean_over_ranks(sum(len(t["labels"]) for t in targets), least=1)
+        device = layers[0].mask_embed.device
+        generators = [draw_generator(t, device) for t in targets]
         totals = {"loss_class": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
         for out in layers:
-            indices = self.matcher(out.class_logits, out.mask_embed, out.mask_features, targets)
-            for name, value in self.layer_losses(out, targets, indices, num_masks).items():
+            indices = self.matcher(out.class_logits, out.mask_embed, out.mask_features, targets, generators)
+            for name, value in self.layer_losses(out, targets, indices, num_masks, generators).items():
                 totals[name] = totals[name] + value
         return totals  # type: ignore[return-value]
 
@@ -69,22 +73,24 @@ class SetCriterion(nn.Module):
         out: QueryPredictions,
         targets: list[dict[str, Tensor]],
         indices: list[tuple[Tensor, Tensor]],
-        num_masks: int,
+        num_masks: Tensor,
+        generators: list[torch.Generator | None],
     ) -> dict[str, Tensor]:
         logits = out.class_logits
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
             classes[b, rows.to(logits.device)] = t["labels"][cols.to(logits.device)]
-        loss_class = self.class_weight * F.cross_entropy(
-            logits.transpose(1, 2).float(), classes, self.class_weights
-        )
+        # the weighted mean cross_entropy takes, with the weights' sum averaged over the ranks
+        per_query = F.cross_entropy(logits.transpose(1, 2).float(), classes, reduction="none")
+        weights = self.class_weights[classes]
+        loss_class = self.class_weight * (per_query * weights).sum() / mean_over_ranks(weights.sum())
         bce, dice = [], []
         for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
             if len(rows) == 0:
                 continue
             # full masks of the matched queries only; the points go where they are least certain
             pred = mask_logits(out.mask_embed[b][rows], out.mask_features[b])
-            points = uncertain_points(pred, self.num_points, self.oversample, self.importance)
+            points = uncertain_points(pred, self.num_points, self.oversample, self.importance, generators[b])
             pred = point_sample(pred[:, None], points)[:, 0]
             # each target read at its query's points, without copying the target masks
             target_points = points.new_zeros((len(t["masks"]), *points.shape[1:]))
@@ -93,7 +99,7 @@ class SetCriterion(nn.Module):
             bce.append(F.binary_cross_entropy_with_logits(pred, true, reduction="none").mean(1))
             dice.append(point_dice_loss(pred, true))
         if not bce:  # no object in the batch: only "no object" to learn
-            zero = out.mask_embed.sum() * 0.0
+            zero = out.mask_embed.sum() * 0.0 + out.mask_features.sum() * 0.0  # every parameter in the graph
             return {"loss_class": loss_class, "loss_mask": zero, "loss_dice": zero}
         return {
             "loss_class": loss_class,
@@ -109,5 +115,6 @@ def set_targets(targets: list[dict[str, Tensor]], padded: tuple[int, int]) -> li
     for t in targets:
         masks = t["masks"]
         pad = (0, padded[1] - masks.shape[-1], 0, padded[0] - masks.shape[-2])
-        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad)})
+        kept = {"seed": t["seed"]} if "seed" in t else {}
+        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad), **kept})
     return out

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg.distributed import mean_over_ranks, world_size
 from instseg.masks import downsample_masks, mass_centres
 from instseg.models.losses import dice_loss, focal_loss_sum
+from instseg.models.point_sampling import draw_generator
 from instseg.models.postprocess import MASK_STRIDE
 from instseg.models.solov2.cells import KernelMasks
 
@@ -120,7 +122,8 @@ class SOLOv2Criterion(nn.Module):
                 offset += pos.numel()
             rows, owner, cell = torch.cat(kernel_rows), torch.cat(owners), torch.cat(cells)
             if len(owner) > self.max_masks:  # bound memory on crowded images
-                keep = torch.randperm(len(owner), device=device)[: self.max_masks]
+                keep = torch.randperm(len(owner), device=device, generator=draw_generator(t, device))
+                keep = keep[: self.max_masks]
                 rows, owner, cell = rows[keep], owner[keep], cell[keep]
             if len(owner):
                 grids = [(c.shape[-2], c.shape[-1]) for c in cate_logits]
@@ -129,11 +132,14 @@ class SOLOv2Criterion(nn.Module):
                 mask_targets.append(small[owner])
         labels = torch.cat(cate_targets)
         onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
-        num_pos = int((labels > 0).sum())
+        # normalisers averaged over the ranks: together, one process's num_pos + 1 and instance count
+        num_pos = mean_over_ranks((labels > 0).sum()).to(device) + 1 / world_size()
         loss_class = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma)
-        loss_class = loss_class / (num_pos + 1)
+        loss_class = loss_class / num_pos
+        count = mean_over_ranks(sum(len(m) for m in mask_targets), least=1).to(device)
         if pred_masks:
-            loss_dice = dice_loss(torch.cat(pred_masks), torch.cat(mask_targets)).mean() * self.dice_weight
+            dice = dice_loss(torch.cat(pred_masks), torch.cat(mask_targets))
+            loss_dice = dice.sum() / count * self.dice_weight
         else:
             loss_dice = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
         return {"loss_class": loss_class, "loss_dice": loss_dice}
