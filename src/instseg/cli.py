@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=1)
     pr.add_argument("--no-overlays", action="store_true")
     pr.add_argument("--device", default="auto")
+    pr.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="predict with this many processes, each a shard of the images; rank 0 writes the tables",
+    )
 
     imp = sub.add_parser("import", help="convert another toolkit's checkpoint into an instseg checkpoint")
     imp.add_argument(
@@ -382,9 +388,23 @@ def _predict_prompts(args: argparse.Namespace) -> int:
     return _report_failures(failures, out)
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.points or args.box:
         return _predict_prompts(args)
+    from instseg import distributed
+
+    if args.nproc > 1 and not distributed.launched():
+        from instseg.launch import launch_ranks
+
+        return launch_ranks(args.nproc, _without_nproc(argv))
+    try:
+        return _predict_images(args)
+    finally:
+        distributed.stop()
+
+
+def _predict_images(args: argparse.Namespace) -> int:
+    from instseg import distributed
     from instseg.api import load
     from instseg.config import field_values
     from instseg.data.coco import write_json
@@ -395,6 +415,7 @@ def _predict(args: argparse.Namespace) -> int:
     from instseg.pictures import save_overlay
 
     predictor = load(args.onnx or args.checkpoint, args.device, args.min_score, **field_values(args.set))
+    distributed.start(predictor.device)  # under torchrun: this rank predicts its shard of the images
     paths = list_images(args.inputs)
     stems = output_stems(paths)
     out = Path(args.out)
@@ -420,6 +441,13 @@ def _predict(args: argparse.Namespace) -> int:
         args.batch_size,
         on_image=on_image,
     )
+    # every rank's measurements and unreadable files, in input order, on rank 0, which writes the tables
+    shards = distributed.gather_to_main((rows, images.failures or []))
+    if shards is None:
+        return 0
+    position = {str(p): i for i, p in enumerate(paths)}
+    rows = sorted((r for part, _ in shards for r in part), key=lambda r: position[r["image"]])
+    failures = [f for _, part in shards for f in part]
     results = [
         dict(r, file_name=str(paths[r["image_id"]])) for r in run.results if r["score"] >= args.min_score
     ]
@@ -430,7 +458,7 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"label images (uint16 PNG): {out / 'labels'}; per-object measurements: {out / 'objects.csv'}")
     if not args.no_overlays:
         print(f"overlays: {out / 'overlays'}")
-    return _report_failures(images.failures or [], out)
+    return _report_failures(failures, out)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -517,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"wrote {export_onnx(args.checkpoint, args.out, args.min_score)}")
             return 0
-        return _predict(args)
+        return _predict(args, argv)
     except InstsegError as exc:
         if args.verbose:
             raise

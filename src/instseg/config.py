@@ -70,7 +70,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     # autocast: bf16 on CPU or CUDA; fp16 (with a gradient scaler) on CUDA only
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False  # torch.compile the model for training
+    compile: bool = False  # torch.compile the backbone for training (needs a C++ compiler on CPU)
     channels_last: bool = False  # NHWC weights and activations: faster for BatchNorm/MobileNet models on CPU
     device: str = "auto"
     threads: int | None = None  # torch CPU threads

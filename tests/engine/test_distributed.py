@@ -138,6 +138,19 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
     assert "images" in two.stdout and "s/image" in two.stdout
 
 
+def test_sharded_prediction_writes_what_one_process_writes(tmp_path):
+    images = str(demo_data() / "val")
+    common = ("predict", "--model", "nuclei", images, "--no-overlays")
+    one = instseg(*common, "--out", str(tmp_path / "one"))
+    two = instseg(*common, "--out", str(tmp_path / "two"), "--nproc", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    for name in ("predictions.json", "objects.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    labels = sorted(p.name for p in (tmp_path / "one" / "labels").iterdir())
+    assert len(labels) >= 5 and labels == sorted(p.name for p in (tmp_path / "two" / "labels").iterdir())
+    assert two.stdout.count("COCO results:") == 1  # rank 0 alone reports
+
+
 def _rank_pid(rank: int, marker: str) -> int | None:
     """The pid of the training process of ``rank`` whose command line holds ``marker``."""
     for proc in Path("/proc").iterdir():

@@ -229,6 +229,8 @@ class Trainer:
             log.info("backbone_lr 0: %d tensors under %s frozen", len(frozen), _backbone_prefix(self.model))
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if distributed.active() and self.device.type == "cuda":  # batch statistics over every rank
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = _optimizer(self.model, cfg)
         self.ema = build_ema(self.model, cfg.ema_decay) if cfg.ema else None
         # what is saved, evaluated and predicted with
@@ -239,8 +241,10 @@ class Trainer:
             self.resume(resume)
         elif distributed.active():  # each rank its own stream for the model's random draws
             torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
-        # what the training step calls: the model, compiled and/or wrapped for the ranks if asked
-        self.forward: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        if cfg.compile:  # the backbone only: fixed shapes; the heads' and losses' shapes change per image
+            self.model.backbone.compile()
+        # what the training step calls: the model, wrapped for the ranks when there are several
+        self.forward: nn.Module = self.model
         if distributed.active():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.forward, device_ids=ids)
