@@ -258,7 +258,7 @@ def _eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _eval_prompts(args)
     from instseg import distributed
 
-    if args.nproc > 1 and not distributed.launched():
+    if args.nproc > 1 and not distributed.launched() and not args.results:  # a results file: no model
         from instseg.launch import launch_ranks
 
         return launch_ranks(args.nproc, _without_nproc(argv))

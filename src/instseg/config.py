@@ -55,6 +55,9 @@ class TrainConfig:
     steps: int = 1000
     time_budget_s: float | None = None  # stop after this long; the schedule follows elapsed time
     batch_size: int = 4
+    # repeat-factor sampling: images with classes in fewer than this fraction of the training images
+    # are drawn sqrt(threshold / fraction) times as often (LVIS: 0.001); 0: off
+    repeat_threshold: float = 0.0
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 3e-4
     weight_decay: float = 0.05

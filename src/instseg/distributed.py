@@ -93,6 +93,15 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def value_from_main(value: float) -> float:
+    """Rank 0's ``value`` on every rank (a clock reading, so that every rank's schedule agrees)."""
+    if not active():
+        return value
+    t = _tensor(value)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def gather_to_main(obj: T) -> list[T] | None:
     """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others."""
     if not active():

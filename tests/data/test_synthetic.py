@@ -79,12 +79,16 @@ def test_occlusion_knob_hides_more(tmp_path):
 
 
 def test_longtail_frequencies_and_lvis_fields(tmp_path):
-    generate(preset("longtail", train_images=120, val_images=10, size=96, radius=(5.0, 12.0)), tmp_path)
+    generate(preset("longtail", train_images=120, val_images=40, size=96, radius=(5.0, 12.0)), tmp_path)
     doc = json.loads((tmp_path / "annotations" / "instances_train.json").read_text())
-    counts = np.bincount([a["category_id"] for a in doc["annotations"]], minlength=21)[1:]
+    assert len(doc["categories"]) == 40
+    counts = np.bincount([a["category_id"] for a in doc["annotations"]], minlength=41)[1:]
     assert counts[0] > 8 * max(counts[-5:].mean(), 1)  # the head dwarfs the tail
-    freqs = {c["frequency"] for c in doc["categories"]}
-    assert {"r", "f"} <= freqs
+    freqs = [c["frequency"] for c in doc["categories"]]
+    assert {"r", "c", "f"} <= set(freqs) and freqs.count("r") >= 10
+    assert all(c["image_count"] >= 1 for c in doc["categories"])  # rare, never missing
+    val = json.loads((tmp_path / "annotations" / "instances_val.json").read_text())
+    assert {a["category_id"] for a in val["annotations"]} == set(range(1, 41))  # every class is scored
     assert is_lvis(load_ground_truth(tmp_path / "annotations" / "instances_val.json"))
 
 

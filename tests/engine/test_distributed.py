@@ -204,3 +204,19 @@ def test_a_killed_rank_ends_the_job_with_one_line_and_the_checkpoint_resumes(tin
     resumed = instseg(*argv, "--resume", str(out / "last"), "--steps", str(step + 2), "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_meta(out / "last")["step"] == step + 2
+
+
+def test_divergence_stops_every_rank_with_one_line_and_a_finite_checkpoint(tiny_coco, tmp_path):
+    out = tmp_path / "diverged"
+    config = _config(tmp_path, tiny_coco, "condinst", steps=50, checkpoint_every=1, lr=1e4)
+    done = instseg(
+        "train", "--model", "condinst", "--config", config, "--out", str(out), "--batch-size", "1",
+        "--nproc", "2", "--clip-grad", "none",
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("instseg: error: rank ") and "every rank was stopped" in lines[-1]
+    assert any("not finite" in line or "loss is nan" in line or "loss is inf" in line for line in lines)
+    step = load_meta(out / "last")["step"]
+    assert 1 <= step < 50
+    assert all(torch.isfinite(w).all() for w in load_weights(out / "last").values())

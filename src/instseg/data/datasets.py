@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from instseg.data.coco import CocoIndex
 from instseg.data.images import read_image
+from instseg.data.repeat_factors import epoch_indices
 from instseg.data.transforms import TrainTransform
 from instseg.errors import DataError
 
@@ -45,6 +46,13 @@ class CocoTrainDataset(Dataset):
                 img, target = self.transform(image, objects)
             target["seed"] = torch.tensor(seed)  # the draw's own seed, for the criterion's random points
         target["image_id"] = torch.tensor(info["id"])
+        if "neg_category_ids" in info:  # LVIS-style: which classes this image verifies (models/federated.py)
+            for key, field in (
+                ("neg_labels", "neg_category_ids"),
+                ("not_exhaustive_labels", "not_exhaustive_category_ids"),
+            ):
+                labels = [self.index.label_of[c] for c in info.get(field, []) if c in self.index.label_of]
+                target[key] = torch.tensor(labels, dtype=torch.int64)
         return img, target
 
 
@@ -99,26 +107,46 @@ class SeededEpochSampler(Sampler):
     ``s`` trains on the ``world * batch_size`` draws one process would take for
     a batch that large, and rank ``r`` takes the ``r``-th ``batch_size`` of them:
     the ranks together see exactly one large batch, with the same augmentation.
+    ``repeat``: each image's repeat factor (``data/repeat_factors.py``); an
+    epoch then holds every image ``floor(r)`` or ``ceil(r)`` times, drawn from
+    the same seed, so ranks and resumed runs agree on it too.
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        repeat: Tensor | None = None,
     ) -> None:
         if size == 0:
             raise ValueError("cannot sample from an empty dataset")
+        if repeat is not None and len(repeat) != size:
+            raise ValueError(f"{len(repeat)} repeat factors for {size} images")
         self.size = size
         self.batch_size = batch_size
         self.seed = seed
         self.rank, self.world = rank, world
         self.start = start_step * batch_size * world
+        self.repeat = repeat
+
+    def epoch(self, epoch: int) -> list[int]:
+        """The shuffled images of one epoch."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.repeat is None:
+            return torch.randperm(self.size, generator=g).tolist()
+        images = epoch_indices(self.repeat, g)
+        return images[torch.randperm(len(images), generator=g)].tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position = 0
         epoch = 0
         step_draws = self.batch_size * self.world
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
+            order = self.epoch(epoch)
             for i in order:
                 if position >= self.start and (position % step_draws) // self.batch_size == self.rank:
                     yield i, (self.seed * 1_000_003 + position) % (2**63)

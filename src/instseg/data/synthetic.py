@@ -53,6 +53,7 @@ class SynthConfig:
     clutter: int = 0  # unannotated distractor strokes per image
     noise: float = 4.0  # Gaussian pixel noise, in grey levels
     lvis_fields: bool = False  # write neg/not-exhaustive ids so evaluation is LVIS-federated
+    every_class: bool = False  # image i < classes of each split holds an object of class i: none is missing
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -71,19 +72,22 @@ PRESETS: dict[str, SynthConfig] = {
         clutter=12,
         noise=12.0,
     ),
+    # 40 classes, exponent 1.8: a few frequent (> 100 training images), the rest common and rare
+    # (1-10 images); every class in at least one image of each split
     "longtail": SynthConfig(
         train_images=600,
         val_images=150,
-        classes=20,
+        classes=40,
         objects=(4, 12),
         radius=(8.0, 30.0),
         thin=0.1,
         occlusion=0.15,
         touching=0.2,
-        longtail=1.6,
+        longtail=1.8,
         clutter=4,
         noise=6.0,
         lvis_fields=True,
+        every_class=True,
     ),
 }
 
@@ -91,7 +95,8 @@ PRESET_NOTES = {
     "tiny": "64x64, 2 classes, 2-4 objects: for tests that must train in seconds",
     "easy": "3 well-separated classes, 3-8 mid-size objects, no occlusion: a sanity check",
     "hard": "8 classes, 12-40 objects of 4-28 px, wires, 40% occlusion, touching, rough edges, clutter",
-    "longtail": "20 classes with power-law frequencies (LVIS r/c/f tags and federated fields)",
+    "longtail": "40 classes with power-law frequencies, rare ones in 1-10 training images (LVIS r/c/f "
+    "tags and federated fields)",
 }
 
 
@@ -218,16 +223,18 @@ def _texture(look: ClassLook, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 
 def render_scene(
-    cfg: SynthConfig, looks: list[ClassLook], rng: np.random.Generator
+    cfg: SynthConfig, looks: list[ClassLook], rng: np.random.Generator, last_label: int | None = None
 ) -> tuple[np.ndarray, list[SceneObject]]:
-    """One image (uint8 RGB) and its visible objects, nearest object last."""
+    """One image (uint8 RGB) and its visible objects, nearest object last. ``last_label``: the class of
+    the last (nearest, so never hidden) object, instead of a draw."""
     size = cfg.size
     weights = class_weights(cfg)
     n = int(rng.integers(cfg.objects[0], cfg.objects[1] + 1))
     objects: list[SceneObject] = []
     placed: list[tuple[np.ndarray, float]] = []
-    for _ in range(n):
-        label = int(rng.choice(cfg.classes, p=weights))
+    for k in range(n):
+        forced = last_label is not None and k == n - 1
+        label = last_label if forced else int(rng.choice(cfg.classes, p=weights))
         r = float(rng.uniform(*cfg.radius))
         center = _place(rng, placed, r, cfg)
         y0, x0, shape = _shape(rng, looks[label].kind, center, r, cfg)
@@ -270,7 +277,8 @@ def _write_image(job: tuple[SynthConfig, list[ClassLook], int, int, str]) -> tup
     """Render image ``i`` of split ``s`` from its own seed, write it, and return its records."""
     cfg, looks, s, i, folder = job
     split = SPLITS[s]
-    image, objects = render_scene(cfg, looks, np.random.default_rng([cfg.seed, s, i]))
+    last = i if cfg.every_class and i < cfg.classes else None
+    image, objects = render_scene(cfg, looks, np.random.default_rng([cfg.seed, s, i]), last)
     name = f"{split}_{i:05d}.png"
     cv2.imwrite(str(Path(folder) / name), image[:, :, ::-1], PNG_FLAGS)
     record: dict[str, Any] = {"id": i + 1, "file_name": name, "height": cfg.size, "width": cfg.size}

@@ -10,6 +10,7 @@ proposal samplers draw from is saved with the optimizer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from instseg import distributed
 from instseg.config import TrainConfig, config_to_dict
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler, batch_to, collate
+from instseg.data.repeat_factors import images_per_class, repeat_factors
 from instseg.data.transforms import TrainTransform
 from instseg.engine import checkpoint as ckpt
 from instseg.engine.device import resolve_device
@@ -109,8 +111,15 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _loader(dataset: CocoTrainDataset, cfg: TrainConfig, start_step: int) -> DataLoader:
+    repeat = repeat_factors(dataset.index, cfg.repeat_threshold) if cfg.repeat_threshold > 0 else None
     sampler = SeededEpochSampler(
-        len(dataset), cfg.batch_size, cfg.seed, start_step, distributed.rank(), distributed.world_size()
+        len(dataset),
+        cfg.batch_size,
+        cfg.seed,
+        start_step,
+        distributed.rank(),
+        distributed.world_size(),
+        repeat,
     )
     return DataLoader(
         dataset,
@@ -216,6 +225,9 @@ class Trainer:
             raise DataError(f"{val.source.annotations}: categories differ from the training set's")
         log.info("train: %d images from %s", len(train_index), train_index.source.annotations)
 
+        if getattr(model_cfg, "federated_classes", 0) > 0 and not model_cfg.class_frequencies:
+            # the federated loss samples classes by their frequency: counted once, kept with the model
+            model_cfg = dataclasses.replace(model_cfg, class_frequencies=tuple(images_per_class(train_index)))
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_name, model_cfg, len(self.categories)).to(self.device)
         if cfg.init:
@@ -242,7 +254,10 @@ class Trainer:
         elif distributed.active():  # each rank its own stream for the model's random draws
             torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
         if cfg.compile:  # the backbone only: fixed shapes; the heads' and losses' shapes change per image
-            self.model.backbone.compile()
+            trunk = getattr(self.model, "backbone", None) or getattr(self.model, "image_encoder", None)
+            if not isinstance(trunk, nn.Module):
+                raise InstsegError(f"--compile: a {model_name} model has no backbone to compile")
+            trunk.compile()
         # what the training step calls: the model, wrapped for the ranks when there are several
         self.forward: nn.Module = self.model
         if distributed.active():
@@ -287,13 +302,6 @@ class Trainer:
         """Fraction of training done: by steps, or by time when there is a budget, whichever is further."""
         p = self.step / self.cfg.steps
         return max(p, self.elapsed / self.cfg.time_budget_s) if self.cfg.time_budget_s else p
-
-    def done(self) -> bool:
-        """Whether training is over, the same answer on every rank (a time budget runs out on one rank
-        first; the others stop with it)."""
-        if self.cfg.time_budget_s:
-            return distributed.any_rank(self.progress() >= 1.0)
-        return self.progress() >= 1.0
 
     def train_step(self) -> tuple[float, float]:
         """One optimizer step on the next batch; returns (total loss, learning rate)."""
@@ -354,8 +362,9 @@ class Trainer:
         meta = {**self.meta, "step": self.step, "metrics": metrics or {}}
         bad = ckpt.nonfinite(self.finished.state_dict()) or ckpt.nonfinite(self.model.state_dict())
         if distributed.any_rank(bool(bad)):
-            first = f" (first: {bad[0]})" if bad else " on another rank"
-            self.stop(f"{len(bad)} weight tensors are not finite after step {self.step}{first}")
+            if not bad:
+                self.stop(f"weights are not finite on another rank after step {self.step}")
+            self.stop(f"{len(bad)} weight tensors are not finite after step {self.step} (first: {bad[0]})")
         rng_ranks = distributed.gather_to_main(torch.get_rng_state()) if resumable else None
         if not self.main:
             return
@@ -403,9 +412,10 @@ class Trainer:
         started = time.perf_counter() - self.elapsed
         log_path = out / "metrics.jsonl" if self.main else Path(os.devnull)  # rank 0 keeps the log
         with log_path.open("a") as jsonl, bar:  # closed on errors too: they print below it
-            while not self.done():
+            while self.progress() < 1.0:
                 loss, lr = self.train_step()
-                self.elapsed = time.perf_counter() - started
+                # rank 0's clock on every rank: the time-based schedule and the stop agree everywhere
+                self.elapsed = distributed.value_from_main(time.perf_counter() - started)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if self.step % cfg.log_every == 0:
@@ -414,7 +424,7 @@ class Trainer:
                     self.save(out / "last")
                 if cfg.keep_every and self.step % cfg.keep_every == 0:
                     self.save(out / "snapshots" / f"step_{self.step:07d}", resumable=False)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and not self.done():
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.progress() < 1.0:
                     metrics, _ = self.evaluate(jsonl)
                     if metrics:
                         log.info("step %d\n%s", self.step, format_table(metrics))

@@ -26,9 +26,15 @@ def dice_loss(logits: Tensor, targets: Tensor, eps: float = 1e-3) -> Tensor:
     return 1 - (2 * inter + eps) / ((p * p).sum(1) + (t * t).sum(1) + eps)
 
 
-def focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Summed sigmoid focal loss (torchvision's), to be normalised by the caller's positive count."""
-    return sigmoid_focal_loss(logits, targets.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="sum")
+def focal_loss_sum(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, weight: Tensor | None = None
+) -> Tensor:
+    """Summed sigmoid focal loss (torchvision's), to be normalised by the caller's positive count;
+    ``weight`` (broadcast to ``logits``) scales each term, e.g. 0 for a class not to be learnt there."""
+    if weight is None:
+        return sigmoid_focal_loss(logits, targets.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="sum")
+    terms = sigmoid_focal_loss(logits, targets.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="none")
+    return (terms * weight.to(terms)).sum()
 
 
 def point_dice_loss(logits: Tensor, targets: Tensor) -> Tensor:

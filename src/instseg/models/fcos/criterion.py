@@ -17,6 +17,7 @@ from torchvision.ops import generalized_box_iou_loss
 from instseg.distributed import mean_over_ranks
 from instseg.models.fcos.head import level_ranges, ltrb_iou, ltrb_to_boxes
 from instseg.models.fcos.targets import PointTargets, assign_targets
+from instseg.models.federated import federated_weights
 from instseg.models.losses import focal_loss_sum
 from instseg.models.point_sampling import draw_generator
 
@@ -48,7 +49,11 @@ class FCOSCriterion(nn.Module):
         locations, levels = outputs.locations, outputs.levels
         assigned = assign_targets(targets, locations, levels, self.strides, self.ranges, cfg.center_radius)
         labels = [t["labels"] for t in targets]
-        losses = detection_losses(outputs, assigned, labels, cfg.focal_alpha, cfg.focal_gamma, cfg.quality)
+        num_classes = outputs.class_logits.shape[-1]
+        negative = federated_weights(targets, num_classes, cfg.federated_classes, cfg.class_frequencies)
+        losses = detection_losses(
+            outputs, assigned, labels, cfg.focal_alpha, cfg.focal_gamma, cfg.quality, negative
+        )
         positives = [self.sample_positives(a, t) for a, t in zip(assigned, targets, strict=True)]
         for name, weight, values in self.masks.losses(outputs, targets, assigned, positives):
             if weight <= 0:
@@ -71,9 +76,11 @@ def detection_losses(
     alpha: float = 0.25,
     gamma: float = 2.0,
     quality: str = "centerness",
+    negative: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Focal classification over all locations (``loss_class``), GIoU (``loss_box``) and centre-ness BCE
-    (``loss_quality``) over positives.
+    (``loss_quality``) over positives. ``negative`` ``[B, K]``: which classes each image may learn as
+    absent (``federated.negative_weights``; None: all).
 
     The box loss is weighted by the centre-ness targets (as in FCOS), so the
     boxes that inference ranks highest are the ones trained hardest. With
@@ -92,7 +99,8 @@ def detection_losses(
     pos = cls_t > 0
     # normalisers averaged over the ranks, as the reference implementation does (one process: as is)
     num_pos = mean_over_ranks(pos.sum(), least=1).to(outputs.class_logits.device)
-    loss_class = focal_loss_sum(outputs.class_logits, onehot, alpha, gamma) / num_pos
+    weight = None if negative is None else torch.maximum(onehot.float(), negative.to(onehot.device)[:, None])
+    loss_class = focal_loss_sum(outputs.class_logits, onehot, alpha, gamma, weight) / num_pos
     ltrb_t = torch.stack([t.ltrb for t in targets])[pos]
     ctr_t = torch.stack([t.centerness for t in targets])[pos]
     ctr_sum = mean_over_ranks(ctr_t.sum(), least=1e-6).to(ctr_t.device)

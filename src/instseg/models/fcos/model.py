@@ -45,6 +45,11 @@ class FCOSConfig(ModelConfig):
     # or the IoU of the location's own predicted box with its object's (IoU-aware ranking)
     quality: Literal["centerness", "iou"] = "centerness"
     max_masks_per_image: int = 256  # positive locations given a mask loss, sampled beyond this
+    # LVIS-style training of the sigmoid classifier (models/federated.py): the federated loss's classes
+    # per batch (ground truth + sampled by frequency ** 0.5; 0: all), and training images per class
+    # (filled from the data when empty)
+    federated_classes: int = 0
+    class_frequencies: tuple[float, ...] = ()
     score_threshold: float = 0.05
     pre_nms_top: int = 1000  # per level
     nms: Literal["fast", "standard"] = "standard"  # YOLACT's one-matrix Fast NMS, or sequential NMS

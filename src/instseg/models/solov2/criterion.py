@@ -10,6 +10,7 @@ claimant, which trains one kernel towards two masks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from instseg.distributed import mean_over_ranks, world_size
 from instseg.masks import downsample_masks, mass_centres
+from instseg.models.federated import federated_weights
 from instseg.models.losses import dice_loss, focal_loss_sum
 from instseg.models.point_sampling import draw_generator
 from instseg.models.postprocess import MASK_STRIDE
@@ -82,6 +84,8 @@ class SOLOv2Criterion(nn.Module):
         focal_gamma: float,
         max_masks_per_image: int,
         masks: KernelMasks,
+        federated_classes: int = 0,
+        class_frequencies: Sequence[float] = (),
     ) -> None:
         """``masks`` makes mask logits from kernels as the postprocessor does, so training and inference
         make masks the same way."""
@@ -94,12 +98,13 @@ class SOLOv2Criterion(nn.Module):
         self.focal_gamma = focal_gamma
         self.max_masks = max_masks_per_image
         self.masks = masks
+        self.federated_classes, self.class_frequencies = federated_classes, tuple(class_frequencies)
 
     def forward(self, outputs: SOLOv2Outputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         cate_logits, kernels = outputs.class_logits, outputs.kernels
         mask_feats, padded_size = outputs.mask_features, outputs.padded
         device = mask_feats.device
-        cate_preds, cate_targets = [], []
+        cate_preds, cate_targets, cate_images = [], [], []
         pred_masks, mask_targets = [], []
         h, w = mask_feats.shape[-2:]
         for b, t in enumerate(targets):
@@ -115,6 +120,7 @@ class SOLOv2Criterion(nn.Module):
                 lt = assign_level(boxes, labels, centres, grid, cell, self.scale_ranges[level], self.sigma)
                 cate_preds.append(logits[b].flatten(1).T)  # [S_h*S_w, K]
                 cate_targets.append(lt.labels.flatten())
+                cate_images.append(torch.full((grid[0] * grid[1],), b, dtype=torch.int64))
                 pos = lt.owner.flatten() >= 0
                 kernel_rows.append(kern[b].flatten(1).T[pos])  # [P, E]
                 owners.append(lt.owner.flatten()[pos])
@@ -134,7 +140,13 @@ class SOLOv2Criterion(nn.Module):
         onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
         # normalisers averaged over the ranks: together, one process's num_pos + 1 and instance count
         num_pos = mean_over_ranks((labels > 0).sum()).to(device) + 1 / world_size()
-        loss_class = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma)
+        negative = federated_weights(
+            targets, self.num_classes, self.federated_classes, self.class_frequencies
+        )
+        weight = None
+        if negative is not None:  # each cell weighs its image's classes; positives always train
+            weight = torch.maximum(onehot.float(), negative[torch.cat(cate_images)].to(device))
+        loss_class = focal_loss_sum(torch.cat(cate_preds), onehot, self.focal_alpha, self.focal_gamma, weight)
         loss_class = loss_class / num_pos
         count = mean_over_ranks(sum(len(m) for m in mask_targets), least=1).to(device)
         if pred_masks:

@@ -46,6 +46,11 @@ class SOLOv2Config(ModelConfig):
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     max_masks_per_image: int = 1000  # positive cells given a mask loss, sampled beyond this
+    # LVIS-style training of the sigmoid classifier (models/federated.py): the federated loss's classes
+    # per batch (ground truth + sampled by frequency ** 0.5; 0: all), and training images per class
+    # (filled from the data when empty)
+    federated_classes: int = 0
+    class_frequencies: tuple[float, ...] = ()
     score_threshold: float = 0.1
     pre_nms_top: int = 500
     nms_kernel: Literal["gaussian", "linear"] = "gaussian"
@@ -207,6 +212,8 @@ class SOLOv2(SegmentationModel):
             cfg.focal_gamma,
             cfg.max_masks_per_image,
             masks,
+            cfg.federated_classes,
+            cfg.class_frequencies,
         )
         transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
         super().__init__(transform, criterion, SOLOv2Postprocessor(cfg, masks))
