@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from instseg.errors import InstsegError
@@ -253,19 +253,28 @@ def _eval_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.prompts:
-        return _eval_prompts(args)
+def _as_ranks(
+    args: argparse.Namespace, argv: Sequence[str], work: Callable[[argparse.Namespace], int]
+) -> int:
+    """``work(args)`` here, or as ``--nproc`` ranks of this command, each predicting a shard of the images."""
     from instseg import distributed
 
-    if args.nproc > 1 and not distributed.launched() and not args.results:  # a results file: no model
+    if args.nproc > 1 and not distributed.launched():
         from instseg.launch import launch_ranks
 
         return launch_ranks(args.nproc, _without_nproc(argv))
     try:
-        return _eval_model(args)
+        return work(args)
     finally:
         distributed.stop()
+
+
+def _eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.prompts:
+        return _eval_prompts(args)
+    if args.results:  # a results file: no model to run, nothing to share out
+        return _eval_model(args)
+    return _as_ranks(args, argv, _eval_model)
 
 
 def _eval_model(args: argparse.Namespace) -> int:
@@ -391,16 +400,7 @@ def _predict_prompts(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.points or args.box:
         return _predict_prompts(args)
-    from instseg import distributed
-
-    if args.nproc > 1 and not distributed.launched():
-        from instseg.launch import launch_ranks
-
-        return launch_ranks(args.nproc, _without_nproc(argv))
-    try:
-        return _predict_images(args)
-    finally:
-        distributed.stop()
+    return _as_ranks(args, argv, _predict_images)
 
 
 def _predict_images(args: argparse.Namespace) -> int:

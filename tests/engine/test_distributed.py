@@ -24,43 +24,17 @@ import yaml
 from instseg.demo import demo_data
 from instseg.engine.checkpoint import load_meta, load_weights
 from tests.conftest import TINY_MODEL
+from tests.models.test_condinst import SMALL as CONDINST_SMALL
+from tests.models.test_mask2former import TINY as MASK2FORMER_TINY
+from tests.models.test_solov2 import SMALL as SOLOV2_SMALL
 
 # one family of each kind, small; GroupNorm throughout (per-rank BatchNorm statistics would differ)
 FAMILIES = {
     # every anchor and RoI sampled: torchvision draws its samples from the global generator
     "mask_rcnn": {**TINY_MODEL, "rpn_batch_per_image": 100_000, "box_batch_per_image": 100_000},
-    "condinst": {
-        "fpn_channels": 32,
-        "head_channels": 32,
-        "head_convs": 2,
-        "mask_branch_channels": 32,
-        "mask_branch_convs": 2,
-        "first_level": 2,
-        "scale": 1.0,
-        "size_bounds": [16, 32, 64, 128],
-    },
-    "solov2": {
-        "fpn_channels": 32,
-        "head_channels": 32,
-        "head_convs": 2,
-        "mask_channels": 32,
-        "kernel_dim": 32,
-        "scale": 1.0,
-        "grid_cells": [4.0, 6.0, 8.0, 16.0, 32.0],
-        "scale_ranges": [1, 14, 10, 28, 20, 56, 40, 112, 80, 4096],
-    },
-    "mask2former": {
-        "min_size": 64,
-        "max_size": 64,
-        "hidden_dim": 64,
-        "heads": 4,
-        "encoder_layers": 1,
-        "encoder_ffn": 128,
-        "decoder_layers": 3,
-        "decoder_ffn": 128,
-        "num_queries": 12,
-        "num_points": 1024,
-    },
+    "condinst": CONDINST_SMALL,
+    "solov2": SOLOV2_SMALL,
+    "mask2former": {**MASK2FORMER_TINY, "min_size": 64, "max_size": 64},
 }
 # SGD: its step is linear in the gradient, so rounding differences stay rounding-sized (Adam divides
 # them by the gradient's running size, and a weight whose gradient is ~0 moves by ~lr either way).
