@@ -66,3 +66,14 @@ def test_data_commands_end_to_end(tmp_path, capsys):
         == 2
     )
     assert "no converter from yolo to labelmaps" in capsys.readouterr().err
+
+
+def test_lvis_tags_reach_the_class_frequency_plot(tmp_path):
+    from instseg.data.synthetic import generate, preset
+
+    generate(preset("longtail", train_images=60, val_images=4, size=64, radius=(4.0, 8.0)), tmp_path / "lt")
+    stats = dataset_stats(tmp_path / "lt", "train")
+    assert len(stats.lvis_frequency) == 40 and set(stats.lvis_frequency.values()) <= {"r", "c", "f"}
+    assert "r" in stats.lvis_frequency.values()
+    assert stats.class_counts.keys() == stats.lvis_frequency.keys()
+    assert (tmp_path / "plots" / "class_frequency.png") in plot_stats(stats, tmp_path / "plots")

@@ -34,6 +34,7 @@ class DatasetStats:
     class_counts: dict[str, int]
     image_sizes: Counter = field(default_factory=Counter)  # (H, W) -> images
     crowd: int = 0
+    lvis_frequency: dict[str, str] = field(default_factory=dict)  # class -> LVIS tag r/c/f, when tagged
 
     def format(self, classes: int = 10) -> str:
         n = self.instances_per_image
@@ -80,6 +81,11 @@ def dataset_stats(data: str | Path, split: str = "train") -> DatasetStats:
         class_counts=dict(counts),
         image_sizes=Counter((int(im["height"]), int(im["width"])) for im in index.images),
         crowd=crowd,
+        lvis_frequency={
+            str(c.get("name", c["id"])): str(c["frequency"])
+            for c in index.dataset["categories"]
+            if "frequency" in c
+        },
     )
 
 
@@ -106,7 +112,13 @@ def plot_stats(stats: DatasetStats, out: str | Path) -> list[Path]:
 
     counts = sorted(stats.class_counts.items(), key=lambda kv: -kv[1])
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(counts)), 4))
-    ax.bar(range(len(counts)), [v for _, v in counts], color="tab:orange")
+    tags = {"f": ("tab:blue", "frequent"), "c": ("tab:orange", "common"), "r": ("tab:red", "rare")}
+    colours = [tags.get(stats.lvis_frequency.get(k, ""), ("tab:orange", ""))[0] for k, _ in counts]
+    ax.bar(range(len(counts)), [v for _, v in counts], color=colours)
+    if stats.lvis_frequency:  # LVIS tags: the long tail in colour
+        shown = sorted(set(stats.lvis_frequency.values()) & set(tags), key="fcr".index)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=tags[t][0]) for t in shown]
+        ax.legend(handles, [tags[t][1] for t in shown], title="LVIS frequency")
     if len(counts) <= 40:
         ax.set_xticks(range(len(counts)), [k for k, _ in counts], rotation=90, fontsize=7)
     if counts and counts[0][1] > 20 * max(counts[-1][1], 1):
