@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -34,6 +35,7 @@ from instseg.cropped_masks import as_requested
 from instseg.distributed import mean_over_ranks
 from instseg.models.backbones import build_fpn_backbone, norm_layer
 from instseg.models.postprocess import paste_masks
+from instseg.models.seesaw import NormedLinear, SeesawLoss
 from instseg.models.transform import ResizeNormalize
 
 # torchvision's loss names -> the project's (one name per meaning across families)
@@ -68,6 +70,9 @@ class MaskRCNNConfig(ModelConfig):
     box_batch_per_image: int = 512
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
+    # the box classifier's loss: torchvision's softmax cross-entropy, or for long-tailed data Seesaw
+    # (models/seesaw.py) on a normalised linear classifier with an object/background output apart
+    class_loss: Literal["cross_entropy", "seesaw"] = "cross_entropy"
 
 
 def nuclei_preset() -> MaskRCNNConfig:
@@ -153,17 +158,56 @@ class RoIMaskTransform(ResizeNormalize):
 
 class CountingSampler:
     """torchvision's positive/negative sampler, unchanged, noting how many anchors or RoIs it picked
-    (``picked``) and how many of them are positive (``positive``) in the last batch."""
+    (``picked``), how many of them are positive (``positive``) and their labels in the order the
+    heads see them (``picked_labels``) in the last batch."""
 
     def __init__(self, sampler: BalancedPositiveNegativeSampler) -> None:
         self.sampler = sampler
         self.picked, self.positive = 0, 0
+        self.picked_labels: list[Tensor] = []
 
     def __call__(self, labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         pos, neg = self.sampler(labels)
         self.positive = sum(int(p.sum()) for p in pos)
         self.picked = self.positive + sum(int(n.sum()) for n in neg)
+        # torchvision keeps each image's picked indexes in ascending order, as a mask selects them
+        self.picked_labels = [lab[(p | n).bool()] for lab, p, n in zip(labels, pos, neg, strict=True)]
         return pos, neg
+
+
+class SeesawBoxPredictor(nn.Module):
+    """Box classes and deltas for Seesaw training: ``NormedLinear`` logits over "background",
+    "object" and the ``K`` classes (the layout of the reference), returned to torchvision as the
+    log-probabilities ``[log P(bg), log P(obj) + log P(k | obj)]``, so that its softmax in
+    postprocessing gives each class's score ``P(obj) * P(k | obj)``. The raw logits of the last call
+    are kept for the loss (``InstanceMaskRCNN.forward``)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = NormedLinear(in_channels, num_classes + 2)
+        self.bbox_pred = nn.Linear(in_channels, (num_classes + 1) * 4)
+        self.class_loss = SeesawLoss(num_classes)
+        self.raw_logits: Tensor | None = None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(1)
+        raw = self.cls_score(x)
+        self.raw_logits = raw if self.training else None
+        objectness = F.log_softmax(raw[:, :2], dim=1)
+        classes = F.log_softmax(raw[:, 2:], dim=1)
+        return torch.cat([objectness[:, :1], objectness[:, 1:] + classes], dim=1), self.bbox_pred(x)
+
+    def loss(self, labels: Tensor) -> Tensor:
+        """The mean over the picked RoIs of object-vs-background cross-entropy, plus Seesaw over the
+        classes of the positive ones (labels ``1..K``; 0 is background)."""
+        assert self.raw_logits is not None, "loss() follows a training forward"
+        raw, labels = self.raw_logits, labels.long().to(self.raw_logits.device)
+        positive = labels > 0
+        objectness = F.cross_entropy(raw[:, :2].float(), positive.long(), reduction="sum")
+        self.class_loss.count(labels[positive] - 1)
+        classes = self.class_loss(raw[positive, 2:], labels[positive] - 1).sum()
+        self.raw_logits = None
+        return (objectness + classes) / max(len(labels), 1)
 
 
 def _rank_share(count: int) -> Tensor:
@@ -188,6 +232,11 @@ class InstanceMaskRCNN(MaskRCNN):
         if not isinstance(out, dict):
             return out
         rpn, roi = self.rpn.fg_bg_sampler, self.roi_heads.fg_bg_sampler
+        predictor = self.roi_heads.box_predictor
+        if isinstance(predictor, SeesawBoxPredictor) and isinstance(roi, CountingSampler):
+            # torchvision's RoIHeads computes its own cross-entropy inside forward; the classifier's
+            # loss is recomputed here from the same logits and the RoIs it picked
+            out["loss_classifier"] = predictor.loss(torch.cat(roi.picked_labels))
         if isinstance(rpn, CountingSampler) and isinstance(roi, CountingSampler):
             shares = {
                 "loss_objectness": _rank_share(rpn.picked),
@@ -236,7 +285,11 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
         rpn_batch_size_per_image=cfg.rpn_batch_per_image,
         box_roi_pool=pooler(featmaps, output_size=7, sampling_ratio=2),
         box_head=box_head,
-        box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
+        box_predictor=(
+            SeesawBoxPredictor(cfg.box_head_dim, num_classes)
+            if cfg.class_loss == "seesaw"
+            else FastRCNNPredictor(cfg.box_head_dim, num_classes + 1)
+        ),
         box_score_thresh=cfg.score_threshold,
         box_nms_thresh=cfg.nms_threshold,
         box_detections_per_img=cfg.detections_per_image,

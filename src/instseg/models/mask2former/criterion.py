@@ -1,7 +1,8 @@
 """Mask2Former's set criterion: Hungarian matching per layer, then class + point-sampled mask losses.
 
 Classification is cross-entropy over K classes + "no object", whose weight is
-down-scaled (0.1) because nearly every query is unmatched. Masks are
+down-scaled (0.1) because nearly every query is unmatched; for long-tailed data
+the cross-entropy can be Seesaw's (``models/seesaw.py``). Masks are
 supervised on K points per matched pair, most of them where the prediction
 is uncertain (``point_sampling.uncertain_points``): BCE (mean over points) and Dice,
 each summed over matched masks and divided by the number of ground-truth
@@ -21,6 +22,7 @@ from instseg.models.losses import point_dice_loss
 from instseg.models.mask2former.decoder import QueryPredictions, mask_logits
 from instseg.models.matcher import HungarianMatcher
 from instseg.models.point_sampling import draw_generator, point_sample, uncertain_points
+from instseg.models.seesaw import SeesawLoss
 
 if TYPE_CHECKING:
     from instseg.models.mask2former.model import Mask2FormerOutputs
@@ -38,6 +40,7 @@ class SetCriterion(nn.Module):
         num_points: int = 12544,
         oversample: float = 3.0,
         importance: float = 0.75,
+        seesaw: SeesawLoss | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -47,6 +50,7 @@ class SetCriterion(nn.Module):
         weights = torch.ones(num_classes + 1)
         weights[-1] = no_object_weight
         self.register_buffer("class_weights", weights, persistent=False)
+        self.seesaw = seesaw
 
     def forward(self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Each decoder layer's predictions matched and scored; losses are summed over the layers."""
@@ -59,6 +63,8 @@ class SetCriterion(nn.Module):
         features (``set_targets``)."""
         # objects per rank, averaged over the ranks: the gradient of one process on the whole batch
         num_masks = mean_over_ranks(sum(len(t["labels"]) for t in targets), least=1)
+        if self.seesaw is not None:  # every object is matched once per layer: counted once per batch
+            self.seesaw.count(torch.cat([t["labels"] for t in targets]))
         device = layers[0].mask_embed.device
         generators = [draw_generator(t, device) for t in targets]
         totals = {"loss_class": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
@@ -81,7 +87,10 @@ class SetCriterion(nn.Module):
         for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
             classes[b, rows.to(logits.device)] = t["labels"][cols.to(logits.device)]
         # the weighted mean cross_entropy takes, with the weights' sum averaged over the ranks
-        per_query = F.cross_entropy(logits.transpose(1, 2).float(), classes, reduction="none")
+        if self.seesaw is not None:
+            per_query = self.seesaw(logits.flatten(0, 1), classes.flatten()).view(classes.shape)
+        else:
+            per_query = F.cross_entropy(logits.transpose(1, 2).float(), classes, reduction="none")
         weights = self.class_weights[classes]
         loss_class = self.class_weight * (per_query * weights).sum() / mean_over_ranks(weights.sum())
         bce, dice = [], []

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from instseg.models.mask2former.position_encoding import sine_position_encoding
 from instseg.models.mlp import MLP
+from instseg.models.seesaw import NormedLinear
 
 
 @dataclass
@@ -68,6 +69,7 @@ class MaskedAttentionDecoder(nn.Module):
         heads: int = 8,
         ffn: int = 2048,
         levels: int = 3,
+        normed_classifier: bool = False,
     ) -> None:
         super().__init__()
         self.heads, self.levels = heads, levels
@@ -76,7 +78,8 @@ class MaskedAttentionDecoder(nn.Module):
         self.level_embed = nn.Embedding(levels, dim)
         self.layers = nn.ModuleList(MaskedAttentionLayer(dim, heads, ffn) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.class_head = nn.Linear(dim, num_classes + 1)  # the last class is "no object"
+        # the last class is "no object"; the cosine classifier goes with the Seesaw loss
+        self.class_head = (NormedLinear if normed_classifier else nn.Linear)(dim, num_classes + 1)
         self.mask_embed = MLP(dim, dim, dim)
 
     def predict(self, x: Tensor, attn_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:

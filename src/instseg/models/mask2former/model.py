@@ -30,6 +30,7 @@ from instseg.models.mask2former.postprocess import (
     semantic_inference,
 )
 from instseg.models.matcher import HungarianMatcher
+from instseg.models.seesaw import SeesawLoss
 from instseg.models.segmentation_model import SegmentationModel
 from instseg.models.transform import ResizeNormalize
 
@@ -48,6 +49,9 @@ class Mask2FormerConfig(ModelConfig):
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
+    # the query classifier's loss: cross-entropy, or for long-tailed data Seesaw (models/seesaw.py) on
+    # a normalised linear classifier, weighing the K classes against each other, not "no object"
+    class_loss: Literal["cross_entropy", "seesaw"] = "cross_entropy"
     num_points: int = 12544  # sampled points per mask, in matching and in the loss
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
@@ -104,6 +108,7 @@ class Mask2Former(SegmentationModel):
             cfg.num_points,
             cfg.oversample_ratio,
             cfg.importance_ratio,
+            SeesawLoss(num_classes) if cfg.class_loss == "seesaw" else None,
         )
         transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
         postprocessor = Mask2FormerPostprocessor(cfg.detections_per_image, cfg.mask_threshold)
@@ -121,7 +126,13 @@ class Mask2Former(SegmentationModel):
         else:
             self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim)
         self.decoder = MaskedAttentionDecoder(
-            cfg.hidden_dim, num_classes, cfg.num_queries, cfg.decoder_layers, cfg.heads, cfg.decoder_ffn
+            cfg.hidden_dim,
+            num_classes,
+            cfg.num_queries,
+            cfg.decoder_layers,
+            cfg.heads,
+            cfg.decoder_ffn,
+            normed_classifier=cfg.class_loss == "seesaw",
         )
 
     def network(self, pixels: Tensor) -> Mask2FormerOutputs:
