@@ -87,6 +87,8 @@ def test_longtail_frequencies_and_lvis_fields(tmp_path):
     freqs = [c["frequency"] for c in doc["categories"]]
     assert {"r", "c", "f"} <= set(freqs) and freqs.count("r") >= 10
     assert all(c["image_count"] >= 1 for c in doc["categories"])  # rare, never missing
+    kinds = [c["supercategory"] for c in doc["categories"]]
+    assert len(set(kinds[:4])) == 4 and kinds[:4] == kinds[-4:]  # frequency is not a kind's difficulty
     val = json.loads((tmp_path / "annotations" / "instances_val.json").read_text())
     assert {a["category_id"] for a in val["annotations"]} == set(range(1, 41))  # every class is scored
     assert is_lvis(load_ground_truth(tmp_path / "annotations" / "instances_val.json"))
