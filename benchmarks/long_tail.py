@@ -1,4 +1,4 @@
-"""Long tail: the same budget for a baseline, repeat-factor sampling, and RFS + federated training.
+"""Long tail: the same budget for a baseline, repeat-factor sampling, and RFS + a long-tail loss.
 
 On the synthetic ``longtail`` preset (40 classes, rare ones in 1-10 training
 images, LVIS fields), one family is trained for ``--budget-min`` minutes per
@@ -7,11 +7,13 @@ detections per image and a score threshold of 1e-4 (LVIS's conventions):
 AP, APr, APc, APf, and how many rare classes reach an AP above 0.
 
     python benchmarks/long_tail.py --model condinst --budget-min 10
-    python benchmarks/long_tail.py --model mask_rcnn --budget-min 10 --variants baseline rfs
+    python benchmarks/long_tail.py --model mask_rcnn --preset nuclei --budget-min 10
 
-Variants: ``baseline``; ``rfs`` (``repeat_threshold``); ``rfs_federated``
-(RFS + the federated loss: sigmoid families only). ``--data``: an LVIS-style
-dataset folder (default: the preset, generated under ``runs/data/longtail``).
+Variants: ``baseline``; ``rfs`` (``repeat_threshold``); ``rfs_federated`` (RFS
++ the federated loss: sigmoid classifiers) or ``rfs_seesaw`` (RFS + Seesaw on a
+cosine classifier: the softmax classifiers of Mask R-CNN and Mask2Former).
+``--data``: an LVIS-style dataset folder (default: the preset, generated under
+``runs/data/longtail``).
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ import instseg
 from instseg.data.synthetic import generate, preset
 from instseg.models.build import family
 
-VARIANTS = {
+# what each variant adds: repeat-factor sampling (a training field), a model field
+VARIANTS: dict[str, dict] = {
     "baseline": {},
-    "rfs": {"repeat_threshold": None},  # filled from --repeat-threshold
-    "rfs_federated": {"repeat_threshold": None, "federated_classes": None},
+    "rfs": {"repeat": True},
+    "rfs_federated": {"repeat": True, "model": {"federated_classes": None}},  # filled from the flag
+    "rfs_seesaw": {"repeat": True, "model": {"class_loss": "seesaw"}},
 }
+SOFTMAX_FAMILIES = ("mask_rcnn", "mask2former")
 LVIS_INFERENCE = {"detections_per_image": 300, "score_threshold": 1e-4}
 
 
 def run(args: argparse.Namespace, variant: str) -> dict:
-    fields = {k: v for k, v in VARIANTS[variant].items()}
-    if "repeat_threshold" in fields:
-        fields["repeat_threshold"] = args.repeat_threshold
-    model_options = {}
-    if "federated_classes" in fields:
-        model_options["federated_classes"] = fields.pop("federated_classes") or args.federated_classes
+    spec = VARIANTS[variant]
+    fields = {"repeat_threshold": args.repeat_threshold} if spec.get("repeat") else {}
+    model_options: dict = {"scale": args.scale, **spec.get("model", {})}
+    if "federated_classes" in model_options:
+        model_options["federated_classes"] = args.federated_classes
     out = Path(args.out) / f"{args.model}-{variant}"
     started = time.perf_counter()
     result = instseg.train(
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace, variant: str) -> dict:
         "APc": segm.stats["APc"],
         "APf": segm.stats["APf"],
         "rare_with_AP": sum(1 for row in rare if row["AP"] > 0),
+        "rare_above": sum(1 for row in rare if row["AP"] >= 0.1),
         "rare_scored": len(rare),
         "steps": result.steps,
         "minutes": round((time.perf_counter() - started) / 60, 1),
@@ -92,26 +97,41 @@ def main() -> int:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--data", default="runs/data/longtail")
     parser.add_argument("--budget-min", type=float, default=10.0)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), help="default: the three of the family's classifier"
+    )
     parser.add_argument("--repeat-threshold", type=float, default=0.05)
     parser.add_argument("--federated-classes", type=int, default=20)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="resize factor (the preset's 256 px images: 1, native)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench/long_tail")
     args = parser.parse_args()
+    if not args.variants:
+        last = "rfs_seesaw" if args.model in SOFTMAX_FAMILIES else "rfs_federated"
+        args.variants = ["baseline", "rfs", last]
+    softmax = args.model in SOFTMAX_FAMILIES
+    for variant in args.variants:
+        if variant in ("rfs_federated", "rfs_seesaw") and softmax != (variant == "rfs_seesaw"):
+            parser.error(
+                f"{variant} is for {'softmax' if variant == 'rfs_seesaw' else 'sigmoid'} classifiers"
+            )
     if not index_path(args.data).is_file():
         generate(preset("longtail"), args.data, progress=True)
     rows = [run(args, variant) for variant in args.variants]
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()}, {args.model} {args.preset}, seed {args.seed}"
     )
-    print(f"`python benchmarks/long_tail.py --model {args.model} --budget-min {args.budget_min:g}`\n")
-    print("| variant | AP | APr | APc | APf | rare classes with AP > 0 | steps |")
-    print("|---|---|---|---|---|---|---|")
+    command = f"python benchmarks/long_tail.py --model {args.model} --preset {args.preset}"
+    print(f"`{command} --budget-min {args.budget_min:g} --seed {args.seed}`\n")
+    print("| variant | AP | APr | APc | APf | rare classes with AP > 0 | AP >= 0.1 | steps |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['variant']} | {r['AP']:.3f} | {r['APr']:.3f} | {r['APc']:.3f} | {r['APf']:.3f} "
-            f"| {r['rare_with_AP']} of {r['rare_scored']} | {r['steps']} |"
+            f"| {r['rare_with_AP']} of {r['rare_scored']} | {r['rare_above']} | {r['steps']} |"
         )
     return 0
 
