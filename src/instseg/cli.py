@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the matching metrics count only detections scoring at least this",
     )
     ev.add_argument("--class-aware-matching", action="store_true", help="matching metrics per category")
+    from instseg.eval.breakdown import BREAKDOWNS
+
+    ev.add_argument(
+        "--breakdown",
+        nargs="+",
+        choices=BREAKDOWNS,
+        default=[],
+        help="mask and Boundary AP per bin of: occlusion (the ground truth's occluded_fraction), thinness "
+        "(width over length), size (COCO's S/M/L), class",
+    )
     ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
     ev.add_argument(
         "--prompts",
@@ -289,6 +299,7 @@ def _eval_model(args: argparse.Namespace) -> int:
         "matching": not args.no_matching,
         "matching_score_threshold": args.matching_score_threshold,
         "matching_class_aware": args.class_aware_matching,
+        "breakdowns": tuple(args.breakdown),
     }
     if args.max_dets:
         options["max_dets"] = args.max_dets

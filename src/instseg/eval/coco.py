@@ -129,7 +129,7 @@ def top_per_image(results: Sequence[dict[str, Any]], k: int) -> list[dict[str, A
     return out
 
 
-def _for_type(results: Sequence[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+def results_for_type(results: Sequence[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
     """Shallow copies (the engine writes ``area``/``id`` into them) without the field this type ignores."""
     drop = "segmentation" if iou_type == "bbox" else "bbox"
     out = [dict(r) for r in results]
@@ -251,6 +251,18 @@ def _named_stats(ev: COCOeval_faster, max_dets: Sequence[int], lvis: bool) -> di
     return {n: float(out[n]) for n in names}
 
 
+def evaluated_results(
+    coco_gt: COCO, results: Sequence[dict[str, Any]], max_dets: Sequence[int], lvis: bool | None
+) -> tuple[Sequence[dict[str, Any]], list[int], bool]:
+    """What the evaluation scores: LVIS ground truth (detected when ``lvis`` is None) keeps the 300 best
+    results per image, unless ``max_dets`` was set; returns the results, sorted max_dets and lvis."""
+    lvis = is_lvis(coco_gt) if lvis is None else lvis
+    if lvis:
+        max_dets = (LVIS_MAX_DETS,) if tuple(max_dets) == (1, 10, 100) else max_dets
+        results = top_per_image(results, max(max_dets))
+    return results, sorted(max_dets), lvis
+
+
 def coco_report(
     gt: str | Path | dict[str, Any] | COCO,
     results: Sequence[dict[str, Any]],
@@ -270,27 +282,15 @@ def coco_report(
     """
     coco_gt = load_ground_truth(gt)
     _check_results(coco_gt, results, iou_types)
-    lvis = is_lvis(coco_gt) if lvis is None else lvis
-    if lvis:
-        max_dets = (LVIS_MAX_DETS,) if tuple(max_dets) == (1, 10, 100) else max_dets
-        results = top_per_image(results, max(max_dets))
-    max_dets = sorted(max_dets)
+    results, max_dets, lvis = evaluated_results(coco_gt, results, max_dets, lvis)
     names = stat_names(max_dets, lvis)
     out: dict[str, CocoResult] = {}
     for iou_type in iou_types:
         if not results:
             out[iou_type] = CocoResult(iou_type, dict.fromkeys(names, 0.0))
             continue
-        coco_dt = coco_gt.loadRes(_for_type(results, iou_type))
-        kwargs: dict[str, Any] = {"print_function": log.debug, "lvis_style": lvis}
-        if iou_type == "boundary":
-            ev = BoundaryEval(coco_gt, coco_dt, boundary_dilation_ratio, **kwargs)
-        else:
-            ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, **kwargs)
-        ev.params.maxDets = list(max_dets)
-        ev.params.useCats = 0 if class_agnostic else 1
-        ev.evaluate()
-        ev.accumulate()
+        coco_dt = coco_gt.loadRes(results_for_type(results, iou_type))
+        ev = run_engine(coco_gt, coco_dt, iou_type, max_dets, lvis, boundary_dilation_ratio, class_agnostic)
         ev.summarize()
         result = CocoResult(iou_type, _named_stats(ev, max_dets, lvis))
         if details:
@@ -301,6 +301,32 @@ def coco_report(
             result.recall_thresholds = [float(r) for r in ev.params.recThrs]
         out[iou_type] = result
     return out
+
+
+def run_engine(
+    coco_gt: COCO,
+    coco_dt: COCO,
+    iou_type: str,
+    max_dets: Sequence[int],
+    lvis: bool,
+    boundary_dilation_ratio: float = 0.02,
+    class_agnostic: bool = False,
+    area_ranges: Sequence[Sequence[float]] | None = None,
+) -> COCOeval_faster:
+    """Match and accumulate one iou type; ``area_ranges`` replaces COCO's all/S/M/L (first: all)."""
+    kwargs: dict[str, Any] = {"print_function": log.debug, "lvis_style": lvis}
+    if iou_type == "boundary":
+        ev = BoundaryEval(coco_gt, coco_dt, boundary_dilation_ratio, **kwargs)
+    else:
+        ev = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, **kwargs)
+    ev.params.maxDets = list(max_dets)
+    ev.params.useCats = 0 if class_agnostic else 1
+    if area_ranges is not None:
+        ev.params.areaRng = [list(r) for r in area_ranges]
+        ev.params.areaRngLbl = ["all"] + [f"range{i}" for i in range(1, len(area_ranges))]
+    ev.evaluate()
+    ev.accumulate()
+    return ev
 
 
 def coco_evaluate(

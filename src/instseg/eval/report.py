@@ -16,7 +16,15 @@ from faster_coco_eval import COCO
 
 from instseg.data.coco import read_json
 from instseg.errors import DataError
-from instseg.eval.coco import CocoResult, coco_report, format_per_class, format_table, load_ground_truth
+from instseg.eval.breakdown import BREAKDOWNS, attribute_breakdown, class_breakdown, format_breakdown
+from instseg.eval.coco import (
+    CocoResult,
+    coco_report,
+    evaluated_results,
+    format_per_class,
+    format_table,
+    load_ground_truth,
+)
 from instseg.eval.matching_metrics import IOU_THRESHOLDS, MatchingReport, format_matching, matching_report
 from instseg.eval.results import checked_results
 
@@ -34,12 +42,14 @@ class EvalOptions:
     matching_score_threshold: float = 0.5
     matching_thresholds: tuple[float, ...] = IOU_THRESHOLDS
     matching_class_aware: bool = False
+    breakdowns: tuple[str, ...] = ()  # mask and Boundary AP per bin of: occlusion, thinness, size, class
 
 
 @dataclass
 class EvalReport:
     coco: dict[str, CocoResult]
     matching: MatchingReport | None = None
+    breakdowns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # attribute -> rows
     options: EvalOptions = field(default_factory=EvalOptions)
     images: int = 0
     seconds_per_image: float | None = None  # model time, when a model made the results
@@ -54,6 +64,7 @@ class EvalReport:
             "counts": {k: v.counts for k, v in self.coco.items()},
             "per_class": {k: v.per_class for k, v in self.coco.items()},
             "matching": self.matching.to_dict() if self.matching else None,
+            "breakdowns": self.breakdowns,
             "images": self.images,
             "seconds_per_image": self.seconds_per_image,
             "max_dets": list(self.options.max_dets),
@@ -75,6 +86,7 @@ class EvalReport:
             parts.append(f"per class ({first.iou_type}, worst first):\n{table}")
         if self.matching is not None:
             parts.append(format_matching(self.matching))
+        parts += [f"by {k}:\n{format_breakdown(k, rows)}" for k, rows in self.breakdowns.items()]
         return "\n\n".join(p for p in parts if p)
 
     def write(self, out: str | Path, results: Sequence[dict[str, Any]] | None = None) -> list[Path]:
@@ -140,6 +152,7 @@ def evaluate_results(
         options.lvis,
         details,
     )
+    breakdowns = _breakdowns(coco_gt, results, coco, options) if details and has_masks else {}
     matching = None
     if details and options.matching and has_masks:
         matching = matching_report(
@@ -149,4 +162,30 @@ def evaluate_results(
             options.matching_thresholds,
             options.matching_class_aware,
         )
-    return EvalReport(coco, matching, options, images=len(coco_gt.getImgIds()))
+    return EvalReport(coco, matching, breakdowns, options, images=len(coco_gt.getImgIds()))
+
+
+def _breakdowns(
+    coco_gt: COCO, results: Sequence[dict[str, Any]], coco: dict[str, CocoResult], options: EvalOptions
+) -> dict[str, list[dict[str, Any]]]:
+    unknown = set(options.breakdowns) - set(BREAKDOWNS)
+    if unknown:
+        raise ValueError(f"unknown breakdown {sorted(unknown)}; choose from {BREAKDOWNS}")
+    mask_types = [t for t in ("segm", "boundary") if t in coco]
+    kept, max_dets, lvis = evaluated_results(coco_gt, results, options.max_dets, options.lvis)
+    out = {}
+    for attribute in options.breakdowns:
+        if attribute == "class":
+            out[attribute] = class_breakdown({t: coco[t] for t in mask_types})
+        else:
+            out[attribute] = attribute_breakdown(
+                coco_gt,
+                kept,
+                attribute,
+                mask_types,
+                max_dets,
+                lvis,
+                options.boundary_dilation_ratio,
+                options.class_agnostic,
+            )
+    return out
