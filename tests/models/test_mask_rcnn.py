@@ -6,6 +6,7 @@ from torchvision.ops import roi_pool
 from instseg.errors import CheckpointError, InstsegError
 from instseg.models.build import build_model, model_config
 from instseg.models.mask_rcnn import MultiScaleRoIPool
+from instseg.models.point_head import PointFeatures
 
 
 def _targets():
@@ -122,3 +123,38 @@ def test_config_errors_are_clear(tiny_model):
         model_config("mask_rcnn", overrides={"norm": "ln"})
     with pytest.raises(InstsegError, match="unknown model"):
         model_config("maskrcnn")
+
+
+def test_point_refine_trains_the_point_head_and_keeps_the_output_contract(tiny_model):
+    torch.manual_seed(0)
+    opts = {**tiny_model, "point_refine": True, "point_head_channels": 16, "point_train_points": 32}
+    model = build_model("mask_rcnn", model_config("mask_rcnn", overrides=opts), 2)
+    model.train()
+    losses = model([torch.rand(3, 60, 80), torch.rand(3, 48, 50)], [_targets(), _empty()])
+    assert "loss_point" in losses and torch.isfinite(losses["loss_point"])
+    sum(losses.values()).backward()
+    head_grads = [p.grad for p in model.point_head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in head_grads)
+    assert any(g.abs().sum() > 0 for g in head_grads)
+    assert "point_head.predict.weight" in model.state_dict()
+
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    sizes = [(57, 71), (40, 33)]
+    with torch.no_grad():
+        outputs = model([torch.rand(3, h, w) for h, w in sizes])
+    for out, (h, w) in zip(outputs, sizes, strict=True):
+        n = len(out["labels"])
+        assert n > 0 and out["masks"].dtype == torch.bool and out["masks"].shape == (n, h, w)
+
+
+def test_point_refinement_subdivides_up_to_the_largest_box(tiny_model):
+    opts = {**tiny_model, "point_refine": True, "point_head_channels": 8, "point_steps": 3}
+    model = build_model("mask_rcnn", model_config("mask_rcnn", overrides=opts), 2).eval()
+    fine = [torch.rand(1, model.cfg.fpn_channels, 16, 16), torch.rand(1, 3, 64, 64)]
+    points = PointFeatures(model.point_head, fine, (64, 64))
+    probs = torch.rand(2, 1, 28, 28)
+    small = torch.tensor([[0.0, 0, 20, 20], [10, 10, 40, 30]])  # 30 px: one step, to 56
+    assert model._refine(probs, small, points).shape == (2, 1, 56, 56)
+    huge = torch.tensor([[0.0, 0, 600, 600], [0, 0, 10, 10]])  # capped at point_steps
+    assert model._refine(probs, huge, points).shape == (2, 1, 224, 224)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +27,14 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import MultiScaleRoIAlign, roi_pool
+from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
 from instseg.config import ModelConfig
 from instseg.cropped_masks import as_requested
 from instseg.distributed import mean_over_ranks
 from instseg.models.backbones import build_fpn_backbone, norm_layer
+from instseg.models.point_head import PointFeatures, PointHead, point_loss, subdivide
 from instseg.models.postprocess import paste_masks
 from instseg.models.seesaw import NormedLinear, SeesawLoss
 from instseg.models.transform import ResizeNormalize
@@ -73,6 +74,14 @@ class MaskRCNNConfig(ModelConfig):
     # the box classifier's loss: torchvision's softmax cross-entropy, or for long-tailed data Seesaw
     # (models/seesaw.py) on a normalised linear classifier with an object/background output apart
     class_loss: Literal["cross_entropy", "seesaw"] = "cross_entropy"
+    # PointRend (models/point_head.py): a point head re-predicts the RoI masks' most uncertain points
+    # from the finest pyramid level and the input pixels; trained on importance-sampled points, applied
+    # by adaptive subdivision until the mask grid is as fine as the largest box (at most point_steps x2)
+    point_refine: bool = False
+    point_head_channels: int = 128
+    point_train_points: int = 196  # per positive RoI
+    point_steps: int = 3
+    point_inference_points: int = 784  # re-predicted per mask and step
 
 
 def nuclei_preset() -> MaskRCNNConfig:
@@ -210,6 +219,35 @@ class SeesawBoxPredictor(nn.Module):
         return (objectness + classes) / max(len(labels), 1)
 
 
+class RecordingPooler(nn.Module):
+    """A RoI pooler that keeps the boxes of its last call: in training, the positive RoIs of
+    torchvision's mask branch, whose coarse masks the point head learns to refine."""
+
+    def __init__(self, pooler: nn.Module) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.boxes: list[Tensor] = []
+
+    def forward(
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        self.boxes = boxes
+        return self.pooler(x, boxes, image_shapes)
+
+
+class RecordingMaskPredictor(MaskRCNNPredictor):
+    """torchvision's mask predictor, keeping its last training logits ``[R, K + 1, M, M]``."""
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+        super().__init__(in_channels, dim_reduced, num_classes)
+        self.logits: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        self.logits = out if self.training else None
+        return out
+
+
 def _rank_share(count: int) -> Tensor:
     """This rank's count over the mean count of the ranks (1 in one process): a loss that is a mean over
     this rank's samples, times this, is their sum over the mean count, and DistributedDataParallel's
@@ -225,10 +263,15 @@ class InstanceMaskRCNN(MaskRCNN):
     together train as one process on the whole batch (the samplers count).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.point_head: PointHead | None = None  # set by build_mask_rcnn when cfg.point_refine
+        self.cfg = MaskRCNNConfig()
+
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        out = super().forward(images, targets)
+        out = super().forward(images, targets) if self.point_head is None else self._refined(images, targets)
         if not isinstance(out, dict):
             return out
         rpn, roi = self.rpn.fg_bg_sampler, self.roi_heads.fg_bg_sampler
@@ -244,9 +287,64 @@ class InstanceMaskRCNN(MaskRCNN):
                 "loss_classifier": _rank_share(roi.picked),
                 "loss_box_reg": _rank_share(roi.picked),
                 "loss_mask": _rank_share(roi.positive),
+                "loss_point": _rank_share(roi.positive),
             }
             out = {k: v * shares[k].to(v) if k in shares else v for k, v in out.items()}
         return {LOSS_NAMES.get(k, k): v for k, v in out.items()}
+
+    def _refined(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """``GeneralizedRCNN.forward``'s steps, with the point head between the RoI heads and pasting
+        (the pyramid and the batch are needed there, and torchvision keeps them to itself)."""
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        proposals, proposal_losses = self.rpn(batch, features, targets)
+        detections, detector_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        assert self.point_head is not None
+        padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
+        points = PointFeatures(self.point_head, [features["0"], batch.tensors], padded)
+        if self.training:
+            assert targets is not None
+            return {**proposal_losses, **detector_losses, "loss_point": self._point_loss(points, targets)}
+        for b, det in enumerate(detections):
+            det["masks"] = self._refine(det["masks"], det["boxes"], points.image(b))
+        return self.transform.postprocess(detections, batch.image_sizes, original)
+
+    def _point_loss(self, points: PointFeatures, targets: list[dict[str, Tensor]]) -> Tensor:
+        """The point head's loss on the positive RoIs of torchvision's mask branch, each matched to its
+        ground truth as torchvision matches it (highest box IoU)."""
+        pool, predictor = self.roi_heads.mask_roi_pool, self.roi_heads.mask_predictor
+        sampler = self.roi_heads.fg_bg_sampler
+        assert isinstance(pool, RecordingPooler) and isinstance(predictor, RecordingMaskPredictor)
+        assert isinstance(sampler, CountingSampler) and predictor.logits is not None
+        labels = torch.cat([lab[lab > 0] for lab in sampler.picked_labels]).long()
+        coarse = predictor.logits[torch.arange(len(labels), device=labels.device), labels]
+        height, width = points.padded
+        gt_masks, index = [], []
+        for b, (boxes, t) in enumerate(zip(pool.boxes, targets, strict=True)):
+            matched = box_iou(boxes, t["boxes"]).argmax(1) if len(t["boxes"]) else boxes.new_zeros(0).long()
+            masks = t["masks"][matched].to(coarse.dtype)
+            gt_masks.append(F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2])))
+            index.append(torch.full((len(boxes),), b, dtype=torch.int64, device=coarse.device))
+        regions, index = torch.cat(pool.boxes), torch.cat(index)
+        return point_loss(points, coarse, regions, index, torch.cat(gt_masks), self.cfg.point_train_points)
+
+    def _refine(self, probs: Tensor, boxes: Tensor, points: PointFeatures) -> Tensor:
+        """One image's RoI mask probabilities ``[N, 1, M, M]`` -> refined ``[N, 1, M', M']``, subdivided
+        until a cell is at most a pixel of the largest box (at most ``point_steps`` times)."""
+        if len(boxes) == 0:
+            return probs
+        m = probs.shape[-1]
+        side = float((boxes[:, 2:] - boxes[:, :2]).max())
+        steps = min(max(math.ceil(math.log2(max(side, 1.0) / m)), 0), self.cfg.point_steps)
+        coarse = torch.logit(probs[:, 0].clamp(1e-6, 1 - 1e-6))
+        index = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+        refined = subdivide(points, coarse, boxes, index, steps, self.cfg.point_inference_points)
+        return refined.sigmoid()[:, None]
 
 
 def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
@@ -300,6 +398,13 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, num_classes: int) -> InstanceMaskRCNN:
         ),
         mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, num_classes + 1),
     )
+    model.cfg = cfg
+    if cfg.point_refine:
+        model.roi_heads.mask_roi_pool = RecordingPooler(model.roi_heads.mask_roi_pool)
+        predictor = RecordingMaskPredictor(cfg.mask_head_channels, cfg.mask_head_channels, num_classes + 1)
+        predictor.load_state_dict(model.roi_heads.mask_predictor.state_dict())
+        model.roi_heads.mask_predictor = predictor
+        model.point_head = PointHead(channels + 3, cfg.point_head_channels)
     model.transform = RoIMaskTransform(cfg)
     model.rpn.fg_bg_sampler = CountingSampler(model.rpn.fg_bg_sampler)
     model.roi_heads.fg_bg_sampler = CountingSampler(model.roi_heads.fg_bg_sampler)

@@ -165,12 +165,29 @@ def detections_from_masks(
     resized: tuple[int, int],
     original: tuple[int, int],
     threshold: float = 0.5,
+    refine: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor | CroppedMasks]:
     """The output dict of a family whose detections are masks (SOLOv2, Mask2Former): ``masks_at_input``,
-    empty masks dropped, boxes taken from the masks, 0-based ``labels`` made 1-based."""
+    empty masks dropped, boxes taken from the masks, 0-based ``labels`` made 1-based.
+
+    ``refine`` (point refinement) turns a chunk of the 1/``MASK_STRIDE`` probabilities into
+    probabilities at the input's resolution; chunks are sized to ``MASK_CACHE_BYTES``.
+    """
     if torch.compiler.is_exporting():
+        if refine is not None:
+            raise NotImplementedError("point refinement is not exported; export with point_refine=false")
         return _dense_detections_from_masks(probs, labels, scores, resized, original, threshold)
-    masks = masks_at_input(probs, resized, original, threshold)
+    if refine is None:
+        masks = masks_at_input(probs, resized, original, threshold)
+    else:
+        per_mask = probs.shape[-2] * probs.shape[-1] * MASK_STRIDE**2 * probs.element_size()
+        chunk = max(1, MASK_CACHE_BYTES // max(per_mask, 1))
+        parts = [masks_at_input(refine(p), resized, original, threshold, 1) for p in probs.split(chunk)]
+        masks = (
+            CroppedMasks.cat(parts, original)
+            if parts
+            else masks_at_input(probs, resized, original, threshold)
+        )
     nonempty = masks.nonempty()
     if not bool(nonempty.all()):  # the usual case copies nothing
         masks = masks[nonempty]

@@ -22,6 +22,7 @@ from instseg.distributed import mean_over_ranks, world_size
 from instseg.masks import downsample_masks, mass_centres
 from instseg.models.federated import federated_weights
 from instseg.models.losses import dice_loss, focal_loss_sum
+from instseg.models.point_head import PointFeatures, point_loss
 from instseg.models.point_sampling import draw_generator
 from instseg.models.postprocess import MASK_STRIDE
 from instseg.models.solov2.cells import KernelMasks
@@ -86,9 +87,11 @@ class SOLOv2Criterion(nn.Module):
         masks: KernelMasks,
         federated_classes: int = 0,
         class_frequencies: Sequence[float] = (),
+        point_loss_sizes: tuple[int, int] = (196, 64),
     ) -> None:
         """``masks`` makes mask logits from kernels as the postprocessor does, so training and inference
-        make masks the same way."""
+        make masks the same way. ``point_loss_sizes``: points per mask and masks per image of the point
+        head's loss, when the network has one."""
         super().__init__()
         self.num_classes = num_classes
         self.sigma = sigma
@@ -99,6 +102,7 @@ class SOLOv2Criterion(nn.Module):
         self.max_masks = max_masks_per_image
         self.masks = masks
         self.federated_classes, self.class_frequencies = federated_classes, tuple(class_frequencies)
+        self.point_loss_sizes = point_loss_sizes
 
     def forward(self, outputs: SOLOv2Outputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         cate_logits, kernels = outputs.class_logits, outputs.kernels
@@ -106,6 +110,7 @@ class SOLOv2Criterion(nn.Module):
         device = mask_feats.device
         cate_preds, cate_targets, cate_images = [], [], []
         pred_masks, mask_targets = [], []
+        point_losses: list[Tensor] = []
         h, w = mask_feats.shape[-2:]
         for b, t in enumerate(targets):
             masks = t["masks"]
@@ -136,6 +141,8 @@ class SOLOv2Criterion(nn.Module):
                 logits = self.masks.logits(rows, cell, grids, mask_feats[b])
                 pred_masks.append(logits)
                 mask_targets.append(small[owner])
+                if outputs.points is not None:
+                    point_losses.append(self.point_loss(outputs.points.image(b), logits, masks[owner], t))
         labels = torch.cat(cate_targets)
         onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
         # normalisers averaged over the ranks: together, one process's num_pos + 1 and instance count
@@ -154,4 +161,23 @@ class SOLOv2Criterion(nn.Module):
             loss_dice = dice.sum() / count * self.dice_weight
         else:
             loss_dice = mask_feats.sum() * 0.0 + sum(k.sum() * 0.0 for k in kernels)
-        return {"loss_class": loss_class, "loss_dice": loss_dice}
+        losses = {"loss_class": loss_class, "loss_dice": loss_dice}
+        if outputs.points is not None:  # a mean over the batch's positives, like the Dice loss
+            head = outputs.points.head
+            total = sum(point_losses) if point_losses else sum(p.sum() * 0.0 for p in head.parameters())
+            losses["loss_point"] = total / count
+        return losses
+
+    def point_loss(
+        self, points: PointFeatures, logits: Tensor, masks: Tensor, target: dict[str, Tensor]
+    ) -> Tensor:
+        """The point head's BCE on up to ``point_loss_sizes[1]`` of one image's positives, times how
+        many positives there are (the mean over the batch's positives is taken by the caller)."""
+        num_points, most = self.point_loss_sizes
+        generator = draw_generator(target, logits.device)
+        pick = torch.randperm(len(logits), device=logits.device, generator=generator)[:most]
+        padded = points.padded
+        regions = logits.new_tensor([[0.0, 0.0, padded[1], padded[0]]]).expand(len(pick), 4)
+        index = torch.zeros(len(pick), dtype=torch.int64, device=logits.device)
+        loss = point_loss(points, logits[pick], regions, index, masks[pick], num_points, generator)
+        return loss * len(logits)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from instseg.config import ModelConfig
 from instseg.models.backbones import build_fpn_backbone, norm_layer
 from instseg.models.conv_tower import conv_tower
+from instseg.models.point_head import PointFeatures, PointHead
 from instseg.models.segmentation_model import SegmentationModel
 from instseg.models.solov2.cells import POSITION_TERMS, KernelMasks
 from instseg.models.solov2.criterion import SOLOv2Criterion
@@ -65,6 +66,14 @@ class SOLOv2Config(ModelConfig):
     coordinates: Literal["image", "relative"] = "image"
     position_scale: float = 2.0
     position_reach: float = 4.0
+    # PointRend (models/point_head.py): a point head re-predicts the 1/4-resolution masks' most uncertain
+    # points from P2 features and the input pixels; trained on importance-sampled points of up to
+    # point_masks_per_image positives, applied by subdivision from 1/4 to the input's resolution
+    point_refine: bool = False
+    point_head_channels: int = 128
+    point_train_points: int = 196  # per mask
+    point_masks_per_image: int = 64
+    point_inference_points: int = 784  # re-predicted per mask and step
 
 
 def light_preset() -> SOLOv2Config:
@@ -193,6 +202,7 @@ class SOLOv2Outputs:
     kernels: list[Tensor]  # per level [B, D, S_h, S_w]: a kernel (E) and any position weights
     mask_features: Tensor  # [B, E, h, w] at 1/MASK_STRIDE of the padded batch
     padded: tuple[int, int]  # the padded batch's (H, W)
+    points: PointFeatures | None = None  # with point_refine: the point head and its fine maps
 
 
 class SOLOv2(SegmentationModel):
@@ -214,6 +224,7 @@ class SOLOv2(SegmentationModel):
             masks,
             cfg.federated_classes,
             cfg.class_frequencies,
+            (cfg.point_train_points, cfg.point_masks_per_image),
         )
         transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
         super().__init__(transform, criterion, SOLOv2Postprocessor(cfg, masks))
@@ -224,6 +235,9 @@ class SOLOv2(SegmentationModel):
         )
         self.head = GridHead(cfg, num_classes)
         self.mask_features = MaskFeatures(cfg)
+        self.point_head = (
+            PointHead(cfg.fpn_channels + 3, cfg.point_head_channels) if cfg.point_refine else None
+        )
 
     def grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
         return [
@@ -239,7 +253,10 @@ class SOLOv2(SegmentationModel):
             c, k = self.head(feature, grid, level)
             cate.append(c)
             kernels.append(k)
-        return SOLOv2Outputs(cate, kernels, self.mask_features(features[:4]), padded)
+        points = None
+        if self.point_head is not None:  # P2 and the pixels: what a 1/4-resolution mask cannot see
+            points = PointFeatures(self.point_head, [features[0], pixels], padded)
+        return SOLOv2Outputs(cate, kernels, self.mask_features(features[:4]), padded, points)
 
 
 def build_solov2(cfg: SOLOv2Config, num_classes: int) -> SOLOv2:

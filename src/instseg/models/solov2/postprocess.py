@@ -5,6 +5,8 @@ Detections are masks here: boxes are the masks' tight boxes.
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.models.nms import matrix_nms
+from instseg.models.point_head import PointFeatures, subdivide
 from instseg.models.postprocess import MASK_STRIDE, detections_from_masks, maskness
 from instseg.models.solov2.cells import KernelMasks
 
@@ -36,6 +39,7 @@ class SOLOv2Postprocessor(nn.Module):
                 outputs.mask_features[b],
                 resized[b],
                 original[b],
+                None if outputs.points is None else outputs.points.image(b),
             )
             for b in range(len(original))
         ]
@@ -47,8 +51,10 @@ class SOLOv2Postprocessor(nn.Module):
         mask_feats: Tensor,
         resized: tuple[int, int],
         original: tuple[int, int],
+        points: PointFeatures | None = None,
     ) -> dict[str, Tensor]:
-        """Point NMS on the grids, score threshold, masks for the candidates only, Matrix NMS, top-k."""
+        """Point NMS on the grids, score threshold, masks for the candidates only, Matrix NMS, top-k;
+        with ``points``, the kept masks are refined to the input's resolution."""
         cfg = self.cfg
         scores, kerns, min_area = [], [], []
         for level, (c, k) in enumerate(zip(cate, kernels, strict=True)):
@@ -78,6 +84,18 @@ class SOLOv2Postprocessor(nn.Module):
         decayed = matrix_nms(hard, labels, rescored[order], cfg.nms_kernel, cfg.nms_sigma)
         keep = torch.nonzero(decayed >= cfg.update_threshold).flatten()
         keep = keep[torch.argsort(decayed[keep], descending=True)][: cfg.detections_per_image]
+        refine = None if points is None else partial(refine_masks, points, cfg.point_inference_points)
         return detections_from_masks(
-            soft[keep], labels[keep], decayed[keep], resized, original, cfg.mask_threshold
+            soft[keep], labels[keep], decayed[keep], resized, original, cfg.mask_threshold, refine
         )
+
+
+def refine_masks(points: PointFeatures, num_points: int, probs: Tensor) -> Tensor:
+    """One image's mask probabilities at 1/MASK_STRIDE of the padded batch ``[N, h, w]`` -> at its
+    input pixels ``[N, h * MASK_STRIDE, w * MASK_STRIDE]``, by the point head's subdivision."""
+    coarse = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+    height, width = points.padded
+    regions = probs.new_tensor([[0.0, 0.0, width, height]]).expand(len(probs), 4)
+    index = torch.zeros(len(probs), dtype=torch.int64, device=probs.device)
+    steps = int(math.log2(MASK_STRIDE))
+    return subdivide(points, coarse, regions, index, steps, num_points).sigmoid()
