@@ -163,5 +163,6 @@ def test_report_carries_breakdowns_by_class_and_attribute(tmp_path):
     assert _by_bin(report.breakdowns["occlusion"])["0.2-0.4"]["gt"] == 1
     text = report.format()
     assert "by occlusion:" in text and "by class:" in text
-    report.write(tmp_path)
+    written = report.write(tmp_path)
+    assert tmp_path / "breakdown_occlusion.png" in written and tmp_path / "breakdown_class.png" in written
     assert json.loads((tmp_path / "metrics.json").read_text())["breakdowns"]["occlusion"][1]["gt"] == 1

@@ -75,3 +75,22 @@ def plot_confusion(report: MatchingReport, path: str | Path, max_classes: int = 
     ax.set_title("confusion at IoU 0.5 (row-normalised)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, path)
+
+
+def plot_breakdown(attribute: str, rows: list[dict], path: str | Path) -> Path:
+    """Mask and Boundary AP per bin as grouped bars, each bin labelled with its ground-truth count."""
+    types = [k for k in (rows[0] if rows else {}) if k not in ("bin", "gt") and not k.endswith("_AP50")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 4))
+    x = np.arange(len(rows))
+    width = 0.8 / max(len(types), 1)
+    for i, t in enumerate(types):
+        values = [max(r[t], 0.0) for r in rows]  # -1 (no ground truth) drawn as nothing
+        ax.bar(x + (i - (len(types) - 1) / 2) * width, values, width, label=f"{t} AP")
+    ax.set_xticks(
+        x, [f"{r['bin']}\n({r['gt']} gt)" for r in rows], fontsize=7, rotation=30 if len(rows) > 8 else 0
+    )
+    ax.set(ylabel="AP", ylim=(0, 1.02))
+    ax.set_title(f"AP by {attribute}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)

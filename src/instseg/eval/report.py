@@ -91,7 +91,7 @@ class EvalReport:
 
     def write(self, out: str | Path, results: Sequence[dict[str, Any]] | None = None) -> list[Path]:
         """``metrics.json`` (+ ``results.json``) and the plots; returns the files written."""
-        from instseg.eval.plots import plot_confusion, plot_matching, plot_pr_curves
+        from instseg.eval.plots import plot_breakdown, plot_confusion, plot_matching, plot_pr_curves
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +103,9 @@ class EvalReport:
         for iou_type, result in self.coco.items():
             if result.precision is not None:
                 written.append(plot_pr_curves(result, out / f"pr_{iou_type}.png"))
+        for attribute, rows in self.breakdowns.items():
+            if rows:
+                written.append(plot_breakdown(attribute, rows, out / f"breakdown_{attribute}.png"))
         if self.matching is not None:
             written.append(plot_matching(self.matching, out / "matching.png"))
             if len(self.matching.confusion_labels) > 2:
