@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -137,6 +139,7 @@ def test_point_refine_trains_the_point_head_and_keeps_the_output_contract(tiny_m
     assert all(g is not None and torch.isfinite(g).all() for g in head_grads)
     assert any(g.abs().sum() > 0 for g in head_grads)
     assert "point_head.predict.weight" in model.state_dict()
+    copy.deepcopy(model)  # what evaluation after training does: nothing of the graph is left on it
 
     model.eval()
     model.roi_heads.score_thresh = 0.0

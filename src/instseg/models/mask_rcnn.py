@@ -331,6 +331,7 @@ class InstanceMaskRCNN(MaskRCNN):
             gt_masks.append(F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2])))
             index.append(torch.full((len(boxes),), b, dtype=torch.int64, device=coarse.device))
         regions, index = torch.cat(pool.boxes), torch.cat(index)
+        pool.boxes, predictor.logits = [], None  # the graph is not kept on the modules (nor deep-copied)
         return point_loss(points, coarse, regions, index, torch.cat(gt_masks), self.cfg.point_train_points)
 
     def _refine(self, probs: Tensor, boxes: Tensor, points: PointFeatures) -> Tensor:
