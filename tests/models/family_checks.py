@@ -63,3 +63,18 @@ def assert_output_contract(family: str, options: dict[str, Any]) -> None:
         assert torch.all(o["scores"][:-1] >= o["scores"][1:])
         assert (o["boxes"] >= 0).all()
         assert (o["boxes"][:, 2] <= size[1] + 1e-4).all() and (o["boxes"][:, 3] <= size[0] + 1e-4).all()
+
+
+POINT_REFINE = {"point_refine": True, "point_head_channels": 32, "point_train_points": 64}
+
+
+def assert_point_head_trains(family: str, options: dict[str, Any]) -> None:
+    """With ``point_refine`` the scene gives a finite, positive ``loss_point`` whose gradient reaches every
+    parameter of the point head."""
+    torch.manual_seed(0)
+    model = build_model(family, model_config(family, "default", {**options, **POINT_REFINE}), 2).train()
+    image, target = scene()
+    losses = model([image], [target])
+    assert torch.isfinite(losses["loss_point"]) and losses["loss_point"] > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.point_head.parameters())

@@ -7,7 +7,13 @@ import torch.nn.functional as F
 from instseg.models.build import build_model, model_config
 from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
 from instseg.models.fcos.targets import assign_points, centerness, feature_locations
-from tests.models.family_checks import assert_output_contract, assert_overfits_scene, scene
+from tests.models.family_checks import (
+    POINT_REFINE,
+    assert_output_contract,
+    assert_overfits_scene,
+    assert_point_head_trains,
+    scene,
+)
 
 SMALL = {
     "fpn_channels": 32,
@@ -66,9 +72,10 @@ def test_fcos_assignment_centre_sampling_ranges_and_smallest_object():
     assert torch.allclose(t.ltrb[64 + 5], torch.tensor([12.0, 12.0, 20.0, 20.0]))
 
 
-def test_no_objects_means_all_background_and_finite_losses():
+@pytest.mark.parametrize("options", [{}, POINT_REFINE])
+def test_no_objects_means_all_background_and_finite_losses(options):
     torch.manual_seed(0)
-    model = build_model("condinst", model_config("condinst", "default", SMALL), 2).train()
+    model = build_model("condinst", model_config("condinst", "default", {**SMALL, **options}), 2).train()
     empty = {
         "boxes": torch.zeros((0, 4)),
         "labels": torch.zeros(0, dtype=torch.int64),
@@ -77,6 +84,9 @@ def test_no_objects_means_all_background_and_finite_losses():
     losses = model([torch.rand(3, 64, 64)], [empty])
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+    if model.point_head is not None:  # a zero loss that keeps the point head in the graph
+        assert losses["loss_point"] == 0
+        assert all(p.grad is not None for p in model.point_head.parameters())
 
 
 def test_output_contract_in_input_coordinates():
@@ -163,3 +173,12 @@ def test_semantic_auxiliary_loss_reaches_the_backbone_and_scores_the_class_union
     assert model.criterion.masks.semantic_loss(-right, [small]).item() > 1.0
     wrong_class = right.flip(1)  # the right cells, the other class
     assert model.criterion.masks.semantic_loss(wrong_class, [small]).item() > 1.0
+
+
+@pytest.mark.parametrize("mask_stride", [4, 2])
+def test_point_refinement_trains_on_windows_and_keeps_the_contract(mask_stride):
+    """Each mask window is its own region for the point head; refinement reaches the input's resolution
+    from either mask stride."""
+    options = {**SMALL, "mask_stride": mask_stride}
+    assert_point_head_trains("condinst", options)
+    assert_output_contract("condinst", {**options, **POINT_REFINE, "score_threshold": 0.0})

@@ -10,7 +10,12 @@ from instseg.models.conv_tower import LevelNorms
 from instseg.models.nms import matrix_nms
 from instseg.models.solov2.cells import cell_windows, relative_position_logits
 from instseg.models.solov2.criterion import assign_level
-from tests.models.family_checks import assert_output_contract, assert_overfits_scene
+from tests.models.family_checks import (
+    POINT_REFINE,
+    assert_output_contract,
+    assert_overfits_scene,
+    assert_point_head_trains,
+)
 
 SMALL = {
     "fpn_channels": 32,
@@ -160,23 +165,11 @@ def test_batchnorm_grid_head_keeps_statistics_per_level():
     assert out[0]["masks"].shape[-2:] == (64, 80)
 
 
-POINT_REFINE = {"point_refine": True, "point_head_channels": 32, "point_train_points": 64}
-
-
 def test_point_refinement_keeps_the_output_contract():
     assert_output_contract("solov2", {**SMALL, **UNTRAINED_OPEN, **POINT_REFINE})
 
 
 def test_overfits_one_image_with_point_refinement():
     """The point head trains beside the masks (``loss_point``) and its refined masks still fit."""
-    model = build_model("solov2", model_config("solov2", "default", {**SMALL, **POINT_REFINE}), 2)
-    image = torch.rand(3, 64, 64)
-    masks = torch.zeros((1, 64, 64), dtype=torch.uint8)
-    masks[0, 10:40, 20:30] = 1
-    target = {"boxes": torch.tensor([[20.0, 10, 30, 40]]), "labels": torch.tensor([1]), "masks": masks}
-    model.train()
-    losses = model([image], [target])
-    assert torch.isfinite(losses["loss_point"]) and losses["loss_point"] > 0
-    sum(losses.values()).backward()
-    assert all(p.grad is not None for p in model.point_head.parameters())
+    assert_point_head_trains("solov2", SMALL)
     assert_overfits_scene("solov2", {**SMALL, **POINT_REFINE})

@@ -9,7 +9,13 @@ from torchvision.ops import batched_nms, box_iou
 from instseg.masks import box_masks
 from instseg.models.build import build_model, model_config
 from instseg.models.nms import fast_nms_boxes
-from tests.models.family_checks import assert_output_contract, assert_overfits_scene, scene
+from tests.models.family_checks import (
+    POINT_REFINE,
+    assert_output_contract,
+    assert_overfits_scene,
+    assert_point_head_trains,
+    scene,
+)
 
 SMALL = {
     "fpn_channels": 32,
@@ -120,3 +126,10 @@ def test_semantic_target_is_the_union_of_each_class_masks():
     logits = torch.where(union > 0, 20.0, -20.0)
     assert model.criterion.masks.semantic_loss(logits, [target]).item() < 1e-6
     assert model.criterion.masks.semantic_loss(-logits, [target]).item() > 1.0
+
+
+def test_point_refinement_trains_keeps_the_contract_and_still_overfits():
+    """The point head learns on the box-cut masks inference refines, and refined masks still fit."""
+    assert_point_head_trains("yolact", SMALL)
+    assert_output_contract("yolact", {**SMALL, **POINT_REFINE, "score_threshold": 0.0, "mask_threshold": 0.3})
+    assert_overfits_scene("yolact", {**SMALL, **POINT_REFINE})

@@ -14,6 +14,7 @@ RoI masks. Fine maps cover the whole padded batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,6 +110,26 @@ def point_loss(
     return F.binary_cross_entropy_with_logits(logits, (target > 0.5).to(logits.dtype))
 
 
+def image_point_loss(
+    points: PointFeatures,
+    coarse: Tensor,
+    regions: Tensor | None,
+    gt_masks: Tensor,
+    num_points: int,
+    most: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``point_loss`` on up to ``most`` of one image's coarse maps, drawn with ``generator`` (a bound
+    on crowded images). ``regions`` None: each map covers the whole padded image (the 1/4-resolution
+    families)."""
+    pick = torch.randperm(len(coarse), device=coarse.device, generator=generator)[:most]
+    if regions is None:
+        height, width = points.padded
+        regions = coarse.new_tensor([[0.0, 0.0, width, height]]).expand(len(coarse), 4)
+    index = torch.zeros(len(pick), dtype=torch.int64, device=coarse.device)
+    return point_loss(points, coarse[pick], regions[pick], index, gt_masks[pick], num_points, generator)
+
+
 @torch.no_grad()
 def subdivide(
     points: PointFeatures,
@@ -137,3 +158,13 @@ def subdivide(
         new = points.head(fine, point_sample(coarse[:, None], where))
         logits = logits.flatten(1).scatter(1, chosen, new[:, 0].to(logits.dtype)).view(n, h, w)
     return logits
+
+
+def refine_image_masks(points: PointFeatures, num_points: int, stride: int, probs: Tensor) -> Tensor:
+    """One image's mask probabilities at 1/``stride`` of the padded batch ``[N, h, w]`` -> at its input
+    pixels ``[N, h * stride, w * stride]``, by subdivision (the 1/4-resolution families' refinement)."""
+    coarse = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+    height, width = points.padded
+    regions = probs.new_tensor([[0.0, 0.0, width, height]]).expand(len(probs), 4)
+    index = torch.zeros(len(probs), dtype=torch.int64, device=probs.device)
+    return subdivide(points, coarse, regions, index, int(math.log2(stride)), num_points).sigmoid()

@@ -217,6 +217,7 @@ def assemble_detections(
     original: tuple[int, int],
     assembly: MaskAssembly,
     chunk: int = 64,
+    refine: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor | CroppedMasks]:
     """The output dict of one image.
 
@@ -227,9 +228,13 @@ def assemble_detections(
     rescaled; empty masks are dropped. ``assembly.rescore`` multiplies each
     score by its ``maskness``, read at the low resolution in a first pass so
     that full-size masks are written once, already in order (the first pass's
-    probabilities are kept for the second up to ``MASK_CACHE_BYTES``).
+    probabilities are kept for the second up to ``MASK_CACHE_BYTES``). ``refine`` (point refinement)
+    turns a chunk of those probabilities into probabilities at the input's resolution in the second
+    pass; ranking still reads the coarse ones.
     """
     if torch.compiler.is_exporting():
+        if refine is not None:
+            raise NotImplementedError("point refinement is not exported; export with point_refine=false")
         return _dense_assembly(mask_probs, boxes, labels, scores, resized, original, assembly)
     boxes = boxes_at_input(boxes, resized, original)
     kept: list[Tensor] = []  # the rescoring pass's probabilities, reused while they fit the budget
@@ -247,7 +252,15 @@ def assemble_detections(
     for idx in order.split(chunk):
         probs = probs_all[idx] if probs_all is not None else mask_probs(idx)
         clip = boxes[idx] if assembly.crop_to_boxes else None
-        parts.append(masks_at_input(probs, resized, original, assembly.threshold, assembly.stride, clip))
+        if refine is None:
+            parts.append(masks_at_input(probs, resized, original, assembly.threshold, assembly.stride, clip))
+            continue
+        # refined masks are stride**2 times larger: as many at a time as MASK_CACHE_BYTES holds
+        step = max(1, MASK_CACHE_BYTES // max(probs[:1].nbytes * assembly.stride**2, 1))
+        for sub in range(0, len(idx), step):
+            part = refine(probs[sub : sub + step])
+            sub_clip = None if clip is None else clip[sub : sub + step]
+            parts.append(masks_at_input(part, resized, original, assembly.threshold, 1, sub_clip))
     masks = CroppedMasks.cat(parts, original)
     boxes, labels, scores = boxes[order], labels[order], scores[order]
     nonempty = masks.nonempty().to(boxes.device)

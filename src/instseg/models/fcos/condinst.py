@@ -24,6 +24,8 @@ from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_param
 from instseg.models.fcos.model import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel, FCOSOutputs, level_strides
 from instseg.models.fcos.targets import PointTargets, feature_locations
 from instseg.models.losses import dice_loss, focal_loss_sum
+from instseg.models.point_head import image_point_loss
+from instseg.models.point_sampling import draw_generator
 from instseg.models.postprocess import MASK_STRIDE
 
 
@@ -233,7 +235,7 @@ class DynamicMasks(nn.Module):
     ) -> list[tuple[str, float, list[Tensor]]]:
         """Dice (+ BCE) of each sampled positive's mask, on its window, against its object's mask."""
         cfg = self.cfg
-        dice, bce = [], []
+        dice, bce, point = [], [], []
         for b, (t, a, pos) in enumerate(zip(targets, assigned, positives, strict=True)):
             if len(pos) == 0:
                 continue
@@ -246,7 +248,25 @@ class DynamicMasks(nn.Module):
                 if cfg.mask_weight > 0:
                     pixel = F.binary_cross_entropy_with_logits(win.logits, gt, reduction="none")
                     bce.append(pixel.mean((1, 2)))
-        return [("loss_dice", cfg.dice_weight, dice), ("loss_mask", cfg.mask_weight, bce)]
+                if outputs.points is not None:  # each positive weighs its window group's mean point loss
+                    point.append(self.point_loss(outputs, b, win, t["masks"][a.owner[pos[win.index]]], t))
+        terms = [("loss_dice", cfg.dice_weight, dice), ("loss_mask", cfg.mask_weight, bce)]
+        return terms + ([("loss_point", 1.0, point)] if outputs.points is not None else [])
+
+    def point_loss(
+        self, outputs: FCOSOutputs, b: int, win: MaskWindow, masks: Tensor, target: dict[str, Tensor]
+    ) -> Tensor:
+        """The point head's loss on up to ``point_masks_per_image`` of one window group, each window's
+        logits covering its own region of the image; one value per instance of the group."""
+        assert outputs.points is not None
+        cfg = self.cfg
+        h, w = win.logits.shape[-2:]
+        top, left = win.top.to(win.logits.dtype), win.left.to(win.logits.dtype)
+        regions = torch.stack([left, top, left + w, top + h], dim=1) * cfg.mask_stride
+        sizes = cfg.point_train_points, cfg.point_masks_per_image
+        generator = draw_generator(target, win.logits.device)
+        loss = image_point_loss(outputs.points.image(b), win.logits, regions, masks, *sizes, generator)
+        return loss.expand(len(win.index))
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Focal loss over every cell, normalised by the cells a class covers (at least half of)."""

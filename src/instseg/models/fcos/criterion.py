@@ -62,8 +62,10 @@ class FCOSCriterion(nn.Module):
             count = mean_over_ranks(sum(len(v) for v in values), least=1)
             if values:
                 losses[name] = weight * torch.cat(values).sum() / count
-            else:  # no positives in the batch: a zero that keeps the graph
+            else:  # no positives in the batch: a zero that keeps the graph (and the point head in it)
                 losses[name] = outputs.mask_params.sum() * 0.0 + outputs.mask_input.sum() * 0.0
+                if outputs.points is not None:
+                    losses[name] = losses[name] + sum(p.sum() * 0.0 for p in outputs.points.head.parameters())
         if outputs.semantic_logits is not None:
             losses["loss_semantic"] = self.masks.semantic_loss(outputs.semantic_logits, targets)
         return losses

@@ -22,6 +22,7 @@ from instseg.models.fcos.criterion import FCOSCriterion
 from instseg.models.fcos.head import FCOSHead, point_layout
 from instseg.models.fcos.postprocess import FCOSPostprocessor
 from instseg.models.fcos.targets import PointTargets
+from instseg.models.point_head import PointFeatures, PointHead
 from instseg.models.segmentation_model import SegmentationModel
 from instseg.models.transform import ResizeNormalize
 
@@ -55,6 +56,14 @@ class FCOSConfig(ModelConfig):
     nms: Literal["fast", "standard"] = "standard"  # YOLACT's one-matrix Fast NMS, or sequential NMS
     nms_threshold: float = 0.6
     mask_rescore: bool = True  # score x maskness (mean probability inside the mask), as SOLOv2 ranks
+    # PointRend (models/point_head.py): a point head re-predicts the masks' most
+    # uncertain points from the finest level and the input pixels; trained on importance-sampled points
+    # of up to point_masks_per_image positives, applied by subdivision up to the input's resolution
+    point_refine: bool = False
+    point_head_channels: int = 128
+    point_train_points: int = 196  # per mask
+    point_masks_per_image: int = 64
+    point_inference_points: int = 784  # re-predicted per mask and step
 
 
 # Small dense objects (DSB2018 nuclei, ~7-40 px) at x1.5: P2-P6, small size ranges, light heads,
@@ -85,6 +94,7 @@ class FCOSOutputs:
     levels: Tensor  # [L] pyramid level of each location
     semantic_logits: Tensor | None = None  # [B, K, h, w] auxiliary semantic head (training only)
     level_sizes: tuple[int, ...] = ()  # locations per level (``levels`` counted), for slicing without a sync
+    points: PointFeatures | None = None  # with point_refine: the point head and its fine maps
 
 
 class FCOSMasks(Protocol):
@@ -152,6 +162,9 @@ class FCOSInstanceModel(SegmentationModel):
             separable=cfg.separable_head,
         )
         self.semantic: nn.Module | None = None  # a family's auxiliary semantic head on the finest level
+        self.point_head = (
+            PointHead(cfg.fpn_channels + 3, cfg.point_head_channels) if cfg.point_refine else None
+        )
 
     def mask_input(self, mask_params: Tensor, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The family's (mask parameters, image-wide mask input ``[B, ...]``) from the head's raw
@@ -165,6 +178,20 @@ class FCOSInstanceModel(SegmentationModel):
         locations, levels = point_layout(features, self.strides)
         semantic = self.semantic(features[0]) if self.semantic is not None and self.training else None
         sizes = tuple(f.shape[-2] * f.shape[-1] for f in features)
+        points = None
+        if self.point_head is not None:  # the finest level and the pixels: what a coarse mask cannot see
+            points = PointFeatures(
+                self.point_head, [features[0], pixels], (pixels.shape[-2], pixels.shape[-1])
+            )
         return FCOSOutputs(
-            head["cls"], head["ltrb"], head["ctr"], params, mask_input, locations, levels, semantic, sizes
+            head["cls"],
+            head["ltrb"],
+            head["ctr"],
+            params,
+            mask_input,
+            locations,
+            levels,
+            semantic,
+            sizes,
+            points,
         )

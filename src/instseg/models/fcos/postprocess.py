@@ -9,6 +9,7 @@ them into the output.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from instseg.models.fcos.head import ltrb_to_boxes
 from instseg.models.nms import class_wise_nms, fast_nms_boxes
+from instseg.models.point_head import refine_image_masks
 from instseg.models.postprocess import MaskAssembly, assemble_detections
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class FCOSPostprocessor(nn.Module):
         self.rules = DetectionRules.from_config(cfg)
         self.assembly = MaskAssembly(cfg.mask_threshold, masks.stride, masks.crop_to_boxes, cfg.mask_rescore)
         self.masks = masks
+        self.point_inference_points = cfg.point_inference_points
 
     @torch.no_grad()
     def forward(
@@ -111,4 +114,10 @@ class FCOSPostprocessor(nn.Module):
             sel = keep[idx]
             return self.masks.probs(params[sel], mask_input, locations[sel], levels[sel], boxes[idx])
 
-        return assemble_detections(probs, boxes, labels, scores, resized, original, self.assembly)
+        refine = None
+        if outputs.points is not None:  # point refinement up to the input's resolution
+            points = outputs.points.image(b)
+            refine = partial(refine_image_masks, points, self.point_inference_points, self.assembly.stride)
+        return assemble_detections(
+            probs, boxes, labels, scores, resized, original, self.assembly, refine=refine
+        )

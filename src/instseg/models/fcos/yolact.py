@@ -16,6 +16,7 @@ weigh alike).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,8 @@ from instseg.models.conv_tower import conv_tower
 from instseg.models.fcos.model import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel, FCOSOutputs, level_strides
 from instseg.models.fcos.targets import PointTargets
 from instseg.models.losses import dice_loss
+from instseg.models.point_head import image_point_loss
+from instseg.models.point_sampling import draw_generator
 from instseg.models.postprocess import MASK_STRIDE
 
 
@@ -109,6 +112,12 @@ class ProtoNet(nn.Module):
         return x
 
 
+def widened(boxes: Tensor) -> Tensor:
+    """Boxes grown by one mask cell on every side: where a detection's mask may be non-zero before the
+    final crop at full resolution (bilinear upsampling near the box edge must still see real values)."""
+    return boxes + boxes.new_tensor([-1.0, -1.0, 1.0, 1.0]) * MASK_STRIDE
+
+
 class PrototypeMasks(nn.Module):
     """YOLACT's mask part (``FCOSMasks``): coefficients times prototypes, cut to the box."""
 
@@ -130,7 +139,7 @@ class PrototypeMasks(nn.Module):
         """Each sampled positive's mask: BCE inside its object's box divided by the box area (+ Dice)."""
         cfg = self.cfg
         size = tuple(outputs.mask_input.shape[-2:])
-        bce, dice = [], []
+        bce, dice, point = [], [], []
         for b, (t, a, pos) in enumerate(zip(targets, assigned, positives, strict=True)):
             if len(pos) == 0:
                 continue
@@ -142,7 +151,18 @@ class PrototypeMasks(nn.Module):
             bce.append((pixel * inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1))
             if cfg.dice_weight > 0:
                 dice.append(dice_loss(logits.masked_fill(inside == 0, -30.0), gt))
-        return [("loss_mask", cfg.mask_weight, bce), ("loss_dice", cfg.dice_weight, dice)]
+            if outputs.points is not None:  # each positive weighs its image's mean point loss
+                sizes = cfg.point_train_points, cfg.point_masks_per_image
+                generator = draw_generator(t, logits.device)
+                # cut to the box and a cell as inference cuts them (probability 1e-6 outside)
+                near = box_masks(widened(t["boxes"][owner]), size, MASK_STRIDE)
+                coarse = logits.masked_fill(near == 0, math.log(1e-6))
+                loss = image_point_loss(
+                    outputs.points.image(b), coarse, None, t["masks"][owner], *sizes, generator
+                )
+                point.append(loss.expand(len(pos)))
+        terms = [("loss_mask", cfg.mask_weight, bce), ("loss_dice", cfg.dice_weight, dice)]
+        return terms + ([("loss_point", 1.0, point)] if outputs.points is not None else [])
 
     def semantic_loss(self, logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
         """Per-class BCE against the union of that class's masks, at the finest level (training only)."""
@@ -152,12 +172,10 @@ class PrototypeMasks(nn.Module):
     def probs(
         self, params: Tensor, mask_input: Tensor, locations: Tensor, levels: Tensor, boxes: Tensor
     ) -> Tensor:
-        """One matrix product for all detections, cut to their boxes plus a cell (the final crop is at
-        full resolution, so bilinear upsampling near the box edge must still see real values)."""
+        """One matrix product for all detections, cut to their ``widened`` boxes."""
         size = tuple(mask_input.shape[-2:])
         probs = (params @ mask_input.flatten(1)).sigmoid().view(-1, *size)
-        margin = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=probs.device) * MASK_STRIDE
-        return probs * box_masks(boxes + margin, size, MASK_STRIDE)
+        return probs * box_masks(widened(boxes), size, MASK_STRIDE)
 
 
 class YOLACT(FCOSInstanceModel):

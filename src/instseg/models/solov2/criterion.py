@@ -22,7 +22,7 @@ from instseg.distributed import mean_over_ranks, world_size
 from instseg.masks import downsample_masks, mass_centres
 from instseg.models.federated import federated_weights
 from instseg.models.losses import dice_loss, focal_loss_sum
-from instseg.models.point_head import PointFeatures, point_loss
+from instseg.models.point_head import image_point_loss
 from instseg.models.point_sampling import draw_generator
 from instseg.models.postprocess import MASK_STRIDE
 from instseg.models.solov2.cells import KernelMasks
@@ -142,7 +142,11 @@ class SOLOv2Criterion(nn.Module):
                 pred_masks.append(logits)
                 mask_targets.append(small[owner])
                 if outputs.points is not None:
-                    point_losses.append(self.point_loss(outputs.points.image(b), logits, masks[owner], t))
+                    points, generator = outputs.points.image(b), draw_generator(t, device)
+                    loss = image_point_loss(
+                        points, logits, None, masks[owner], *self.point_loss_sizes, generator
+                    )
+                    point_losses.append(loss * len(logits))  # the caller divides by the instance count
         labels = torch.cat(cate_targets)
         onehot = F.one_hot(labels, self.num_classes + 1)[:, 1:]
         # normalisers averaged over the ranks: together, one process's num_pos + 1 and instance count
@@ -167,17 +171,3 @@ class SOLOv2Criterion(nn.Module):
             total = sum(point_losses) if point_losses else sum(p.sum() * 0.0 for p in head.parameters())
             losses["loss_point"] = total / count
         return losses
-
-    def point_loss(
-        self, points: PointFeatures, logits: Tensor, masks: Tensor, target: dict[str, Tensor]
-    ) -> Tensor:
-        """The point head's BCE on up to ``point_loss_sizes[1]`` of one image's positives, times how
-        many positives there are (the mean over the batch's positives is taken by the caller)."""
-        num_points, most = self.point_loss_sizes
-        generator = draw_generator(target, logits.device)
-        pick = torch.randperm(len(logits), device=logits.device, generator=generator)[:most]
-        padded = points.padded
-        regions = logits.new_tensor([[0.0, 0.0, padded[1], padded[0]]]).expand(len(pick), 4)
-        index = torch.zeros(len(pick), dtype=torch.int64, device=logits.device)
-        loss = point_loss(points, logits[pick], regions, index, masks[pick], num_points, generator)
-        return loss * len(logits)

@@ -5,7 +5,6 @@ Detections are masks here: boxes are the masks' tight boxes.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.models.nms import matrix_nms
-from instseg.models.point_head import PointFeatures, subdivide
+from instseg.models.point_head import PointFeatures, refine_image_masks
 from instseg.models.postprocess import MASK_STRIDE, detections_from_masks, maskness
 from instseg.models.solov2.cells import KernelMasks
 
@@ -84,18 +83,11 @@ class SOLOv2Postprocessor(nn.Module):
         decayed = matrix_nms(hard, labels, rescored[order], cfg.nms_kernel, cfg.nms_sigma)
         keep = torch.nonzero(decayed >= cfg.update_threshold).flatten()
         keep = keep[torch.argsort(decayed[keep], descending=True)][: cfg.detections_per_image]
-        refine = None if points is None else partial(refine_masks, points, cfg.point_inference_points)
+        refine = (
+            None
+            if points is None
+            else partial(refine_image_masks, points, cfg.point_inference_points, MASK_STRIDE)
+        )
         return detections_from_masks(
             soft[keep], labels[keep], decayed[keep], resized, original, cfg.mask_threshold, refine
         )
-
-
-def refine_masks(points: PointFeatures, num_points: int, probs: Tensor) -> Tensor:
-    """One image's mask probabilities at 1/MASK_STRIDE of the padded batch ``[N, h, w]`` -> at its
-    input pixels ``[N, h * MASK_STRIDE, w * MASK_STRIDE]``, by the point head's subdivision."""
-    coarse = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    height, width = points.padded
-    regions = probs.new_tensor([[0.0, 0.0, width, height]]).expand(len(probs), 4)
-    index = torch.zeros(len(probs), dtype=torch.int64, device=probs.device)
-    steps = int(math.log2(MASK_STRIDE))
-    return subdivide(points, coarse, regions, index, steps, num_points).sigmoid()
