@@ -10,44 +10,17 @@ from instseg.errors import DataError
 from instseg.eval.breakdown import attribute_breakdown, thinness
 from instseg.eval.coco import coco_report, load_ground_truth
 from instseg.eval.report import EvalOptions, evaluate_results
-from tests.eval.test_coco import _rle
+from tests.eval.rectangles import detection, rectangles
 
 SIZE = 256
 
 
 def _ground_truth(objects: list[dict], images=(1,)) -> dict:
-    """Rectangles; each object: box (x0, y0, x1, y1), optional image_id, category_id, occluded_fraction."""
-    anns = []
-    for i, o in enumerate(objects, 1):
-        x0, y0, x1, y1 = o["box"]
-        ann = {
-            "id": i,
-            "image_id": o.get("image_id", 1),
-            "category_id": o.get("category_id", 1),
-            "segmentation": _rle(o["box"], SIZE),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "area": (x1 - x0) * (y1 - y0),
-            "iscrowd": 0,
-        }
-        if "occluded_fraction" in o:
-            ann["occluded_fraction"] = o["occluded_fraction"]
-        anns.append(ann)
-    return {
-        "images": [{"id": i, "width": SIZE, "height": SIZE, "file_name": f"{i}.png"} for i in images],
-        "annotations": anns,
-        "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "wire"}],
-    }
+    return rectangles(objects, SIZE, images, {1: "cell", 2: "wire"})
 
 
 def _det(box, score, image_id=1, category_id=1) -> dict:
-    x0, y0, x1, y1 = box
-    return {
-        "image_id": image_id,
-        "category_id": category_id,
-        "score": score,
-        "segmentation": _rle(box, SIZE),
-        "bbox": [x0, y0, x1 - x0, y1 - y0],
-    }
+    return detection(box, score, SIZE, image_id, category_id)
 
 
 def _by_bin(rows: list[dict]) -> dict[str, dict]:

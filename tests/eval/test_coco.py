@@ -13,52 +13,18 @@ from instseg.data.coco import to_rle
 from instseg.errors import DataError
 from instseg.eval.coco import coco_evaluate, coco_report, stat_names, top_per_image
 from tests.conftest import shared_data
+from tests.eval.rectangles import detection, rectangles
 
 PYCOCO_12 = stat_names((1, 10, 100))[:12]
 SIZE = 64
 
 
-def _rle(box: tuple[int, int, int, int], size: int = SIZE) -> dict:
-    x0, y0, x1, y1 = box
-    m = np.zeros((size, size), dtype=np.uint8, order="F")
-    m[y0:y1, x0:x1] = 1
-    rle = mask_utils.encode(m)
-    return {"size": [size, size], "counts": rle["counts"].decode()}
-
-
 def _dataset(objects: list[dict], images=(1,), cats=(1, 2)) -> dict:
-    """Ground truth of rectangles: objects are dicts with image_id, category_id, box and optional fields."""
-    anns = []
-    for i, o in enumerate(objects, 1):
-        x0, y0, x1, y1 = o["box"]
-        ann = {
-            "id": i,
-            "image_id": o.get("image_id", 1),
-            "category_id": o.get("category_id", 1),
-            "segmentation": _rle(o["box"]),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "area": o.get("area", (x1 - x0) * (y1 - y0)),
-            "iscrowd": o.get("iscrowd", 0),
-        }
-        if "ignore" in o:
-            ann["ignore"] = o["ignore"]
-        anns.append(ann)
-    return {
-        "images": [{"id": i, "width": SIZE, "height": SIZE, "file_name": f"{i}.png"} for i in images],
-        "annotations": anns,
-        "categories": [{"id": c, "name": f"c{c}"} for c in cats],
-    }
+    return rectangles(objects, SIZE, images, {c: f"c{c}" for c in cats})
 
 
 def _det(box, score, image_id=1, category_id=1, bbox=None) -> dict:
-    x0, y0, x1, y1 = box
-    return {
-        "image_id": image_id,
-        "category_id": category_id,
-        "score": score,
-        "segmentation": _rle(box),
-        "bbox": bbox if bbox is not None else [x0, y0, x1 - x0, y1 - y0],
-    }
+    return detection(box, score, SIZE, image_id, category_id, bbox)
 
 
 def _pycocotools(gt, results, iou_type="segm", max_dets=None, use_cats=1, strip=True):
