@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from synthetic_budget import train_for_budget
+
 import instseg
 from instseg.config import field_values
 from instseg.data.synthetic import generate, preset
@@ -51,20 +53,15 @@ def score(checkpoint: str | Path, data: str, breakdowns: tuple[str, ...], out: P
 
 
 def train(args: argparse.Namespace, model: str) -> Path:
-    result = instseg.train(
+    options = {"scale": args.scale, **field_values(args.set)}
+    result = train_for_budget(
         model,
         args.data,
+        run_folder(args, model),
+        args.budget_min,
         preset=PRESET,
-        model_options={"scale": args.scale, **field_values(args.set)},
-        out=str(run_folder(args, model)),
-        overwrite=True,
-        time_budget_s=args.budget_min * 60,
-        steps=10**9,
-        batch_size=4,
-        crop_size=None,
+        model_options=options,
         lr=args.lr,
-        warmup_steps=50,
-        checkpoint_every=200,
         seed=args.seed,
     )
     print(f"{model}: {result.steps} steps")

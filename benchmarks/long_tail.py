@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from synthetic_budget import train_for_budget
+
 import instseg
 from instseg.data.synthetic import generate, preset
 from instseg.models.build import family
@@ -48,21 +50,15 @@ def run(args: argparse.Namespace, variant: str) -> dict:
         model_options["federated_classes"] = args.federated_classes
     out = Path(args.out) / f"{args.model}-{variant}"
     started = time.perf_counter()
-    result = instseg.train(
+    result = train_for_budget(
         args.model,
         args.data,
+        out,
+        args.budget_min,
         preset=args.preset,
         model_options=model_options,
-        out=str(out),
-        overwrite=True,
-        time_budget_s=args.budget_min * 60,
-        steps=10**9,
-        batch_size=4,
-        crop_size=None,
         lr=args.lr,
-        warmup_steps=50,
         eval_max_dets=(300,),
-        checkpoint_every=200,
         seed=args.seed,
         **fields,
     )
