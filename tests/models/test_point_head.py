@@ -3,7 +3,14 @@
 import torch
 import torch.nn.functional as F
 
-from instseg.models.point_head import PointFeatures, PointHead, fine_at, point_loss, subdivide
+from instseg.models.point_head import (
+    PointFeatures,
+    PointHead,
+    fine_at,
+    point_loss,
+    refine_image_masks,
+    subdivide,
+)
 
 
 def _full(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,3 +74,29 @@ def test_a_thin_line_the_coarse_mask_misses_is_recovered():
     refined = subdivide(points, coarse, regions, index, steps=2, num_points=400)
     assert refined.shape == (1, size, size)
     assert iou(refined > 0) > 0.9
+
+
+def test_refinement_on_windows_equals_subdivision_of_the_whole_image_inside_them():
+    """Each mask is refined on the window of its cells above the floor (and one more): inside it the
+    values are those of refining the whole map, outside it 0; an empty mask stays empty."""
+    torch.manual_seed(0)
+    head = PointHead(fine_channels=3, channels=16, layers=2)
+    torch.nn.init.normal_(head.predict.weight, std=0.3)  # a correction that differs from point to point
+    points = PointFeatures(head, [torch.rand(1, 3, 64, 64)], (64, 64))
+    probs = torch.zeros(3, 16, 16)
+    probs[0, 0:3, 1:5] = torch.rand(3, 4) * 0.9 + 0.05  # at the map's edge: the window is shifted inside
+    probs[1, 6:11, 7:9] = torch.rand(5, 2) * 0.9 + 0.05
+    every = 64 * 64  # every point re-predicted, as in the whole-map version
+    out = refine_image_masks(points, every, 4, probs)
+    coarse = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+    regions, index = _full(3, 64)
+    whole = subdivide(points, coarse, regions, index, steps=2, num_points=every).sigmoid()
+    # windows widened by a cell: mask 0 rows 0-3, columns 0-5; mask 1 rows 5-11, columns 6-9; the
+    # common size is 7 x 6 cells (28 x 24 px): mask 0's rows 0-6, mask 1's columns 6-11
+    inside = [(0, slice(0, 28), slice(0, 24)), (1, slice(20, 48), slice(24, 48))]
+    for i, rows, cols in inside:
+        torch.testing.assert_close(out[i, rows, cols], whole[i, rows, cols])
+        outside = torch.ones(64, 64, dtype=torch.bool)
+        outside[rows, cols] = False
+        assert out[i][outside].eq(0).all()
+    assert out[2].eq(0).all()

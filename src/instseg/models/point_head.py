@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.models.point_sampling import point_sample, uncertain_points
+from instseg.models.postprocess import widened_extents
+
+WINDOW_FLOOR = 0.01  # refinement's window: where a coarse mask's probability exceeds this
 
 
 class PointHead(nn.Module):
@@ -104,7 +107,7 @@ def point_loss(
     chosen = uncertain_points(coarse.detach(), num_points, generator=generator)
     xy = image_points(regions, chosen)
     fine = fine_at(points.fine, image_index, xy, points.padded)
-    logits = head(fine, point_sample(coarse[:, None], chosen))
+    logits = head(fine, point_sample(coarse[:, None], chosen, "border"))
     size = xy.new_tensor([gt_masks.shape[-1], gt_masks.shape[-2]])
     target = point_sample(gt_masks[:, None].to(logits.dtype), xy / size)
     return F.binary_cross_entropy_with_logits(logits, (target > 0.5).to(logits.dtype))
@@ -155,16 +158,41 @@ def subdivide(
         chosen = (-logits.abs()).flatten(1).topk(k, dim=1).indices  # [N, k]
         where = torch.stack([(chosen % w + 0.5) / w, (chosen // w + 0.5) / h], dim=-1).to(logits.dtype)
         fine = fine_at(points.fine, image_index, image_points(regions.to(logits.dtype), where), points.padded)
-        new = points.head(fine, point_sample(coarse[:, None], where))
+        new = points.head(fine, point_sample(coarse[:, None], where, "border"))
         logits = logits.flatten(1).scatter(1, chosen, new[:, 0].to(logits.dtype)).view(n, h, w)
     return logits
 
 
 def refine_image_masks(points: PointFeatures, num_points: int, stride: int, probs: Tensor) -> Tensor:
     """One image's mask probabilities at 1/``stride`` of the padded batch ``[N, h, w]`` -> at its input
-    pixels ``[N, h * stride, w * stride]``, by subdivision (the 1/4-resolution families' refinement)."""
-    coarse = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
-    height, width = points.padded
-    regions = probs.new_tensor([[0.0, 0.0, width, height]]).expand(len(probs), 4)
-    index = torch.zeros(len(probs), dtype=torch.int64, device=probs.device)
-    return subdivide(points, coarse, regions, index, int(math.log2(stride)), num_points).sigmoid()
+    pixels ``[N, h * stride, w * stride]``, by subdivision (the 1/4-resolution families' refinement).
+
+    Each mask is subdivided on a window only: the cells above ``WINDOW_FLOOR``
+    and one more on every side (the masks of a call share the largest
+    window's size). Outside it nothing is near 0.5, so the most uncertain
+    points lie inside, and the work scales with the objects' size rather than
+    the image's; the output is 0 there.
+    """
+    n, h, w = probs.shape
+    out = probs.new_zeros((n, h * stride, w * stride))
+    present, y0, y1, x0, x1 = widened_extents(probs > WINDOW_FLOOR)
+    if len(present) == 0:
+        return out
+    side_h, side_w = int((y1 - y0).max()), int((x1 - x0).max())
+    y0, x0 = y0.clamp(max=h - side_h), x0.clamp(max=w - side_w)  # the common size, inside the map
+    at = present[:, None, None]
+    ys, xs = window_cells(y0, x0, side_h, side_w)
+    coarse = torch.logit(probs[at, ys, xs].clamp(1e-6, 1 - 1e-6))
+    regions = torch.stack([x0, y0, x0 + side_w, y0 + side_h], dim=1).to(probs.dtype) * stride
+    index = torch.zeros(len(present), dtype=torch.int64, device=probs.device)
+    refined = subdivide(points, coarse, regions, index, int(math.log2(stride)), num_points).sigmoid()
+    ys, xs = window_cells(y0 * stride, x0 * stride, side_h * stride, side_w * stride)
+    out[at, ys, xs] = refined
+    return out
+
+
+def window_cells(top: Tensor, left: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Row and column indices ``[N, height, 1]``, ``[N, 1, width]`` of N windows at (top, left)."""
+    rows = top[:, None, None] + torch.arange(height, device=top.device)[None, :, None]
+    cols = left[:, None, None] + torch.arange(width, device=left.device)[None, None, :]
+    return rows, cols

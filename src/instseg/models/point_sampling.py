@@ -12,14 +12,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def point_sample(maps: Tensor, points: Tensor) -> Tensor:
+def point_sample(maps: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Bilinear values of ``maps [N, C, H, W]`` at ``points [N, P, 2]`` ((x, y) in [0, 1]) -> ``[N, C, P]``.
 
     Coordinates are fractions of the map's extent, so a 1/4-resolution
     prediction and a full-resolution target are sampled at the same places.
+    ``padding_mode`` (``grid_sample``'s): what lies beyond the map's edge, which
+    the outermost half cell reads; "border" for logits, whose 0 means "unsure".
     """
     grid = 2.0 * points[:, :, None, :] - 1.0
-    return F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", align_corners=False)[..., 0]
+    return F.grid_sample(
+        maps, grid.to(maps.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )[..., 0]
 
 
 def draw_generator(target: dict[str, Tensor], device: torch.device) -> torch.Generator | None:

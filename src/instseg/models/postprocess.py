@@ -85,6 +85,20 @@ def paste_masks(
     return CroppedMasks(crops, origins, image_size)
 
 
+def widened_extents(above: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Bool maps ``[N, h, w]`` -> the indices of the non-empty ones, and of each its first row, end row,
+    first column and end column holding a True cell, widened by one cell and kept on the map."""
+    h, w = above.shape[-2:]
+    rows, cols = above.any(dim=2), above.any(dim=1)
+    present = torch.nonzero(rows.any(dim=1)).flatten()
+    rows, cols = rows[present].int(), cols[present].int()
+    y0 = (rows.argmax(1) - 1).clamp(min=0)
+    y1 = (h + 1 - rows.flip(1).argmax(1)).clamp(max=h)
+    x0 = (cols.argmax(1) - 1).clamp(min=0)
+    x1 = (w + 1 - cols.flip(1).argmax(1)).clamp(max=w)
+    return present, y0, y1, x0, x1
+
+
 def upsample_masks(
     probs: Tensor,
     scale: tuple[float, float],
@@ -109,15 +123,8 @@ def upsample_masks(
     if n == 0:
         return CroppedMasks(crops, origins, image_size)
     sy, sx = scale
-    h, w = probs.shape[-2:]
-    above = probs > threshold
-    rows, cols = above.any(dim=2), above.any(dim=1)
-    present = torch.nonzero(rows.any(dim=1)).flatten()
-    # first and last row/column above the threshold of every mask, widened by one cell
-    y0 = (rows[present].int().argmax(1) - 1).clamp(min=0).tolist()
-    y1 = (h + 1 - rows[present].flip(1).int().argmax(1)).clamp(max=h).tolist()
-    x0 = (cols[present].int().argmax(1) - 1).clamp(min=0).tolist()
-    x1 = (w + 1 - cols[present].flip(1).int().argmax(1)).clamp(max=w).tolist()
+    present, *extents = widened_extents(probs > threshold)
+    y0, y1, x0, x1 = (e.tolist() for e in extents)
     # pixel p is inside [a, b) when its centre p + 0.5 is: p in [ceil(a - 0.5), ceil(b - 0.5))
     limits = None if clip is None else torch.ceil(clip[present] - 0.5).to(torch.int64).tolist()
     # the continuous source coordinate of every output pixel centre

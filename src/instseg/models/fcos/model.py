@@ -56,9 +56,9 @@ class FCOSConfig(ModelConfig):
     nms: Literal["fast", "standard"] = "standard"  # YOLACT's one-matrix Fast NMS, or sequential NMS
     nms_threshold: float = 0.6
     mask_rescore: bool = True  # score x maskness (mean probability inside the mask), as SOLOv2 ranks
-    # PointRend (models/point_head.py): a point head re-predicts the masks' most
-    # uncertain points from the finest level and the input pixels; trained on importance-sampled points
-    # of up to point_masks_per_image positives, applied by subdivision up to the input's resolution
+    # PointRend (models/point_head.py): a point head re-predicts the masks' most uncertain points from
+    # the finest level and the input pixels; trained on importance-sampled points of up to
+    # point_masks_per_image positives, applied by subdivision up to the input's resolution
     point_refine: bool = False
     point_head_channels: int = 128
     point_train_points: int = 196  # per mask
