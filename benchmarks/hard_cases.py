@@ -14,8 +14,10 @@ on thin objects (width/length < 0.25: the wires).
     python benchmarks/hard_cases.py --models solov2 --set point_refine=true
 
 ``--rescore CKPT ...`` scores existing checkpoints instead (e.g. the DSB2018
-ones, with ``--data ../shared/data/dsb2018``): nuclei have no occlusion
-field, so their table breaks down by thinness and size.
+ones, with ``--data ../shared/data/dsb2018 --max-dets 500``): nuclei have no
+occlusion field, so their table breaks down by thinness and size. With
+``--set point_refine=false`` a refining checkpoint is scored without its point
+head, the same weights otherwise: the refinement's own effect.
 """
 
 from __future__ import annotations
@@ -38,8 +40,18 @@ FAMILIES = ("mask_rcnn", "yolact", "solov2", "condinst", "mask2former")
 PRESET = "nuclei"
 
 
-def score(checkpoint: str | Path, data: str, breakdowns: tuple[str, ...], out: Path) -> dict:
-    ev = instseg.evaluate(checkpoint, data, out=out, breakdowns=breakdowns, matching=False)
+def score(
+    checkpoint: str | Path,
+    data: str,
+    breakdowns: tuple[str, ...],
+    out: Path,
+    overrides: dict | None = None,
+    max_dets: int = 100,
+) -> dict:
+    model = instseg.load(checkpoint, **(overrides or {}))
+    ev = instseg.evaluate(
+        model, data, out=out, breakdowns=breakdowns, matching=False, max_dets=(1, 10, max_dets)
+    )
     row = {
         "AP": ev.report.metrics["segm"]["AP"],
         "Boundary AP": ev.report.metrics["boundary"]["AP"],
@@ -91,8 +103,13 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="resize factor (1: the preset's 256 px)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--set", nargs="*", default=[], help="model fields for every family, e.g. point_refine=true"
+        "--set",
+        nargs="*",
+        default=[],
+        help="model fields for every family, e.g. point_refine=true; with --rescore, inference "
+        "overrides, e.g. point_refine=false to score a refining checkpoint without its head",
     )
+    parser.add_argument("--max-dets", type=int, default=100, help="detections scored per image")
     parser.add_argument("--rescore", nargs="+", help="score these checkpoints instead of training")
     parser.add_argument("--out", default="runs/bench/hard_cases")
     args = parser.parse_args()
@@ -100,9 +117,9 @@ def main() -> int:
     if args.rescore:
         breakdowns = ("thinness", "size")
         for checkpoint in args.rescore:
-            rows[checkpoint] = score(
-                checkpoint, args.data, breakdowns, Path(args.out) / Path(checkpoint).name
-            )
+            name = " ".join([checkpoint, *args.set])
+            out = Path(args.out) / "-".join([Path(checkpoint).parent.name, *args.set])
+            rows[name] = score(checkpoint, args.data, breakdowns, out, field_values(args.set), args.max_dets)
     else:
         breakdowns = ("occlusion", "thinness")
         if not (Path(args.data) / "annotations" / "instances_train.json").is_file():
@@ -110,7 +127,8 @@ def main() -> int:
         for model in args.models:
             checkpoint = train(args, model)
             name = " ".join([model, *args.set])
-            rows[name] = score(checkpoint, args.data, breakdowns, run_folder(args, model) / "eval")
+            eval_out = run_folder(args, model) / "eval"
+            rows[name] = score(checkpoint, args.data, breakdowns, eval_out, max_dets=args.max_dets)
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()}, seed {args.seed}, {args.budget_min:g} min each"
     )

@@ -88,7 +88,7 @@ def test_inference_output_contract(name, preset):
 
 @pytest.mark.parametrize(("name", "preset"), [p for p in PAIRS if p[0] != "sam"])
 def test_cropped_masks_are_the_dense_masks_cut_to_boxes(name, preset):
-    model = _model(name, preset).eval()
+    model = _model(name, preset, min_size=64, max_size=96).eval()  # the 800-pixel presets stay cheap
     images = [torch.rand(3, *size) for size in SIZES]
     with torch.no_grad():
         dense = model(images)

@@ -21,6 +21,8 @@ from instseg.models.build import build_model, checkpoint_config
 from instseg.models.fusion import inference_model
 from instseg.structures import Category, Instances
 
+POINT_HEAD = "point_head."  # the weights of every family's PointHead (models/point_head.py)
+
 ImageLike = str | Path | np.ndarray | Image.Image | torch.Tensor
 
 
@@ -48,7 +50,8 @@ def model_from_checkpoint(
     path: str | Path, overrides: dict[str, Any] | None = None
 ) -> tuple[nn.Module, dict[str, Any], Any, list[Category]]:
     """(model with the checkpoint's weights, its metadata, config, categories); ``overrides`` change
-    config fields, and one that changes the architecture fails on the weights' shapes."""
+    config fields, and one that changes the architecture fails on the weights' shapes, except
+    ``point_refine=False``, which leaves a refining model's point head out (faster, coarser masks)."""
     meta = ckpt.load_meta(path)
     try:
         config = checkpoint_config(meta, overrides)
@@ -56,7 +59,10 @@ def model_from_checkpoint(
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
     model = build_model(meta["family"], config, len(categories), ckpt.weight_shapes(path))
-    missing, unexpected = model.load_state_dict(ckpt.load_weights(path), strict=False)
+    weights = ckpt.load_weights(path)
+    if getattr(config, "point_refine", None) is False:  # a refining model predicting without its head
+        weights = {k: v for k, v in weights.items() if not k.startswith(POINT_HEAD)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit a {meta['family']} model "

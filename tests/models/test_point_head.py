@@ -1,8 +1,14 @@
 """The point head: subdivision's resolution and reach, and a thin line the coarse mask misses."""
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
+from instseg.engine import checkpoint as ckpt
+from instseg.errors import CheckpointError
+from instseg.models.build import build_model, checkpoint_meta, model_config
 from instseg.models.point_head import (
     PointFeatures,
     PointHead,
@@ -11,6 +17,8 @@ from instseg.models.point_head import (
     refine_image_masks,
     subdivide,
 )
+from instseg.predictor import model_from_checkpoint
+from instseg.structures import Category
 
 
 def _full(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,3 +108,19 @@ def test_refinement_on_windows_equals_subdivision_of_the_whole_image_inside_them
         outside[rows, cols] = False
         assert out[i][outside].eq(0).all()
     assert out[2].eq(0).all()
+
+
+def test_a_refining_checkpoint_predicts_without_its_head_when_refinement_is_turned_off(tmp_path: Path):
+    cfg = model_config("solov2", "light", {"point_refine": True})
+    saved = build_model("solov2", cfg, 1).state_dict()
+    ckpt.save_checkpoint(tmp_path / "m", saved, checkpoint_meta("solov2", cfg, [Category(1, "a")]))
+    assert model_from_checkpoint(tmp_path / "m")[0].point_head is not None
+    plain = model_from_checkpoint(tmp_path / "m", {"point_refine": False})[0]
+    assert plain.point_head is None
+    rest = {k: v for k, v in saved.items() if not k.startswith("point_head.")}
+    assert len(rest) < len(saved) and plain.state_dict().keys() == rest.keys()
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in rest.items())
+    # the other way round is still an error: a head cannot be made up from weights that lack it
+    ckpt.save_checkpoint(tmp_path / "p", rest, checkpoint_meta("solov2", cfg, [Category(1, "a")]))
+    with pytest.raises(CheckpointError, match="missing"):
+        model_from_checkpoint(tmp_path / "p")
