@@ -80,8 +80,9 @@ def train(args: argparse.Namespace, model: str) -> Path:
     return Path(result.checkpoint)
 
 
-def run_folder(args: argparse.Namespace, model: str) -> Path:
-    return Path(args.out) / "-".join([model, *args.set])
+def run_folder(args: argparse.Namespace, name: str) -> Path:
+    """Where a model trained, or a checkpoint is scored, with ``--set``'s fields."""
+    return Path(args.out) / "-".join([name, *args.set])
 
 
 def table(rows: dict[str, dict], columns: list[str]) -> str:
@@ -118,7 +119,7 @@ def main() -> int:
         breakdowns = ("thinness", "size")
         for checkpoint in args.rescore:
             name = " ".join([checkpoint, *args.set])
-            out = Path(args.out) / "-".join([Path(checkpoint).parent.name, *args.set])
+            out = run_folder(args, Path(checkpoint).parent.name)
             rows[name] = score(checkpoint, args.data, breakdowns, out, field_values(args.set), args.max_dets)
     else:
         breakdowns = ("occlusion", "thinness")
