@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser(
         "export",
-        help="write a checkpoint as one ONNX graph: image in, final detections out",
+        help="write a checkpoint as one ONNX graph: image in, final detections out "
+        "(sam: x.encoder.onnx, image in, embedding out, and x.decoder.onnx, prompts in, masks out)",
     )
     exp.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
     exp.add_argument("--format", choices=["onnx"], default="onnx")
@@ -241,6 +242,22 @@ def _train(args: argparse.Namespace, rest: list[str], argv: Sequence[str]) -> in
         from instseg.eval.coco import format_table
 
         print(format_table(result.metrics))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from instseg.engine.checkpoint import load_meta
+    from instseg.export.onnx import export_onnx
+
+    if load_meta(args.checkpoint)["family"] != "sam":
+        print(f"wrote {export_onnx(args.checkpoint, args.out, args.min_score)}")
+        return 0
+    from instseg.export.prompt_onnx import export_prompt_onnx
+
+    if args.min_score is not None:
+        raise InstsegError("--min-score: a sam model's prompt graphs have no score threshold")
+    for path in export_prompt_onnx(args.checkpoint, args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -363,7 +380,7 @@ def _predict_prompts(args: argparse.Namespace) -> int:
     boxes = torch.tensor(_numbers(args.box, (4,), "--box")).reshape(-1, 4)
     points = torch.tensor([c[:2] for c in clicks]).reshape(-1, 2)
     labels = torch.tensor([c[2] if len(c) == 3 else 1.0 for c in clicks])
-    predictor = PromptPredictor.from_checkpoint(args.checkpoint, args.device)
+    predictor = PromptPredictor.from_checkpoint(args.onnx or args.checkpoint, args.device)
     paths = list_images(args.inputs)
     stems = output_stems(paths)
     out = Path(args.out)
@@ -552,10 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "export":
-            from instseg.export.onnx import export_onnx
-
-            print(f"wrote {export_onnx(args.checkpoint, args.out, args.min_score)}")
-            return 0
+            return _export(args)
         return _predict(args, argv)
     except InstsegError as exc:
         if args.verbose:

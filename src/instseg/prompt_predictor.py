@@ -45,7 +45,12 @@ class PromptPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> PromptPredictor:
-        """A SAM checkpoint (``instseg import sam``, or trained here) ready for prompts."""
+        """A SAM checkpoint (``instseg import sam``, or trained here) ready for prompts; ``x.onnx`` (or
+        ``x.encoder.onnx``) runs the two graphs ``instseg export`` wrote with ONNX Runtime instead."""
+        if str(path).endswith(".onnx"):
+            from instseg.export.prompt_onnx import OnnxPromptPredictor
+
+            return OnnxPromptPredictor(path)
         if (family := ckpt.load_meta(path)["family"]) != "sam":
             raise CheckpointError(f"{path}: a {family} checkpoint; prompts need a sam checkpoint")
         model = model_from_checkpoint(path)[0]
@@ -86,7 +91,7 @@ class PromptPredictor:
                 f"labels: expected one 1 (positive) or 0 (negative) per point, got {lab.tolist()}"
             )
         self._inside(xy, "points")
-        return (xy.to(self.device) * self._scale()), lab.to(self.device)
+        return xy.to(self.device), lab.to(self.device)
 
     def _boxes(self, box: object) -> Tensor:
         boxes = _tensor(box, "box", "[4] or [B, 4]").reshape(-1, 4) if box is not None else None
@@ -95,7 +100,7 @@ class PromptPredictor:
         if not bool((boxes[:, 2:] > boxes[:, :2]).all()):
             raise PromptError(f"box: x1 > x0 and y1 > y0 expected, got {boxes.tolist()}")
         self._inside(boxes.reshape(-1, 2, 2), "box")
-        return (boxes.to(self.device).reshape(-1, 2, 2) * self._scale()).reshape(-1, 4)
+        return boxes.to(self.device)
 
     def _inside(self, xy: Tensor, name: str) -> None:
         h, w = self.original
@@ -138,13 +143,30 @@ class PromptPredictor:
         if pts is not None and boxes is not None and boxes.shape[0] != batch:
             raise PromptError(f"points and box: {batch} point prompts but {boxes.shape[0]} boxes")
         mask = self._mask_input(mask_input, batch) if mask_input is not None else None
-        logits, iou = self.model.decode(self.embedding, pts, boxes, mask, multimask)
+        logits, iou, masks = self.decode(pts, boxes, mask, multimask)
         order = iou.argsort(dim=1, descending=True)  # each prompt's readings, best predicted IoU first
-        iou, logits = iou.gather(1, order), logits[torch.arange(len(order))[:, None], order]
+        rows = torch.arange(len(order))[:, None]
+        iou, logits, masks = iou.gather(1, order), logits[rows, order], masks[rows, order]
         self.logits = logits
+        return [self._instances(masks[b], iou[b]) for b in range(masks.shape[0])]
+
+    def decode(
+        self,
+        points: tuple[Tensor, Tensor] | None,
+        boxes: Tensor | None,
+        mask_input: Tensor | None,
+        multimask: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Prompts in the original image's pixels -> (low-resolution logits ``[B, M, 4h, 4w]``,
+        predicted IoU ``[B, M]``, masks ``[B, M, H, W]`` at the original size)."""
+        scale = self._scale()
+        if points is not None:
+            points = (points[0] * scale, points[1])
+        if boxes is not None:
+            boxes = (boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4)
+        logits, iou = self.model.decode(self.embedding, points, boxes, mask_input, multimask)
         full = self.model.upsample(logits, self.resized, self.original)
-        threshold = logit_threshold(self.model.cfg.mask_threshold)
-        return [self._instances(full[b] > threshold, iou[b]) for b in range(full.shape[0])]
+        return logits, iou, full > logit_threshold(self.model.cfg.mask_threshold)
 
     def predict(
         self,

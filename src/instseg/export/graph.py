@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.models.segmentation_model import SegmentationModel
+from instseg.models.transform import ResizeNormalize
 
 OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 
@@ -32,15 +33,21 @@ class ImageGraph(nn.Module):
         self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        transform = self.model.transform
-        height, width = image.shape[0], image.shape[1]
-        pixels = (image.permute(2, 0, 1).float() / 255.0 - self.mean) / self.std
-        size = transform.output_size(height, width)
-        pixels = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)
-        step = transform.size_divisible
-        pad_h = (size[0] + step - 1) // step * step - size[0]
-        pad_w = (size[1] + step - 1) // step * step - size[1]
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
+        pixels, size = normalised_input(image, self.model.transform, self.mean, self.std)
         outputs = self.model.network(pixels)
-        result = self.model.postprocessor(outputs, [size], [(height, width)])[0]
+        result = self.model.postprocessor(outputs, [size], [(image.shape[0], image.shape[1])])[0]
         return result["boxes"], result["labels"], result["scores"], result["masks"]
+
+
+def normalised_input(
+    image: Tensor, transform: ResizeNormalize, mean: Tensor, std: Tensor, antialias: bool = False
+) -> tuple[Tensor, tuple[int, int]]:
+    """RGB bytes ``[H, W, 3]`` -> the network's input ``[1, 3, H', W']`` (normalised, resized by the
+    model's rule, padded to its multiple) and the resized size, on the image's symbolic shape."""
+    pixels = (image.permute(2, 0, 1).float() / 255.0 - mean) / std
+    size = transform.output_size(image.shape[0], image.shape[1])
+    pixels = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    step = transform.size_divisible
+    pad_h = (size[0] + step - 1) // step * step - size[0]
+    pad_w = (size[1] + step - 1) // step * step - size[1]
+    return F.pad(pixels, (0, pad_w, 0, pad_h)), size

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ def export_onnx(
         checkpoint, _score_override(checkpoint, min_score)
     )
     family = meta["family"]
+    if family == "sam":
+        raise ExportError(f"{checkpoint}: a sam model exports as two graphs (export_prompt_onnx)")
     if family not in EXPORTABLE:
         raise ExportError(
             f"{checkpoint}: exporting {family} models is not supported yet "
@@ -68,8 +71,42 @@ def export_onnx(
     example = torch.randint(
         0, 256, (256, 320, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    height = torch.export.Dim("height", min=2, max=MAX_SIDE)
-    width = torch.export.Dim("width", min=2, max=MAX_SIDE)
+    metadata = _metadata(meta, graph, categories, config)
+    return write_graph(
+        graph,
+        (example,),
+        {INPUT_NAME: image_dims()},
+        ([INPUT_NAME], list(OUTPUT_NAMES)),
+        metadata,
+        out,
+        lambda path: _check_against_eager(path, graph),
+        f"{checkpoint}: ONNX export failed",
+        opset,
+    )
+
+
+def image_dims() -> dict[int, Any]:
+    """The symbolic height and width of an ``[H, W, 3]`` image input."""
+    return {
+        0: torch.export.Dim("height", min=2, max=MAX_SIDE),
+        1: torch.export.Dim("width", min=2, max=MAX_SIDE),
+    }
+
+
+def write_graph(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    dynamic_shapes: dict[str, Any],
+    names: tuple[list[str], list[str]],
+    metadata: dict[str, str],
+    out: str | Path,
+    check: Callable[[Path], None],
+    failure: str,
+    opset: int = OPSET,
+) -> Path:
+    """Export ``module`` with ``torch.export`` (quietly), add ``metadata``, run ``check`` on the written
+    file and move it to ``out`` only when that passes; an export error becomes one ``ExportError``
+    line starting with ``failure``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")
@@ -83,26 +120,24 @@ def export_onnx(
         ):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                graph,
-                (example,),
+                module,
+                example,
                 dynamo=True,
-                dynamic_shapes={INPUT_NAME: {0: height, 1: width}},
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=dynamic_shapes,
+                input_names=names[0],
+                output_names=names[1],
                 opset_version=opset,
                 verbose=False,
             )
-        program.model.metadata_props.update(_metadata(meta, graph, categories, config))
+        program.model.metadata_props.update(metadata)
         program.save(str(temporary))
-        _check_against_eager(temporary, graph)
+        check(temporary)
         os.replace(temporary, out)
     except (RuntimeError, ValueError, TypeError, ExportError) as exc:
         temporary.unlink(missing_ok=True)
         if isinstance(exc, ExportError):
             raise
-        raise ExportError(
-            f"{checkpoint}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from exc
+        raise ExportError(f"{failure} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     finally:
         logging.disable(logging.NOTSET)
     return out
@@ -113,7 +148,7 @@ def _check_against_eager(path: Path, graph: ImageGraph) -> None:
     the exporter fixed by mistake fails here, not in a user's hands."""
     image = torch.randint(0, 256, (97, 131, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     try:
-        got = OnnxModel(path).session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
+        got = session(path).run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
     except Exception as exc:  # ONNX Runtime's own error types
         raise ExportError(
             f"the exported graph fails on a 97x131 image ({str(exc).splitlines()[0]})"
@@ -161,15 +196,32 @@ def _metadata(
         "categories": json.dumps([vars(c) for c in categories]),
         "preprocessing": json.dumps(preprocessing),
         "outputs": json.dumps(outputs),
-        "model_config": json.dumps(meta["model_config"] | _config_fields(config)),
+        "model_config": json.dumps(meta["model_config"] | config_fields(config)),
     }
 
 
-def _config_fields(config: Any) -> dict[str, Any]:
+def config_fields(config: Any) -> dict[str, Any]:
     """The config as built (overrides applied), in JSON types."""
     from dataclasses import asdict
 
     return json.loads(json.dumps(asdict(config), default=str))
+
+
+def session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the CPU, or one ``ExportError`` line saying why not."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("running ONNX models needs onnxruntime: pip install 'instseg[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for unreadable or invalid files
+        raise ExportError(
+            f"{path}: not an ONNX model ONNX Runtime can load ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 class OnnxModel(nn.Module):
@@ -181,19 +233,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ExportError("running ONNX models needs onnxruntime: pip install 'instseg[onnx]'") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types for unreadable or invalid files
-            raise ExportError(
-                f"{path}: not an ONNX model ONNX Runtime can load ({str(exc).splitlines()[0]})"
-            ) from None
+        self.session = session(path, threads)
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         if "categories" not in self.metadata or "family" not in self.metadata:
             raise ExportError(f"{path}: not an instseg export (its metadata has no categories or family)")

@@ -17,6 +17,7 @@ convolutional encoder at the input's own scale that trains on a CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -119,9 +120,10 @@ def nuclei_preset() -> SAMConfig:
 
 
 def resized_shape(h: int, w: int, longest: int) -> tuple[int, int]:
-    """The size of an ``h x w`` image whose longer side is brought to ``longest``."""
-    scale = longest / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    """The size of an ``h x w`` image whose longer side is brought to ``longest``, rounded half up;
+    written with ``torch.sym_max`` so that an exported graph computes it from symbolic sizes."""
+    scale = longest / torch.sym_max(h, w)
+    return math.floor(h * scale + 0.5), math.floor(w * scale + 0.5)
 
 
 class PromptTransform(ResizeNormalize):
@@ -132,8 +134,12 @@ class PromptTransform(ResizeNormalize):
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
         if self.scale is not None:
             return super().resize(image, target)
-        size = resized_shape(image.shape[-2], image.shape[-1], self.max_size)
-        return self.resize_to(image, target, size, antialias=True)
+        return self.resize_to(image, target, self.output_size(*image.shape[-2:]), antialias=True)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.scale is not None:
+            return super().output_size(height, width)
+        return resized_shape(height, width, self.max_size)
 
 
 class PromptDecoder:
@@ -190,10 +196,12 @@ class PromptDecoder:
         """Window logits back at their places in the whole image's logit grid, OUTSIDE elsewhere."""
         if corners is None:
             return logits
+        n, _, h, w = logits.shape
         full = logits.new_full((*logits.shape[:2], 4 * grid[0], 4 * grid[1]), OUTSIDE)
-        h, w = logits.shape[-2:]
-        for i, (top, left) in enumerate(corners.tolist()):
-            full[i, :, top : top + h, left : left + w] = logits[i]
+        rows = torch.arange(n, device=logits.device)[:, None, None]
+        ys = (corners[:, :1] + torch.arange(h, device=logits.device))[:, :, None]  # [n, h, 1]
+        xs = (corners[:, 1:] + torch.arange(w, device=logits.device))[:, None, :]  # [n, 1, w]
+        full[rows, :, ys, xs] = logits.permute(0, 2, 3, 1)  # indexed as [n, h, w, M]
         return full
 
     def centres(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None) -> Tensor | None:
@@ -214,8 +222,24 @@ class PromptDecoder:
         mask_input: Tensor | None,
         multimask: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        (h, w), n = embedding.shape[-2:], len(centres)
-        wh, ww = min(self.window, h), min(self.window, w)
+        crop, crop_positions, mask_input, corners = self.window_crops(
+            embedding, positions, centres, mask_input
+        )
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, tuple(crop.shape[-2:]), corners)
+        if multimask is None:
+            logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
+        else:
+            logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask)
+        return logits, iou, corners
+
+    def window_crops(
+        self, embedding: Tensor, positions: Tensor, centres: Tensor, mask_input: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Each prompt's window around its centre: the embedding and its positions ``[B, C, wh, ww]``,
+        the mask prompt's ``[B, 1, 4 wh, 4 ww]``, and the window's top-left corner ``[B, 2]`` in logit
+        cells. Gathered by index tensors, so that an exported graph takes the same path."""
+        (h, w), n = embedding.shape[-2:], centres.shape[0]
+        wh, ww = torch.sym_min(self.window, h), torch.sym_min(self.window, w)
         cells = (centres / self.stride).floor().long()
         y0 = (cells[:, 1] - wh // 2).clamp(0, h - wh)
         x0 = (cells[:, 0] - ww // 2).clamp(0, w - ww)
@@ -230,13 +254,7 @@ class PromptDecoder:
             )
             rows = torch.arange(n, device=ys.device)[:, None, None]
             mask_input = mask_input[:, 0][rows, fine_y[:, :, None], fine_x[:, None, :]][:, None]
-        corners = 4 * torch.stack([y0, x0], dim=1)
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input, (wh, ww), corners)
-        if multimask is None:
-            logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
-        else:
-            logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask)
-        return logits, iou, corners
+        return crop, crop_positions, mask_input, 4 * torch.stack([y0, x0], dim=1)
 
     @property
     def stride(self) -> int:
