@@ -23,7 +23,7 @@ browser:
 		echo "chromium not installed: the browser test will be skipped"
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -65,11 +65,14 @@ class PromptPredictor:
             raise PromptError(f"set_image: {exc}") from None
         if min(pixels.shape[-2:]) < 1:
             raise PromptError(f"set_image: the image is empty ({tuple(pixels.shape)})")
-        batch, _ = self.model.transform([pixels.to(self.device)])
-        self.embedding = self.model.network(batch.tensors)
-        self.resized = (int(batch.image_sizes[0][0]), int(batch.image_sizes[0][1]))
+        self.embedding, self.resized = self.embed(pixels)
         self.original = (int(pixels.shape[-2]), int(pixels.shape[-1]))
         self.logits = None
+
+    def embed(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """An image ``[3, H, W]`` in [0, 1] -> (its embedding ``[1, C, h, w]``, its resized size)."""
+        batch, _ = self.model.transform([pixels.to(self.device)])
+        return self.model.network(batch.tensors), (int(batch.image_sizes[0][0]), int(batch.image_sizes[0][1]))
 
     def _scale(self) -> Tensor:
         """Original pixels -> resized pixels, per (x, y)."""

@@ -224,6 +224,11 @@ def session(path: str | Path, threads: int | None = None) -> Any:
         ) from None
 
 
+def image_bytes(image: Tensor) -> np.ndarray:
+    """A float image ``[3, H, W]`` in [0, 1] as the graphs take it: uint8 ``[H, W, 3]``."""
+    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 class OnnxModel(nn.Module):
     """An exported graph behind the model contract: ``model(images)`` -> one output dict per image.
 
@@ -243,8 +248,7 @@ class OnnxModel(nn.Module):
         return [self.image(im) for im in images]
 
     def image(self, image: Tensor) -> dict[str, Tensor]:
-        pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
-        boxes, labels, scores, masks = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels.numpy()})
+        boxes, labels, scores, masks = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image_bytes(image)})
         return {
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(labels),

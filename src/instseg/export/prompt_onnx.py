@@ -16,8 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from instseg.errors import PromptError
-from instseg.export.onnx import OPSET, ExportError, config_fields, image_dims, session, write_graph
+from instseg.export.onnx import (
+    OPSET,
+    ExportError,
+    config_fields,
+    image_bytes,
+    image_dims,
+    session,
+    write_graph,
+)
 from instseg.export.prompt_graphs import (
     EMBEDDING_INPUTS,
     EMBEDDING_OUTPUTS,
@@ -27,7 +34,7 @@ from instseg.export.prompt_graphs import (
     PromptGraph,
     prompt_arrays,
 )
-from instseg.predictor import ImageLike, model_from_checkpoint, to_image_tensor
+from instseg.predictor import model_from_checkpoint
 from instseg.prompt_predictor import PromptPredictor
 from instseg.version import __version__
 
@@ -166,17 +173,10 @@ class OnnxPromptPredictor(PromptPredictor):
         self.resized = (0, 0)
         self.logits: Tensor | None = None
 
-    def set_image(self, image: ImageLike) -> None:
-        try:
-            pixels = to_image_tensor(image)
-        except (ValueError, TypeError) as exc:
-            raise PromptError(f"set_image: {exc}") from None
-        if min(pixels.shape[-2:]) < 1:
-            raise PromptError(f"set_image: the image is empty ({tuple(pixels.shape)})")
-        data = pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
-        self.embedding = torch.from_numpy(self.encoder.run(None, {EMBEDDING_INPUTS[0]: data.numpy()})[0])
-        self.original = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        self.logits = None
+    def embed(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The encoder graph on the image's bytes; the resized size stays inside the graphs."""
+        embedding = self.encoder.run(None, {EMBEDDING_INPUTS[0]: image_bytes(pixels)})[0]
+        return torch.from_numpy(embedding), (0, 0)
 
     def decode(
         self,

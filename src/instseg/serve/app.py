@@ -6,6 +6,9 @@
 - ``GET /v1/model``: family, classes, input; ``GET /healthz``; ``GET /metrics``
   (Prometheus text: requests by endpoint and status, latency histograms, queue depth).
 - ``GET /``: the web page (``static/index.html``).
+- With a SAM model, ``POST /v1/embed`` (the form field ``image``) and ``POST /v1/prompt`` (JSON:
+  ``image_id``, ``points``, ``labels``, ``box``, ``multimask``, ``refine``, ``masks``): the
+  embedding is computed once per image and each prompt runs the decoder only (``prompts.py``).
 
 The model loads once. Inference runs in ``workers`` threads; at most ``queue``
 more requests wait for one, and the next gets 503 with ``Retry-After``. Bodies
@@ -43,8 +46,10 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instseg.data.images import ImageTooLarge, decode_image, max_pixels
-from instseg.errors import DataError
+from instseg.errors import DataError, PromptError
 from instseg.predictor import Predictor
+from instseg.prompt_predictor import PromptPredictor
+from instseg.serve.prompts import EmbeddingCache, Prompt, UnknownImage, image_id, parse_prompt
 from instseg.serve.responses import prediction_json
 from instseg.version import __version__
 
@@ -58,6 +63,7 @@ class ServeConfig:
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int = 0  # decoded image size limit; 0: the toolkit's (INSTSEG_MAX_PIXELS)
     min_score: float = 0.5  # default score_threshold of /v1/predict (the model's own still applies below)
+    embedding_bytes: int = 512 * 2**20  # SAM: image embeddings kept for /v1/prompt
 
 
 class ClientError(Exception):
@@ -150,6 +156,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instseg-infer")
     metrics = Metrics()
     state = {"in_flight": 0}
+    prompts = predictor.family == "sam" and hasattr(predictor.model, "decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -198,33 +205,84 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
             "max_pixels": pixel_limit,
             "default_score_threshold": config.min_score,
             "mask_formats": list(MASK_FORMATS),
+            "prompts": cache is not None,
             "instseg_version": __version__,
         }
 
-    @app.post("/v1/predict")
-    async def predict(request: Request) -> JSONResponse:
-        upload, options = await _read_form(request)
-        threshold = _score_threshold(options.get("score_threshold"), config.min_score)
-        masks = options.get("masks", "rle")
-        if masks not in MASK_FORMATS:
-            raise ClientError(400, f"masks must be one of {', '.join(MASK_FORMATS)}, got {masks!r}")
-        image = _decode(upload, pixel_limit)
+    async def bounded(work: Any, *args: Any) -> JSONResponse:
+        """``work(*args)`` on an inference worker, or 503 when the workers and the queue are full."""
         if state["in_flight"] >= config.workers + config.queue:
             raise ClientError(503, "the server is busy; retry shortly", {"Retry-After": "1"})
         state["in_flight"] += 1
         metrics.queue.set(max(state["in_flight"] - config.workers, 0))
         try:
-            loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(executor, _infer, predictor, image, threshold, masks, metrics)
+            out = await asyncio.get_running_loop().run_in_executor(executor, work, *args)
             return JSONResponse(out)  # plain JSON types already: FastAPI's encoder walk is skipped
         finally:
             state["in_flight"] -= 1
             metrics.queue.set(max(state["in_flight"] - config.workers, 0))
 
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> JSONResponse:
+        upload, options = await _read_form(request)
+        threshold = _score_threshold(options.get("score_threshold"), config.min_score)
+        masks = _mask_format(options.get("masks", "rle"))
+        image = _decode(upload, pixel_limit)
+        return await bounded(_infer, predictor, image, threshold, masks, metrics)
+
+    cache = EmbeddingCache(PromptPredictor(predictor.model), config.embedding_bytes) if prompts else None
+
+    def promptable() -> EmbeddingCache:
+        if cache is None:
+            raise ClientError(404, f"this server's model ({predictor.family}) takes no prompts")
+        return cache
+
+    @app.post("/v1/embed")
+    async def embed(request: Request) -> JSONResponse:
+        embeddings = promptable()
+        upload, _ = await _read_form(request)
+        image = _decode(upload, pixel_limit)
+        return await bounded(embeddings.embed, image_id(upload), image)
+
+    @app.post("/v1/prompt")
+    async def prompt(request: Request) -> JSONResponse:
+        embeddings = promptable()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ClientError(400, "the body must be JSON") from None
+        try:
+            asked = parse_prompt(body)
+        except PromptError as exc:
+            raise ClientError(400, str(exc)) from None
+        masks = _mask_format(body.get("masks", "rle"))
+        return await bounded(_answer_prompt, embeddings, asked, masks)
+
     return app
 
 
-_ENDPOINTS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict")
+_ENDPOINTS = ("/", "/healthz", "/metrics", "/v1/model", "/v1/predict", "/v1/embed", "/v1/prompt")
+
+
+def _mask_format(masks: Any) -> str:
+    if masks not in MASK_FORMATS:
+        raise ClientError(400, f"masks must be one of {', '.join(MASK_FORMATS)}, got {masks!r}")
+    return masks
+
+
+def _answer_prompt(embeddings: EmbeddingCache, asked: Prompt, masks: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        instances = embeddings.prompt(asked)
+    except UnknownImage:
+        raise ClientError(
+            404, f"unknown image_id {asked.image_id!r}: embed the image with POST /v1/embed first"
+        ) from None
+    except PromptError as exc:
+        raise ClientError(400, str(exc)) from None
+    out = prediction_json(instances, masks)  # type: ignore[arg-type]
+    out["seconds"] = round(time.perf_counter() - started, 4)
+    return out
 
 
 async def _read_form(request: Request) -> tuple[bytes, dict[str, str]]:
