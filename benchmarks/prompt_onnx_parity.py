@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import instseg
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.eval.interactive import coco_objects, evaluate_interactive, farthest_from_boundary, iou
 from instseg.export.prompt_onnx import export_prompt_onnx
@@ -63,7 +64,7 @@ def main() -> int:
     export_s = time.perf_counter() - started
     predictors = {
         "eager": PromptPredictor.from_checkpoint(args.checkpoint, "cpu"),
-        "onnx": PromptPredictor.from_checkpoint(graphs[0]),
+        "onnx": instseg.load_prompts(graphs[0]),
     }
     embed_s = {k: 0.0 for k in predictors}
     prompt_s = {k: 0.0 for k in predictors}

@@ -1,6 +1,6 @@
 """instseg: instance segmentation, every major family behind one contract."""
 
-from instseg.api import evaluate, evaluate_results, load, predict, train
+from instseg.api import evaluate, evaluate_results, load, load_prompts, predict, train
 from instseg.cropped_masks import CroppedMasks, cropped_masks
 from instseg.predictor import Predictor
 from instseg.structures import Category, Instances
@@ -16,6 +16,7 @@ __all__ = [
     "evaluate",
     "evaluate_results",
     "load",
+    "load_prompts",
     "predict",
     "train",
 ]

@@ -17,6 +17,7 @@ from instseg.eval.report import EvalOptions, EvalReport
 from instseg.eval.report import evaluate_results as _evaluate_results
 from instseg.models.build import model_config
 from instseg.predictor import ImageLike, Predictor
+from instseg.prompt_predictor import PromptPredictor
 from instseg.structures import Instances
 
 
@@ -38,6 +39,16 @@ def load(
             )
         return onnx_predictor(checkpoint)
     return Predictor.from_checkpoint(checkpoint, device, overrides, min_score)
+
+
+def load_prompts(checkpoint: str | Path, device: str = "auto") -> PromptPredictor:
+    """A SAM model ready for prompts (``set_image``, then ``predict`` per prompt): a checkpoint, or
+    ``x.onnx`` / ``x.encoder.onnx`` for the two graphs ``instseg export`` wrote, run by ONNX Runtime."""
+    if str(checkpoint).endswith(".onnx"):
+        from instseg.export.prompt_onnx import OnnxPromptPredictor
+
+        return OnnxPromptPredictor(checkpoint)
+    return PromptPredictor.from_checkpoint(checkpoint, device)
 
 
 def predict(

@@ -262,13 +262,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval_prompts(args: argparse.Namespace) -> int:
+    from instseg.api import load_prompts
     from instseg.data.coco import CocoIndex, resolve_source
     from instseg.eval.interactive import coco_objects, evaluate_interactive
-    from instseg.prompt_predictor import PromptPredictor
 
     if args.checkpoint is None:
         raise InstsegError("--prompts needs --checkpoint (a SAM model)")
-    predictor = PromptPredictor.from_checkpoint(args.checkpoint, args.device)
+    predictor = load_prompts(args.checkpoint, args.device)
     index = CocoIndex(resolve_source(args.data, args.split, args.images))
     clicks = args.max_clicks if args.prompts == "points" else 1
     report = evaluate_interactive(predictor, coco_objects(index, args.max_objects), clicks)
@@ -368,19 +368,19 @@ def _predict_prompts(args: argparse.Namespace) -> int:
     """SAM with prompts: one mask per image for the clicks (and a box), or one per box."""
     import torch
 
+    from instseg.api import load_prompts
     from instseg.data.coco import write_json
     from instseg.data.images import list_images, output_stems, read_image
     from instseg.errors import DataError
     from instseg.measurements import label_image, measure, write_label_png, write_table
     from instseg.pictures import draw_prompts, overlay, save_picture
-    from instseg.prompt_predictor import PromptPredictor
     from instseg.structures import Instances
 
     clicks = _numbers(args.points, (2, 3), "--points")
     boxes = torch.tensor(_numbers(args.box, (4,), "--box")).reshape(-1, 4)
     points = torch.tensor([c[:2] for c in clicks]).reshape(-1, 2)
     labels = torch.tensor([c[2] if len(c) == 3 else 1.0 for c in clicks])
-    predictor = PromptPredictor.from_checkpoint(args.onnx or args.checkpoint, args.device)
+    predictor = load_prompts(args.onnx or args.checkpoint, args.device)
     paths = list_images(args.inputs)
     stems = output_stems(paths)
     out = Path(args.out)

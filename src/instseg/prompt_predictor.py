@@ -34,6 +34,14 @@ def _tensor(values: object, name: str, shape: str) -> Tensor:
         raise PromptError(f"{name}: expected numbers of shape {shape} ({exc})") from None
 
 
+def _box_rows(box: object) -> Tensor:
+    """Boxes as ``[B, 4]``; a count of numbers that is not a multiple of 4 is a ``PromptError``."""
+    boxes = _tensor(box, "box", "[4] or [B, 4]")
+    if boxes.numel() % 4 or boxes.shape[-1:] != (4,):
+        raise PromptError(f"box: expected x0, y0, x1, y1 (shape [4] or [B, 4]), got {boxes.tolist()}")
+    return boxes.reshape(-1, 4)
+
+
 class PromptPredictor:
     def __init__(self, model: SAM, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -45,12 +53,7 @@ class PromptPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> PromptPredictor:
-        """A SAM checkpoint (``instseg import sam``, or trained here) ready for prompts; ``x.onnx`` (or
-        ``x.encoder.onnx``) runs the two graphs ``instseg export`` wrote with ONNX Runtime instead."""
-        if str(path).endswith(".onnx"):
-            from instseg.export.prompt_onnx import OnnxPromptPredictor
-
-            return OnnxPromptPredictor(path)
+        """A SAM checkpoint (``instseg import sam``, or trained here) ready for prompts."""
         if (family := ckpt.load_meta(path)["family"]) != "sam":
             raise CheckpointError(f"{path}: a {family} checkpoint; prompts need a sam checkpoint")
         model = model_from_checkpoint(path)[0]
@@ -97,7 +100,7 @@ class PromptPredictor:
         return xy.to(self.device), lab.to(self.device)
 
     def _boxes(self, box: object) -> Tensor:
-        boxes = _tensor(box, "box", "[4] or [B, 4]").reshape(-1, 4) if box is not None else None
+        boxes = _box_rows(box) if box is not None else None
         if boxes is None or boxes.shape[0] == 0:
             raise PromptError("box: expected x0, y0, x1, y1")
         if not bool((boxes[:, 2:] > boxes[:, :2]).all()):
@@ -183,7 +186,7 @@ class PromptPredictor:
         positive when omitted), a box ``[4]`` (x0, y0, x1, y1), a previous ``logits`` as
         ``mask_input``, in any combination. ``multimask``: three readings of an ambiguous prompt."""
         several = points is not None and _tensor(points, "points", "[N, 2]").ndim == 3 and len(points) > 1
-        if several or (box is not None and _tensor(box, "box", "[4]").reshape(-1, 4).shape[0] > 1):
+        if several or (box is not None and _box_rows(box).shape[0] > 1):
             raise PromptError("predict takes one prompt; use predict_batch for several")
         return self.predict_batch(points, labels, box, mask_input, multimask)[0]
 
