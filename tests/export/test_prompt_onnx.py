@@ -152,6 +152,9 @@ def test_export_refuses_what_it_cannot_write(exported, tmp_path, capsys):
     nuclei, _ = exported["nuclei"]
     with pytest.raises(ExportError, match="exports as two graphs"):
         export_onnx(nuclei, tmp_path / "one.onnx")
+    for graph in graph_paths(exported["nuclei"][1]):  # not an image-in, detections-out graph
+        with pytest.raises(ExportError, match="prompt graphs; run them with instseg"):
+            instseg.load(graph)
     assert (
         main(["export", "--checkpoint", str(nuclei), "--out", str(tmp_path / "x.onnx"), "--min-score", "0.5"])
         == 2

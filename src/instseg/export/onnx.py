@@ -240,6 +240,11 @@ class OnnxModel(nn.Module):
         super().__init__()
         self.session = session(path, threads)
         self.metadata = self.session.get_modelmeta().custom_metadata_map
+        if self.metadata.get("role") in ("encoder", "decoder"):
+            raise ExportError(
+                f"{path}: one of a SAM model's two prompt graphs; run them with instseg.load_prompts, or "
+                "`instseg predict --onnx` with --points or --box"
+            )
         if "categories" not in self.metadata or "family" not in self.metadata:
             raise ExportError(f"{path}: not an instseg export (its metadata has no categories or family)")
         self.path = Path(path)
