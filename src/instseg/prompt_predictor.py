@@ -46,6 +46,10 @@ class PromptPredictor:
     def __init__(self, model: SAM, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.forget_image()
+
+    def forget_image(self) -> None:
+        """No image set: ``predict`` asks for ``set_image`` first."""
         self.embedding: Tensor | None = None
         self.original: tuple[int, int] = (0, 0)
         self.resized: tuple[int, int] = (0, 0)

@@ -28,26 +28,33 @@ class ImageGraph(nn.Module):
     def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
         self.model = model.eval()
-        transform = model.transform
-        self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
+        self.input = NetworkInput(model.transform)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        pixels, size = normalised_input(image, self.model.transform, self.mean, self.std)
+        pixels, size = self.input(image)
         outputs = self.model.network(pixels)
         result = self.model.postprocessor(outputs, [size], [(image.shape[0], image.shape[1])])[0]
         return result["boxes"], result["labels"], result["scores"], result["masks"]
 
 
-def normalised_input(
-    image: Tensor, transform: ResizeNormalize, mean: Tensor, std: Tensor, antialias: bool = False
-) -> tuple[Tensor, tuple[int, int]]:
+class NetworkInput(nn.Module):
     """RGB bytes ``[H, W, 3]`` -> the network's input ``[1, 3, H', W']`` (normalised, resized by the
-    model's rule, padded to its multiple) and the resized size, on the image's symbolic shape."""
-    pixels = (image.permute(2, 0, 1).float() / 255.0 - mean) / std
-    size = transform.output_size(image.shape[0], image.shape[1])
-    pixels = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=antialias)
-    step = transform.size_divisible
-    pad_h = (size[0] + step - 1) // step * step - size[0]
-    pad_w = (size[1] + step - 1) // step * step - size[1]
-    return F.pad(pixels, (0, pad_w, 0, pad_h)), size
+    transform's rule, padded to its multiple) and the resized size, on the image's symbolic shape; the
+    first step of every exported graph."""
+
+    def __init__(self, transform: ResizeNormalize, antialias: bool = False) -> None:
+        super().__init__()
+        self.transform, self.antialias = transform, antialias
+        self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        pixels = (image.permute(2, 0, 1).float() / 255.0 - self.mean) / self.std
+        size = self.transform.output_size(image.shape[0], image.shape[1])
+        pixels = F.interpolate(
+            pixels[None], size=size, mode="bilinear", align_corners=False, antialias=self.antialias
+        )
+        step = self.transform.size_divisible
+        pad_h = (size[0] + step - 1) // step * step - size[0]
+        pad_w = (size[1] + step - 1) // step * step - size[1]
+        return F.pad(pixels, (0, pad_w, 0, pad_h)), size

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from instseg.export.graph import normalised_input
+from instseg.export.graph import NetworkInput
 from instseg.export.onnx import MAX_SIDE
 from instseg.models.sam.mask_decoder import logit_threshold, upsample_logits
 from instseg.models.sam.model import SAM
@@ -47,14 +47,11 @@ class EmbeddingGraph(nn.Module):
     def __init__(self, model: SAM) -> None:
         super().__init__()
         self.model = model.eval()
-        transform = model.transform
-        self.register_buffer("mean", torch.tensor(transform.image_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(transform.image_std).view(3, 1, 1), persistent=False)
+        # SAM's longest-side resize is antialiased; a fixed scale (the nuclei preset) is not
+        self.input = NetworkInput(model.transform, antialias=model.transform.scale is None)
 
     def forward(self, image: Tensor) -> Tensor:
-        antialias = self.model.transform.scale is None  # SAM's longest-side resize is antialiased
-        pixels, _ = normalised_input(image, self.model.transform, self.mean, self.std, antialias)
-        return self.model.network(pixels)
+        return self.model.network(self.input(image)[0])
 
 
 class PromptGraph(nn.Module):

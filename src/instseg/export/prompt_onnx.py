@@ -121,7 +121,7 @@ def _mask_prompt(mask_input: Tensor | None, batch: int, embedding: Tensor) -> tu
     size = (4 * embedding.shape[-2], 4 * embedding.shape[-1])
     if mask_input is None:
         return torch.zeros(batch, 1, *size), torch.zeros(batch)
-    return mask_input.reshape(-1, 1, *size).expand(batch, -1, -1, -1).contiguous(), torch.ones(batch)
+    return mask_input.contiguous(), torch.ones(batch)  # PromptPredictor gives it one per prompt
 
 
 def _check_encoder(path: Path, graph: EmbeddingGraph) -> None:
@@ -168,10 +168,7 @@ class OnnxPromptPredictor(PromptPredictor):
             if meta.get("family") != "sam" or meta.get("role") != role:
                 raise ExportError(f"{file}: not a sam {role} graph written by instseg export")
         self.device = torch.device("cpu")
-        self.embedding: Tensor | None = None
-        self.original = (0, 0)
-        self.resized = (0, 0)
-        self.logits: Tensor | None = None
+        self.forget_image()
 
     def embed(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """The encoder graph on the image's bytes; the resized size stays inside the graphs."""
