@@ -167,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
         help="raise the candidate score threshold to this (fewer masks, less memory); "
         "default: the model's own threshold, so the graph returns what the model returns",
     )
+    exp.add_argument(
+        "--coarse",
+        action="store_true",
+        help="a point-refining model without its point head (refinement does not export)",
+    )
 
     sv = sub.add_parser("serve", help="serve a model over HTTP (JSON API, metrics and a web page at /)")
     sv.add_argument(
@@ -250,7 +255,7 @@ def _export(args: argparse.Namespace) -> int:
     from instseg.export.onnx import export_onnx
 
     if load_meta(args.checkpoint)["family"] != "sam":
-        print(f"wrote {export_onnx(args.checkpoint, args.out, args.min_score)}")
+        print(f"wrote {export_onnx(args.checkpoint, args.out, args.min_score, coarse=args.coarse)}")
         return 0
     from instseg.export.prompt_onnx import export_prompt_onnx
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from instseg.masks import boxes_from_extents, masks_to_boxes
-from instseg.models.postprocess import dense_probs_at_input, masks_at_input
+from instseg.models.postprocess import dense_paste_masks, dense_probs_at_input, masks_at_input, paste_masks
 from instseg.models.solov2.model import rounded_ratio
 from instseg.models.transform import ResizeNormalize
 
@@ -29,6 +29,20 @@ def test_dense_resampling_thresholds_to_the_eager_masks(resized, original, clip)
     dense = dense_probs_at_input(probs, resized, original, 4, boxes) > 0.5
     assert eager.any() and eager.shape == dense.shape
     assert (eager != dense).float().mean() <= 1e-4  # float rounding right at the threshold only
+
+
+def test_dense_paste_thresholds_to_the_masks_pasted_box_by_box():
+    """Boxes inside, across the edges and outside the image, thin and sub-pixel ones among them."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.nn.functional.avg_pool2d(torch.rand(40, 1, 16, 16, generator=g), 3, 1)
+    probs = (probs - 0.5) * 4 + 0.5
+    corner = torch.rand(40, 2, generator=g) * torch.tensor([90.0, 70.0]) - 10
+    boxes = torch.cat([corner, corner + torch.rand(40, 2, generator=g) * 40 + 0.3], 1)
+    boxes[:2] = torch.tensor([[100.0, 80, 120, 90], [-30, -20, -5, -2]])  # beyond the image: empty masks
+    eager = paste_masks(probs, boxes, (70, 90)).dense()
+    dense = dense_paste_masks(probs, boxes, (70, 90)) > 0.5
+    assert eager.flatten(1).any(1).sum() > 30 and not eager.flatten(1).any(1).all()
+    assert torch.equal(eager, dense)
 
 
 def test_rounded_ratio_rounds_as_python_does():

@@ -27,12 +27,14 @@ from torch import Tensor, nn
 
 from instseg.errors import InstsegError
 from instseg.export.graph import OUTPUT_NAMES, ImageGraph
+from instseg.export.rcnn_graph import MaskRCNNGraph
 from instseg.models.fusion import inference_model
 from instseg.predictor import Predictor, model_from_checkpoint
 from instseg.structures import Category
 from instseg.version import __version__
 
 EXPORTABLE = (
+    "mask_rcnn",
     "yolact",
     "condinst",
     "solov2",
@@ -48,17 +50,22 @@ class ExportError(InstsegError):
 
 
 def export_onnx(
-    checkpoint: str | Path, out: str | Path, min_score: float | None = None, opset: int = OPSET
+    checkpoint: str | Path,
+    out: str | Path,
+    min_score: float | None = None,
+    opset: int = OPSET,
+    coarse: bool = False,
 ) -> Path:
     """Write ``checkpoint`` as one ONNX graph at ``out`` (atomically) and return its path.
 
     ``min_score`` raises the family's candidate score threshold, as ``predict --min-score`` does:
     fewer candidates get a full-size mask, and the graph's peak memory (N x H x W floats for N
     detections) falls with them. Without it the graph returns what the eager model returns.
+    ``coarse`` leaves a point-refining model's point head out (its masks are the coarse ones), as
+    predicting with ``point_refine=False`` does; refinement itself does not export.
     """
-    model, meta, config, categories = model_from_checkpoint(
-        checkpoint, _score_override(checkpoint, min_score)
-    )
+    overrides = _overrides(checkpoint, min_score, coarse)
+    model, meta, config, categories = model_from_checkpoint(checkpoint, overrides)
     family = meta["family"]
     if family == "sam":
         raise ExportError(f"{checkpoint}: a sam model exports as two graphs (export_prompt_onnx)")
@@ -67,7 +74,13 @@ def export_onnx(
             f"{checkpoint}: exporting {family} models is not supported yet "
             f"(exportable families: {', '.join(EXPORTABLE)})"
         )
-    graph = ImageGraph(inference_model(model)).eval()
+    if getattr(config, "point_refine", False):
+        raise ExportError(
+            f"{checkpoint}: point refinement does not export; --coarse (coarse=True) exports the model "
+            "without its point head"
+        )
+    network = inference_model(model)
+    graph = (MaskRCNNGraph(network) if family == "mask_rcnn" else ImageGraph(network)).eval()
     example = torch.randint(
         0, 256, (256, 320, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
@@ -143,7 +156,7 @@ def write_graph(
     return out
 
 
-def _check_against_eager(path: Path, graph: ImageGraph) -> None:
+def _check_against_eager(path: Path, graph: nn.Module) -> None:
     """Run the written graph once on an image of another size and shape than the example: a size that
     the exporter fixed by mistake fails here, not in a user's hands."""
     image = torch.randint(0, 256, (97, 131, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -162,17 +175,19 @@ def _check_against_eager(path: Path, graph: ImageGraph) -> None:
         )
 
 
-def _score_override(checkpoint: str | Path, min_score: float | None) -> dict[str, Any]:
-    if min_score is None:
-        return {}
+def _overrides(checkpoint: str | Path, min_score: float | None, coarse: bool) -> dict[str, Any]:
     from instseg.engine.checkpoint import load_meta
 
-    stored = load_meta(checkpoint)["model_config"].get("score_threshold")
-    return {"score_threshold": min_score} if isinstance(stored, int | float) and stored < min_score else {}
+    stored = load_meta(checkpoint)["model_config"]
+    out: dict[str, Any] = {"point_refine": False} if coarse and stored.get("point_refine") else {}
+    threshold = stored.get("score_threshold")
+    if min_score is not None and isinstance(threshold, int | float) and threshold < min_score:
+        out["score_threshold"] = min_score
+    return out
 
 
 def _metadata(
-    meta: dict[str, Any], graph: ImageGraph, categories: list[Category], config: Any
+    meta: dict[str, Any], graph: ImageGraph | MaskRCNNGraph, categories: list[Category], config: Any
 ) -> dict[str, str]:
     transform = graph.model.transform
     preprocessing = {

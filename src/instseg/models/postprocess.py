@@ -280,16 +280,51 @@ def assemble_detections(
 # loops by the number of detections, so masks are resampled all at once (N x H x W floats at the peak).
 
 
-def resampling_matrix(out_size: int, in_size: int, scale: float, device: torch.device) -> Tensor:
-    """``[out_size, in_size]`` bilinear weights (align_corners False, edges clamped, as ``grid_sample``
-    with border padding): output pixel p samples input coordinate (p + 0.5) / scale - 0.5."""
-    source = ((torch.arange(out_size, device=device) + 0.5) / scale - 0.5).clamp(min=0).clamp(max=in_size - 1)
+def bilinear_weights(source: Tensor, in_size: int) -> Tensor:
+    """Source coordinates ``[..., P]`` -> bilinear weights ``[..., P, in_size]`` over ``in_size`` cells, edges
+    clamped (``F.interpolate`` with align_corners False, or ``grid_sample`` with border padding)."""
+    source = source.clamp(min=0).clamp(max=in_size - 1)
     low = source.floor()
-    frac = (source - low)[:, None]
-    low = low.to(torch.int64)[:, None]
+    frac = (source - low)[..., None]
+    low = low.to(torch.int64)[..., None]
     high = (low + 1).clamp(max=in_size - 1)
-    cells = torch.arange(in_size, device=device)[None]
+    cells = torch.arange(in_size, device=source.device)
     return (cells == low).to(frac.dtype) * (1 - frac) + (cells == high).to(frac.dtype) * frac
+
+
+def resampling_matrix(out_size: int, in_size: int, scale: float, device: torch.device) -> Tensor:
+    """``[out_size, in_size]`` bilinear weights: output pixel p samples input coordinate
+    (p + 0.5) / scale - 0.5."""
+    return bilinear_weights((torch.arange(out_size, device=device) + 0.5) / scale - 0.5, in_size)
+
+
+def dense_paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """``paste_masks`` before its threshold, every box at once: float ``[N, H, W]``, 0 outside each
+    mask's expanded box. Each box gets its own pair of resampling matrices (the same one-pixel padding,
+    expansion, truncation and bilinear resize to the box as ``paste_masks``), so that a graph needs no
+    loop over boxes."""
+    if mask_probs.dim() == 4:
+        mask_probs = mask_probs[:, 0]
+    m = mask_probs.shape[-1]
+    scale = (m + 2.0) / m
+    centre_x = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    centre_y = (boxes[:, 1] + boxes[:, 3]) * 0.5
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    rows = _box_weights(centre_y - half_h, centre_y + half_h, image_size[0], m + 2)
+    cols = _box_weights(centre_x - half_w, centre_x + half_w, image_size[1], m + 2)
+    return rows @ F.pad(mask_probs, (1, 1, 1, 1)) @ cols.transpose(1, 2)
+
+
+def _box_weights(start: Tensor, end: Tensor, out_size: int, in_size: int) -> Tensor:
+    """``[N, out_size, in_size]``: pixel p of box n samples its ``in_size`` cells as ``F.interpolate`` to the
+    box's integer extent [int(start), int(end)] does; rows outside that extent are 0."""
+    first, last = start.to(torch.int64), end.to(torch.int64)  # truncation towards 0, as paste_masks
+    length = (last - first + 1).clamp(min=1)
+    offset = torch.arange(out_size, device=start.device)[None] - first[:, None]
+    source = (offset + 0.5) * (in_size / length)[:, None] - 0.5
+    inside = (offset >= 0) & (offset < length[:, None])
+    return bilinear_weights(source, in_size) * inside[..., None].to(source.dtype)
 
 
 def dense_probs_at_input(
