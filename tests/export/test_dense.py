@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from instseg.export.graph import PreciseGroupNorm, precise_group_norms
 from instseg.masks import boxes_from_extents, masks_to_boxes
 from instseg.models.postprocess import dense_paste_masks, dense_probs_at_input, masks_at_input, paste_masks
 from instseg.models.solov2.model import rounded_ratio
@@ -67,3 +68,34 @@ def test_boxes_from_extents_are_the_tight_boxes_and_empty_masks_get_zeros():
     assert torch.equal(masks_to_boxes(masks), expected)
     some = masks[[0, 2]]
     assert torch.equal(boxes_from_extents(some.any(2), some.any(1)), expected[[0, 2]])
+
+
+def test_precise_group_norm_exports_the_statistics_pytorch_computes(tmp_path):
+    """ONNX Runtime's InstanceNormalization sums a group in one float32 pass; the swapped-in form keeps
+    a large map's normalised values within PyTorch's own error of a float64 reference."""
+    ort = pytest.importorskip("onnxruntime")
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 64, 1), torch.nn.ModuleList([torch.nn.GroupNorm(16, 64)]))
+    assert precise_group_norms(model) == 1 and isinstance(model[1][0], PreciseGroupNorm)
+    norm = model[1][0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 390, 522, generator=g) * 0.1 + 3.0  # a large map, far from zero mean
+    grouped = x.double().reshape(1, 16, -1)
+    reference = (grouped - grouped.mean(-1, keepdim=True)) / torch.sqrt(
+        grouped.var(-1, unbiased=False, keepdim=True) + 1e-5
+    )
+    reference = reference.reshape_as(x)
+    small = x[:, :, :40, :50]
+    with torch.no_grad():
+        program = torch.onnx.export(
+            norm,
+            (small,),
+            dynamo=True,
+            dynamic_shapes=({2: torch.export.Dim("h"), 3: torch.export.Dim("w")},),
+        )
+    program.save(str(tmp_path / "norm.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "norm.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        eager = norm(x)
+    assert (eager.double() - reference).abs().max() < 2e-5
+    assert (got.double() - reference).abs().max() < 2e-5

@@ -1,7 +1,8 @@
 """ONNX export of a checkpoint, whole pipeline inside, and a predictor that runs the file with ONNX Runtime.
 
-The graph is ``ImageGraph``: RGB bytes ``[H, W, 3]`` of any size in, the
-final ``boxes``, ``labels``, ``scores`` and bool ``masks [N, H, W]`` out. It is
+The graph is ``ImageGraph`` (``MaskRCNNGraph`` for the two-stage family): RGB
+bytes ``[H, W, 3]`` of any size in, the final ``boxes``, ``labels``, ``scores``
+and bool ``masks [N, H, W]`` out. It is
 made by PyTorch's ``torch.export``-based exporter with the image's height and
 width symbolic, so nothing is specialised to the example image. The model's
 metadata (``onnx`` ``metadata_props``) carries what a user of the file needs
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from instseg.errors import InstsegError
-from instseg.export.graph import OUTPUT_NAMES, ImageGraph
+from instseg.export.graph import OUTPUT_NAMES, ImageGraph, precise_group_norms
 from instseg.export.rcnn_graph import MaskRCNNGraph
 from instseg.models.fusion import inference_model
 from instseg.predictor import Predictor, model_from_checkpoint
@@ -119,10 +120,11 @@ def write_graph(
 ) -> Path:
     """Export ``module`` with ``torch.export`` (quietly), add ``metadata``, run ``check`` on the written
     file and move it to ``out`` only when that passes; an export error becomes one ``ExportError``
-    line starting with ``failure``."""
+    line starting with ``failure``. ``module``'s GroupNorms become ``PreciseGroupNorm`` first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")
+    precise_group_norms(module)
     try:
         logging.disable(logging.INFO)  # the exporter and its graph optimiser log every rewrite
         with (
