@@ -18,16 +18,23 @@ checkpoints' class count so that the peers are built alike (their untrained
 networks detect nothing, so their postprocessing costs them almost nothing).
 
     python benchmarks/latency.py --sizes 512 640 --runs 20
+    python benchmarks/latency.py --sizes 512 --onnx --only yolact:realtime_nuclei mask_rcnn:nuclei
+
+``--onnx`` also exports every row's model (``instseg export``: the whole pipeline in one graph) and
+times the graph in ONNX Runtime on the same image, beside the eager time; the peers are exported by
+ultralytics and timed through its own ``predict`` on the ``.onnx`` file (its pre- and
+postprocessing counted), in the same run.
 
 With ``--peer-python`` (default: ``.venv-peers/bin/python`` when it exists) the
-same run times ultralytics YOLOv8n-seg and YOLO11n-seg, built from their YAML
+same run times ultralytics YOLOv8n-seg, YOLO11n-seg and YOLO26n-seg, built from their YAML
 in that separate environment (``benchmarks/peers/ultralytics_latency.py``),
-and prints each instseg model's end-to-end time as a ratio of YOLO11n-seg's.
+and prints each instseg model's end-to-end time as a ratio of theirs.
 Set the peer environment up with::
 
     python -m venv .venv-peers
     echo "$PWD/.venv/lib/python3.11/site-packages" > .venv-peers/lib/python3.11/site-packages/instseg.pth
-    .venv-peers/bin/pip install ultralytics   # AGPL: a peer to measure against, never a dependency
+    # AGPL: a peer to measure against, never a dependency; onnx and onnxslim for its ONNX export
+    .venv-peers/bin/pip install ultralytics onnx onnxslim
 """
 
 from __future__ import annotations
@@ -50,8 +57,12 @@ from inference_split import DEFAULT_DATA, timed_predictions, val_image_files, va
 
 import instseg
 from instseg.config import field_values
-from instseg.models.build import FAMILIES, build_model, count_parameters, model_config
+from instseg.engine import checkpoint as ckpt
+from instseg.engine.pretrained import bundled_checkpoint
+from instseg.export.onnx import EXPORTABLE, OnnxModel, export_onnx
+from instseg.models.build import FAMILIES, build_model, checkpoint_meta, count_parameters, model_config
 from instseg.models.fusion import inference_model
+from instseg.structures import Category
 
 # (family, preset): the rows; every family registered in models/build.py gets its default preset.
 EXTRA_ROWS = [
@@ -82,10 +93,17 @@ def _timed(fn, runs: int, warmup: int) -> float:
 
 
 def measure(
-    name: str, preset: str, size: int, runs: int, warmup: int, plain: bool, classes: int = 80
+    name: str,
+    preset: str,
+    size: int,
+    runs: int,
+    warmup: int,
+    plain: bool,
+    classes: int = 80,
+    onnx_dir: Path | None = None,
 ) -> dict[str, float]:
     """Times the copy ``predict`` runs (BatchNorm folded, channels-last); ``plain``: also the model
-    as built."""
+    as built; ``onnx_dir``: also the model exported there, in ONNX Runtime."""
     base, _, fields = preset.partition("+")  # "preset+field=value,field=value": the preset, changed
     changed = field_values(f for f in fields.split(",") if f)
     cfg = model_config(name, base, {**changed, "min_size": size, "max_size": size, "scale": None})
@@ -97,13 +115,24 @@ def measure(
         batch, _ = model.transform([image])
         forward = _timed(lambda: model.backbone(batch.tensors), runs, warmup)
         row = {"total_ms": total, "backbone_fpn_ms": forward, "params_M": count_parameters(built) / 1e6}
+        row["detections"] = len(model([image])[0]["scores"])
         if plain:
             row["plain_total_ms"] = _timed(lambda: built([image]), runs, warmup)
+    if onnx_dir is not None and name in EXPORTABLE:  # sam exports as two prompt graphs, not timed here
+        source = onnx_dir / f"{name}-{preset}-{size}"
+        categories = [Category(i + 1, f"class{i + 1}") for i in range(classes)]
+        ckpt.save_checkpoint(source, built.state_dict(), checkpoint_meta(name, cfg, categories))
+        graph = OnnxModel(export_onnx(source, source.with_suffix(".onnx")), torch.get_num_threads())
+        row["onnx_ms"] = _timed(lambda: graph([image]), runs, warmup)
+        row["onnx_detections"] = len(graph([image])[0]["scores"])
     return row
 
 
-def measure_checkpoint(path: str, size: int, runs: int, warmup: int, data: Path) -> dict[str, float]:
-    """A trained checkpoint's ``predict`` copy on the first ``runs`` val images at SIZE x SIZE."""
+def measure_checkpoint(
+    path: str, size: int, runs: int, warmup: int, data: Path, onnx_dir: Path | None = None
+) -> dict[str, float]:
+    """A trained checkpoint's ``predict`` copy on the first ``runs`` val images at SIZE x SIZE;
+    ``onnx_dir``: also the checkpoint exported there, in ONNX Runtime, on the same images."""
     predictor = instseg.load(path, device="cpu")
     model = predictor.inference
     images = val_images(data, runs, size)
@@ -111,12 +140,18 @@ def measure_checkpoint(path: str, size: int, runs: int, warmup: int, data: Path)
         times, detections = timed_predictions(model, images, warmup)
         batch, _ = model.transform([images[0]])
         forward = _timed(lambda: model.backbone(batch.tensors), runs, warmup)
-    return {
+    row = {
         "total_ms": statistics.median(times) * 1000,
         "backbone_fpn_ms": forward,
         "params_M": count_parameters(predictor.model) / 1e6,
         "detections": statistics.median(detections),
     }
+    if onnx_dir is not None:
+        out = onnx_dir / f"{Path(path).name}-{size}.onnx"
+        graph = OnnxModel(export_onnx(bundled_checkpoint(path) or path, out), torch.get_num_threads())
+        onnx_times, _ = timed_predictions(graph, images, warmup)
+        row["onnx_ms"] = statistics.median(onnx_times) * 1000
+    return row
 
 
 def peer_rows(
@@ -129,6 +164,7 @@ def peer_rows(
     trained: list[str],
     images: list[Path],
     conf: float,
+    onnx: bool,
 ) -> list[dict]:
     """YOLO-seg timings from the peer environment, offline, with a private settings folder and font."""
     import matplotlib
@@ -140,6 +176,7 @@ def peer_rows(
         env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": config}
         cmd = [str(python), str(PEER_SCRIPT), "--sizes", *map(str, sizes), "--runs", str(runs)]
         cmd += ["--warmup", str(warmup), "--threads", str(threads), "--classes", str(classes)]
+        cmd += ["--onnx-dir", config] if onnx else []
         if trained:
             cmd += [
                 "--trained",
@@ -167,6 +204,7 @@ def main() -> int:
     parser.add_argument("--peer-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     parser.add_argument("--only", nargs="*", default=None, help="family:preset[+field=value,...]")
     parser.add_argument("--plain", action="store_true", help="also time models as built (NCHW, BN)")
+    parser.add_argument("--onnx", action="store_true", help="also time every model exported, in ONNX Runtime")
     parser.add_argument("--classes", type=int, default=80, help="class count of every model, peers included")
     parser.add_argument("--checkpoints", nargs="*", default=[], help="trained models, timed on val images")
     parser.add_argument(
@@ -185,27 +223,23 @@ def main() -> int:
         f"{args.classes} classes"
     )
     plain = " as built ms |" if args.plain else ""
-    print(f"| model (untrained unless named) | input | params (M) | backbone+FPN ms | end-to-end ms |{plain}")
-    print("|---|---|---|---|---|" + ("---|" if args.plain else ""))
+    onnx = " ONNX Runtime ms | detections |" if args.onnx else ""
+    head = "| model (untrained unless named) | input | params (M) | backbone+FPN ms | end-to-end ms |"
+    print(f"{head}{plain}{onnx}")
+    print("|---|---|---|---|---|" + ("---|" if args.plain else "") + ("---|---|" if args.onnx else ""))
     ours = {}
-    for size in args.sizes:
-        for name, preset in rows:
-            r = measure(name, preset, size, args.runs, args.warmup, args.plain, args.classes)
-            ours[(name, preset, size)] = r
-            extra = f" {r['plain_total_ms']:.0f} |" if args.plain else ""
-            print(
-                f"| {name} `{preset}` | {size} | {r['params_M']:.1f} | {r['backbone_fpn_ms']:.0f} "
-                f"| {r['total_ms']:.0f} |{extra}",
-                flush=True,
-            )
-        for path in args.checkpoints:
-            r = measure_checkpoint(path, size, args.runs, args.warmup, args.data)
-            ours[(path, "trained", size)] = r
-            print(
-                f"| {path} (trained, {r['detections']:.0f} detections) | {size} | {r['params_M']:.1f} "
-                f"| {r['backbone_fpn_ms']:.0f} | {r['total_ms']:.0f} |",
-                flush=True,
-            )
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = Path(tmp) if args.onnx else None
+        for size in args.sizes:
+            for name, preset in rows:
+                r = measure(name, preset, size, args.runs, args.warmup, args.plain, args.classes, onnx_dir)
+                ours[(name, preset, size)] = r
+                print(f"| {name} `{preset}` | {size} | {_cells(r, args.plain, args.onnx)}", flush=True)
+            for path in args.checkpoints:
+                r = measure_checkpoint(path, size, args.runs, args.warmup, args.data, onnx_dir)
+                ours[(path, "trained", size)] = r
+                name = f"{path} (trained, {r['detections']:.0f} detections)"
+                print(f"| {name} | {size} | {_cells(r, args.plain, args.onnx)}", flush=True)
     if not args.peer_python.exists():
         print(f"(no peer environment at {args.peer_python}: ultralytics rows skipped)")
         return 0
@@ -220,22 +254,42 @@ def main() -> int:
         args.peer_weights,
         images,
         args.peer_conf,
+        args.onnx,
     )
     print("\n| peer (ultralytics, from YAML) | input | params (M) | network ms (fused) | predict ms |")
     print("|---|---|---|---|---|")
     for p in peers:
-        forward = f"{p['forward_ms']:.0f}" if "forward_ms" in p else f"({p['detections']:.0f} detections)"
+        forward = (
+            f"{p['forward_ms']:.0f}"
+            if "forward_ms" in p
+            else f"({p['detections']:.0f} detections)"
+            if "detections" in p
+            else "-"
+        )
         print(f"| {p['model']} | {p['size']} | {p['params_M']:.1f} | {forward} | {p['total_ms']:.0f} |")
-    print("\n| instseg model | input | end-to-end / YOLO11n-seg predict |")
-    print("|---|---|---|")
+    references = sorted({p["model"] for p in peers if not p["model"].endswith("(trained)")})
+    print("\n| instseg model | input | " + " | ".join(f"end-to-end / {m} predict" for m in references) + " |")
+    print("|---|---|" + "---|" * len(references))
     for (name, preset, size), r in ours.items():
-        ref = [p["total_ms"] for p in peers if p["model"] == "yolo11n-seg" and p["size"] == size]
-        if ref:
-            print(f"| {name} `{preset}` | {size} | {r['total_ms'] / ref[0]:.2f}x |")
+        cells = []
+        for model in references:
+            ref = [p["total_ms"] for p in peers if p["model"] == model and p["size"] == size]
+            ours_ms = r.get("onnx_ms") if model.endswith("(onnx)") else r["total_ms"]
+            cells.append(f"{ours_ms / ref[0]:.2f}x" if ref and ours_ms else "-")
+        print(f"| {name} `{preset}` | {size} | " + " | ".join(cells) + " |")
         for p in peers:
             if p["model"].endswith("(trained)") and p["size"] == size and preset == "trained":
                 print(f"| {name} / {p['model']} | {size} | {r['total_ms'] / p['total_ms']:.2f}x |")
     return 0
+
+
+def _cells(r: dict[str, float], plain: bool, onnx: bool) -> str:
+    """The row's cells after its name and input size."""
+    cells = [f"{r['params_M']:.1f}", f"{r['backbone_fpn_ms']:.0f}", f"{r['total_ms']:.0f}"]
+    cells += [f"{r['plain_total_ms']:.0f}"] if plain else []
+    if onnx:
+        cells += [f"{r['onnx_ms']:.0f}" if "onnx_ms" in r else "-", f"{r['detections']:.0f}"]
+    return " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ The server runs as its own process (``instseg serve``, bound to 127.0.0.1) so th
 measured alone. Every loop here is bounded in requests and time.
 
 1. In-process: ``Predictor.predict`` on the same images, the baseline (seconds per image).
-2. Concurrency 1, 4 and 16: ``--requests`` POSTs of those images per level; throughput and
-   p50/p95 latency; at 1, the server's overhead over in-process prediction.
-3. ``--bad`` requests, malformed or oversized, mixed one in five with good ones: the count of each
+2. The server's overhead at concurrency 1: ``--requests`` pairs, each an in-process ``predict`` of an
+   image (decoded from its bytes, as the server does) and then the same image POSTed, one after the
+   other, so that the machine's drift over the run falls on both alike; with the inference time
+   the server reports in each answer, the rest (decoding, HTTP, encoding the answer) apart.
+3. Concurrency 1, 4 and 16: ``--requests`` POSTs of those images per level; throughput and
+   p50/p95 latency.
+4. ``--bad`` requests, malformed or oversized, mixed one in five with good ones: the count of each
    status, the number of 5xx (must be 0), and the server's RSS before and after.
 
     python benchmarks/serve_load.py --model nuclei --requests 40 --bad 1000
@@ -105,7 +109,6 @@ def main() -> int:
     for i in range(args.requests):
         predictor.predict(_decode(images[i % len(images)]), min_score=0.5)
     in_process = (time.perf_counter() - started) / args.requests
-    del predictor
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -139,6 +142,7 @@ def main() -> int:
         predict_url = f"{url}/v1/predict"
         for data in images[:2]:
             post(predict_url, *multipart({"image": ("a.png", data)}))
+        paired = _paired_overhead(predictor, predict_url, images, args.requests)
         rows = []
         for concurrency in (1, 4, 16):
             bodies = [multipart({"image": ("a.png", images[i % len(images)])}) for i in range(args.requests)]
@@ -180,6 +184,12 @@ def main() -> int:
         server.wait(timeout=30)
 
     print(f"in-process predict: {in_process:.4f} s/image ({args.requests} images)")
+    own, served, inference = paired
+    print(
+        f"paired at concurrency 1 ({args.requests} pairs): in-process {own:.4f} s, served {served:.4f} s "
+        f"({served / own:.3f}x); inside the server: inference {inference:.4f} s, the rest "
+        f"{served - inference:.4f} s ({(served - inference) / own:.1%} of in-process)"
+    )
     print("\n| concurrency | requests/s | mean s | p50 s | p95 s | statuses | mean / in-process mean |")
     print("|---|---|---|---|---|---|---|")
     for concurrency, rate, mean, p50, p95, st in rows:
@@ -194,8 +204,38 @@ def main() -> int:
         f"server RSS {rss_before / 2**20:.0f} MiB before the mix, "
         f"{rss_after / 2**20:.0f} MiB after ({growth:+.1%})"
     )
-    print(json.dumps({"in_process_s": in_process, "five_xx": fives, "rss_growth": growth}))
+    print(
+        json.dumps(
+            {
+                "in_process_s": in_process,
+                "paired_in_process_s": own,
+                "paired_served_s": served,
+                "paired_server_inference_s": inference,
+                "five_xx": fives,
+                "rss_growth": growth,
+            }
+        )
+    )
     return 0 if fives == 0 else 1
+
+
+def _paired_overhead(predictor, url: str, images: list[bytes], count: int) -> tuple[float, float, float]:
+    """Mean seconds of in-process ``predict`` (decoding included) and of the served request for the
+    same images, taken in pairs, and the mean inference time the server reports."""
+    own, served, inference = [], [], []
+    for i in range(count):
+        data = images[i % len(images)]
+        started = time.perf_counter()
+        predictor.predict(_decode(data), min_score=0.5, cropped=True)
+        own.append(time.perf_counter() - started)
+        body, headers = multipart({"image": ("a.png", data)})
+        started = time.perf_counter()
+        status, _, answer = request(url, body, headers)
+        served.append(time.perf_counter() - started)
+        if status != 200:
+            raise SystemExit(f"a good request got {status}")
+        inference.append(json.loads(answer)["seconds"])
+    return sum(own) / count, sum(served) / count, sum(inference) / count
 
 
 def _decode(data: bytes):
