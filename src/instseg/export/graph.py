@@ -64,11 +64,11 @@ class PreciseGroupNorm(nn.GroupNorm):
     """GroupNorm whose exported form sums each group in steps: along rows, over rows, over channels.
 
     The exporter writes GroupNorm as ONNX ``InstanceNormalization``, and ONNX
-    Runtime's CPU kernel sums a whole group in one float32 pass: on the feature
-    maps of a 520 x 696 image its normalised values are off by ~1e-4, enough to
-    move a trained model's scores by ~1e-3 (``benchmarks/onnx_parity.py``).
-    Summed in three shorter steps the error stays near PyTorch's. Outside an
-    export it is ``nn.GroupNorm``.
+    Runtime's CPU kernel sums a whole group in one float32 pass: its error grows
+    with the feature map, and on a large image's maps it moves a trained
+    model's scores past the parity bar (BENCHMARKS.md, "ONNX export of trained
+    checkpoints"). Summed in three shorter steps the error stays near PyTorch's.
+    Outside an export it is ``nn.GroupNorm``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
