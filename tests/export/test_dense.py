@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from instseg.export.graph import PreciseGroupNorm, precise_group_norms
+from instseg.export.onnx import image_bytes
 from instseg.masks import boxes_from_extents, masks_to_boxes
 from instseg.models.postprocess import dense_paste_masks, dense_probs_at_input, masks_at_input, paste_masks
 from instseg.models.solov2.model import rounded_ratio
@@ -99,3 +100,12 @@ def test_precise_group_norm_exports_the_statistics_pytorch_computes(tmp_path):
         eager = norm(x)
     assert (eager.double() - reference).abs().max() < 2e-5
     assert (got.double() - reference).abs().max() < 2e-5
+
+
+def test_image_bytes_round_and_clip_as_pytorch_does():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 61, 83, generator=g)
+    image[0, 0, :5] = torch.tensor([0.5 / 255, 1.5 / 255, 2.5 / 255, -0.1, 1.2])  # ties, out of range
+    expected = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    got = image_bytes(image)
+    assert got.flags["C_CONTIGUOUS"] and torch.equal(torch.from_numpy(got), expected)

@@ -242,8 +242,11 @@ def session(path: str | Path, threads: int | None = None) -> Any:
 
 
 def image_bytes(image: Tensor) -> np.ndarray:
-    """A float image ``[3, H, W]`` in [0, 1] as the graphs take it: uint8 ``[H, W, 3]``."""
-    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    """A float image ``[3, H, W]`` in [0, 1] as the graphs take it: uint8 ``[H, W, 3]``. Converted in NumPy:
+    a PyTorch op just before a session run leaves PyTorch's threads spinning against ONNX Runtime's
+    on the same cores (BENCHMARKS.md, "Through ONNX Runtime")."""
+    pixels = image.detach().cpu().numpy()
+    return np.ascontiguousarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
 
 class OnnxModel(nn.Module):
