@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import concat_box_prediction_layers
-from torchvision.ops import MultiScaleRoIAlign, remove_small_boxes, roi_align, roi_pool
+from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
 from instseg.export.graph import NetworkInput
 from instseg.models.mask_rcnn import InstanceMaskRCNN, MultiScaleRoIPool
@@ -31,7 +31,7 @@ class MaskRCNNGraph(nn.Module):
     def __init__(self, model: InstanceMaskRCNN) -> None:
         super().__init__()
         if model.point_head is not None:
-            raise NotImplementedError("point refinement is not exported; export with point_refine=false")
+            raise NotImplementedError("point refinement is not exported; export with --coarse")
         self.model = model.eval()
         self.input = NetworkInput(model.transform)
         with torch.no_grad():  # torchvision's RoI poolers take their scales from the first image they see
@@ -68,7 +68,7 @@ class MaskRCNNGraph(nn.Module):
             candidates.append(rpn.box_coder.decode_single(level_deltas[top], anchors[top]))
             scores.append(level_scores[top])
             levels.append(torch.full_like(top, level))
-        boxes, probs = clip(torch.cat(candidates), size), torch.cat(scores).sigmoid()
+        boxes, probs = clip_boxes_to_image(torch.cat(candidates), size), torch.cat(scores).sigmoid()
         level_of = torch.cat(levels)
         keep = remove_small_boxes(boxes, rpn.min_size)
         boxes, probs, level_of = boxes[keep], probs[keep], level_of[keep]
@@ -86,7 +86,7 @@ class MaskRCNNGraph(nn.Module):
         class_logits, box_deltas = heads.box_predictor(
             heads.box_head(pool_rois(heads.box_roi_pool, features, proposals))
         )
-        boxes = clip(heads.box_coder.decode_single(box_deltas, proposals).reshape(-1, 4), size)
+        boxes = clip_boxes_to_image(heads.box_coder.decode_single(box_deltas, proposals).reshape(-1, 4), size)
         probs = class_logits.softmax(-1)
         classes = probs.shape[-1]
         labels = torch.arange(classes, device=probs.device).view(1, -1).expand_as(probs)
@@ -130,10 +130,3 @@ def grid_anchors(pixels: Tensor, feature: Tensor, cells: Tensor) -> Tensor:
     shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
     shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
     return (shifts.view(-1, 1, 4) + cells.view(1, -1, 4)).reshape(-1, 4)
-
-
-def clip(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """xyxy boxes clipped to an image of ``size`` (height, width), as ``clip_boxes_to_image``."""
-    xs = boxes[:, 0::2].clamp(min=0).clamp(max=size[1])
-    ys = boxes[:, 1::2].clamp(min=0).clamp(max=size[0])
-    return torch.stack((xs, ys), dim=2).reshape(boxes.shape)
