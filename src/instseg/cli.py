@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--no-matching", action="store_true", help="skip the matching metrics")
     ev.add_argument(
+        "--task",
+        choices=["instances", "panoptic", "semantic"],
+        default="instances",
+        help="panoptic: PQ/SQ/RQ by COCO's panoptic rule; semantic: mIoU; both from a query-based model "
+        "(mask2former), against ground truth painted from the instance annotations (a category's "
+        "'isthing' 0 marks stuff)",
+    )
+    ev.add_argument(
         "--prompts",
         choices=["points", "box"],
         help="a SAM checkpoint prompted object by object: points: mIoU@1/3/5 and NoC@85/90 by the "
@@ -304,9 +312,28 @@ def _as_ranks(
 def _eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.prompts:
         return _eval_prompts(args)
+    if args.task != "instances":
+        return _eval_dense(args)
     if args.results:  # a results file: no model to run, nothing to share out
         return _eval_model(args)
     return _as_ranks(args, argv, _eval_model)
+
+
+def _eval_dense(args: argparse.Namespace) -> int:
+    from instseg.api import load
+    from instseg.config import field_values
+    from instseg.data.coco import CocoIndex, resolve_source, write_json
+    from instseg.engine.dense_evaluation import evaluate_dense, format_dense
+
+    if not args.checkpoint:
+        raise InstsegError(f"--task {args.task} runs a model: give --checkpoint, not --results")
+    index = CocoIndex(resolve_source(args.data, args.split, args.images), keep_crowd=True)
+    summary = evaluate_dense(load(args.checkpoint, args.device, **field_values(args.set)), index, args.task)
+    print(format_dense(summary, args.task))
+    if args.out:
+        path = write_json(summary, Path(args.out) / f"{args.task}.json")
+        print(f"metrics: {path}")
+    return 0
 
 
 def _eval_model(args: argparse.Namespace) -> int:

@@ -54,6 +54,9 @@ class SynthConfig:
     noise: float = 4.0  # Gaussian pixel noise, in grey levels
     lvis_fields: bool = False  # write neg/not-exhaustive ids so evaluation is LVIS-federated
     every_class: bool = False  # image i < classes of each split holds an object of class i: none is missing
+    # background classes ("stuff", COCO panoptic's isthing 0): the background is split into regions of
+    # these many classes, each annotated per image as one segment, after the thing classes' ids
+    stuff: int = 0
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -90,6 +93,8 @@ PRESETS: dict[str, SynthConfig] = {
         lvis_fields=True,
         every_class=True,
     ),
+    # things on a background of stuff regions, for panoptic and semantic evaluation
+    "panoptic": SynthConfig(classes=3, stuff=3, objects=(4, 12), radius=(8.0, 24.0), touching=0.3, noise=6.0),
 }
 
 PRESET_NOTES = {
@@ -98,6 +103,7 @@ PRESET_NOTES = {
     "hard": "8 classes, 12-40 objects of 4-28 px, wires, 40% occlusion, touching, rough edges, clutter",
     "longtail": "40 classes with power-law frequencies, rare ones in 1-10 training images (LVIS r/c/f "
     "tags and federated fields)",
+    "panoptic": "3 thing classes on 3 stuff classes that split the background (isthing 0/1 per category)",
 }
 
 
@@ -141,6 +147,10 @@ def class_looks(cfg: SynthConfig) -> list[ClassLook]:
         hsv = np.uint8([[[int(hues[k] * 180), 200, 230]]])
         color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
         looks.append(ClassLook(kinds[k], color, k % 4, float(rng.uniform(3.0, 7.0))))
+    for k in range(cfg.stuff):  # muted, so that things stand out on them
+        hsv = np.uint8([[[int((hues[0] + 0.5 + k / max(cfg.stuff, 1)) % 1.0 * 180), 90, 150]]])
+        color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+        looks.append(ClassLook("stuff", color, (k + 1) % 4, float(rng.uniform(4.0, 9.0))))
     return looks
 
 
@@ -255,11 +265,15 @@ def render_scene(
     # Background: smooth low-frequency shading plus clutter strokes in object-like colours.
     low = rng.uniform(40, 110, (4, 4, 3)).astype(np.float32)
     image = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+    if cfg.stuff:
+        objects = _stuff_segments(cfg, looks, rng, objects, image)
     for _ in range(cfg.clutter):
         pts = rng.uniform(0, size, (int(rng.integers(2, 5)), 2))
         color = tuple(float(v) for v in rng.uniform(40, 200, 3))
         cv2.polylines(image, [np.round(pts).astype(np.int32)], False, color, int(rng.integers(1, 4)))
     for o in objects:
+        if o.label >= cfg.classes:  # stuff, painted with the background
+            continue
         look = looks[o.label]
         ys, xs = np.nonzero(o.visible)
         shade = _texture(look, (ys + o.y0).astype(np.float32), (xs + o.x0).astype(np.float32))
@@ -267,6 +281,38 @@ def render_scene(
     if cfg.noise > 0:
         image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(cfg.noise)
     return np.clip(image, 0, 255).astype(np.uint8), objects
+
+
+def _stuff_segments(
+    cfg: SynthConfig,
+    looks: list[ClassLook],
+    rng: np.random.Generator,
+    things: list[SceneObject],
+    image: np.ndarray,
+) -> list[SceneObject]:
+    """Paint the background as regions of the stuff classes (the argmax of smooth random fields) and
+    return them, farthest first, before the things; each covers what no thing hides."""
+    size = cfg.size
+    fields = [cv2.resize(rng.random((3, 3), dtype=np.float32), (size, size)) for _ in range(cfg.stuff)]
+    region = np.argmax(np.stack(fields), 0)
+    covered = np.zeros((size, size), dtype=bool)
+    for o in things:
+        covered[o.window()] |= o.visible
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    shading = image.mean(-1, keepdims=True) / 75.0  # the smooth shading, about 1
+    stuff = []
+    for k in range(cfg.stuff):
+        look = looks[cfg.classes + k]
+        inside = region == k
+        image[inside] = (look.color[None, :] * _texture(look, ys[inside], xs[inside])[:, None]) * shading[
+            inside
+        ]
+        visible = inside & ~covered
+        if visible.sum() >= 4:
+            segment = SceneObject(cfg.classes + k, 0, 0, inside, int(inside.sum()))
+            segment.visible = visible
+            stuff.append(segment)
+    return stuff + things
 
 
 def _frequency(images_with_class: int) -> str:
@@ -352,8 +398,9 @@ def generate(
             "supercategory": looks[k].kind,
             "frequency": _frequency(images_per_class.get(k + 1, 0)),
             "image_count": images_per_class.get(k + 1, 0),
+            **({"isthing": int(k < cfg.classes)} if cfg.stuff else {}),
         }
-        for k in range(cfg.classes)
+        for k in range(cfg.classes + cfg.stuff)
     ]
     written = {}
     for split in SPLITS:
