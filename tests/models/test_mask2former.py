@@ -178,3 +178,31 @@ def test_mask2former_output_contract():
 
 def test_mask2former_overfits_one_image():
     assert_overfits_scene("mask2former", {**TINY, "pixel_decoder": "fpn"}, steps=150, lr=1e-3)
+
+
+def test_selected_queries_start_at_the_best_scoring_tokens():
+    from instseg.models.mask2former.decoder import MaskedAttentionDecoder
+    from instseg.models.mask2former.position_encoding import sine_position_encoding
+
+    torch.manual_seed(0)
+    decoder = MaskedAttentionDecoder(32, 1, num_queries=3, layers=1, heads=2, ffn=32, selected_queries=True)
+    maps = [torch.randn(2, 32, 2, 2), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 8, 8)]
+    pos = [sine_position_encoding(*m.shape[-2:], 32).flatten(1).T[:, None] for m in maps]
+    x, query_pos = decoder.select_queries(maps, pos)
+    assert x.shape == (3, 2, 32) and query_pos.shape == (3, 2, 32)
+    # each query carries the position of a token among the three that score highest for its image
+    tokens = torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)
+    scores = decoder.class_head(decoder.norm(decoder.proposal(tokens))).softmax(-1)[..., 0]
+    every_pos = torch.cat(pos)[:, 0]
+    for b in range(2):
+        best = scores[b].topk(3).indices
+        assert torch.equal(query_pos[:, b], every_pos[best])
+        assert torch.allclose(x[:, b], decoder.proposal(tokens[b, best]))
+    # an image with fewer tokens than queries gets one query per token
+    small = [m[..., :1, :1] for m in maps]
+    x, _ = decoder.select_queries(small, [p[:1] for p in pos])
+    assert x.shape[0] == 3 and decoder.select_queries(small[:2], [p[:1] for p in pos[:2]])[0].shape[0] == 2
+
+
+def test_selected_queries_output_contract():
+    assert_output_contract("mask2former", {**TINY, "query_init": "selected"})

@@ -4,6 +4,12 @@ Masked attention is the paper's key change to DETR: a query attends only to
 the pixels its previous prediction puts inside its mask (sigmoid >= 0.5), so
 it converges on its own object instead of the whole image. Every layer
 predicts classes and masks, and all of them are supervised (deep supervision).
+
+The queries start either as learned embeddings (the paper) or, with
+``selected_queries``, as the pixel decoder's best-scoring tokens at their own
+positions (Mask DINO's query selection): each query then begins on one object
+instead of having to learn where objects are, which is what crowded images
+of look-alike objects need.
 """
 
 from __future__ import annotations
@@ -70,11 +76,16 @@ class MaskedAttentionDecoder(nn.Module):
         ffn: int = 2048,
         levels: int = 3,
         normed_classifier: bool = False,
+        selected_queries: bool = False,
     ) -> None:
         super().__init__()
-        self.heads, self.levels = heads, levels
-        self.query_feat = nn.Embedding(num_queries, dim)
-        self.query_pos = nn.Embedding(num_queries, dim)
+        self.heads, self.levels, self.num_queries = heads, levels, num_queries
+        if selected_queries:  # each pixel-decoder token projected into a candidate query
+            self.proposal: nn.Module | None = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+        else:
+            self.proposal = None
+            self.query_feat = nn.Embedding(num_queries, dim)
+            self.query_pos = nn.Embedding(num_queries, dim)
         self.level_embed = nn.Embedding(levels, dim)
         self.layers = nn.ModuleList(MaskedAttentionLayer(dim, heads, ffn) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -107,9 +118,16 @@ class MaskedAttentionDecoder(nn.Module):
             memory.append((m.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
             pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype)
             memory_pos.append(pos.flatten(1).T[:, None])
-        query_pos = self.query_pos.weight[:, None].expand(-1, b, -1)
-        x = self.query_feat.weight[:, None].expand(-1, b, -1)
-        logits, embed, blocked = self.predict(x, small_features[0])
+        if self.proposal is None:
+            query_pos = self.query_pos.weight[:, None].expand(-1, b, -1)
+            x = self.query_feat.weight[:, None].expand(-1, b, -1)
+            logits, embed, blocked = self.predict(x, small_features[0])
+        else:
+            x, query_pos = self.select_queries(maps, memory_pos)
+            # the selected tokens' own predictions are supervised, which trains the selection; the
+            # decoder refines a detached copy (Mask DINO)
+            logits, embed, blocked = self.predict(x, small_features[0])
+            x = x.detach()
         outputs = [QueryPredictions(logits, embed, mask_features)]
         for i, layer in enumerate(self.layers):
             level = i % self.levels
@@ -117,6 +135,17 @@ class MaskedAttentionDecoder(nn.Module):
             logits, embed, blocked = self.predict(x, small_features[(i + 1) % self.levels])
             outputs.append(QueryPredictions(logits, embed, mask_features))
         return outputs
+
+    def select_queries(self, maps: list[Tensor], memory_pos: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The top-scoring candidate tokens of all levels and their position encodings, ``[Q, B, C]``
+        each. An image with fewer tokens than queries gets one query per token."""
+        tokens = torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)  # [B, S, C]
+        candidates = self.proposal(tokens)
+        scores = self.class_head(self.norm(candidates)).softmax(-1)[..., :-1].amax(-1)  # [B, S]
+        top = scores.topk(torch.sym_min(self.num_queries, scores.shape[1]), dim=1).indices  # [B, Q]
+        x = candidates.gather(1, top[..., None].expand(-1, -1, candidates.shape[-1]))
+        pos = torch.cat(memory_pos)[:, 0][top]  # [B, Q, C]
+        return x.transpose(0, 1), pos.transpose(0, 1)
 
 
 def mask_logits(embed: Tensor, features: Tensor) -> Tensor:

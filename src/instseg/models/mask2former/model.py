@@ -45,6 +45,9 @@ class Mask2FormerConfig(ModelConfig):
     decoder_layers: int = 9  # masked-attention layers (the paper's "10" counts the prediction before them)
     decoder_ffn: int = 2048
     num_queries: int = 100
+    # "learned": query embeddings learned once for all images (the paper); "selected": the pixel
+    # decoder's top-scoring tokens, at their positions (Mask DINO's query selection)
+    query_init: Literal["learned", "selected"] = "learned"
     class_weight: float = 2.0
     mask_weight: float = 5.0
     dice_weight: float = 5.0
@@ -133,6 +136,7 @@ class Mask2Former(SegmentationModel):
             cfg.heads,
             cfg.decoder_ffn,
             normed_classifier=cfg.class_loss == "seesaw",
+            selected_queries=cfg.query_init == "selected",
         )
 
     def network(self, pixels: Tensor) -> Mask2FormerOutputs:
