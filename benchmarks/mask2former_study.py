@@ -12,8 +12,11 @@ whether set prediction is learning:
   the object;
 - how many distinct queries have ever been matched.
 
-The same signals are then measured on fixed crops of val. Variants are model
-config overrides, so each remedy is one run beside the paper's configuration:
+The same signals are measured on fixed crops of val every five logs, and at
+the end on whole val images (``--full-val``; a model trained on crops must
+also find the many more objects of a whole image). The final weights are
+saved as ``<out>/checkpoint``, for ``instseg eval``. Variants are model config
+overrides, so each remedy is one run beside the paper's configuration:
 
     python benchmarks/mask2former_study.py --out runs/study/paper
     python benchmarks/mask2former_study.py --out runs/study/selected --set query_init=selected
@@ -41,7 +44,8 @@ from instseg.config import field_values
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import CocoTrainDataset
 from instseg.data.transforms import TrainTransform
-from instseg.models.build import build_model, model_config
+from instseg.engine.checkpoint import save_checkpoint
+from instseg.models.build import build_model, checkpoint_meta, model_config
 from instseg.models.mask2former.criterion import set_targets
 from instseg.models.mask2former.decoder import mask_logits
 
@@ -112,6 +116,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--val-images", type=int, default=8)
+    parser.add_argument("--full-val", type=int, default=4, help="whole val images scored at the end")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -127,6 +132,7 @@ def main() -> int:
     val = CocoTrainDataset(
         CocoIndex(resolve_source(args.data, "val")), TrainTransform(crop_size=args.crop, hflip=False)
     )
+    val_full = CocoTrainDataset(val.index, TrainTransform(hflip=False))
     val_batches = []
     for start in range(0, args.val_images, args.batch):
         items = [val[(i, 1000 + i)] for i in range(start, min(start + args.batch, args.val_images))]
@@ -169,6 +175,16 @@ def main() -> int:
         log.write(json.dumps(row) + "\n")
         log.flush()
         tqdm.write(json.dumps(row))
+    if args.full_val:
+        full = [val_full[(i, 2000 + i)] for i in range(args.full_val)]
+        row = {
+            k.replace("val_", "full_val_"): round(v, 4)
+            for k, v in val_signals(model, [([x], [y]) for x, y in full]).items()
+        }
+        log.write(json.dumps({"step": args.steps, **row}) + "\n")
+        print(json.dumps(row))
+    meta = checkpoint_meta("mask2former", cfg, train.index.categories, step=args.steps)
+    save_checkpoint(args.out / "checkpoint", {k: v.detach() for k, v in model.state_dict().items()}, meta)
     plot(rows, args.out / "study.png", args.out.name)
     return 0
 

@@ -206,3 +206,27 @@ def test_selected_queries_start_at_the_best_scoring_tokens():
 
 def test_selected_queries_output_contract():
     assert_output_contract("mask2former", {**TINY, "query_init": "selected"})
+
+
+def test_a_point_density_finds_small_objects_that_a_fixed_count_misses():
+    from instseg.models.point_sampling import point_count
+
+    assert point_count(2048, 1.0, (96, 96)) == 9216 and point_count(2048, 1.0, (16, 16)) == 2048
+    # 12 tiny objects (2 x 2 feature pixels each) on a 96 x 96 map, each predicted exactly by its own query
+    masks = torch.zeros(12, 96, 96)
+    for j in range(12):
+        y, x = 8 * (j // 4) + 20, 8 * (j % 4) + 30
+        masks[j, y : y + 2, x : x + 2] = 1
+    features = ((masks - 0.5) * 16)[None]  # channel j: object j
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    embed = torch.eye(12)[order][None]  # query q predicts object order[q]; a tie would pair q with q
+    class_logits = torch.zeros(1, 12, 2)
+    target = [{"labels": torch.zeros(12, dtype=torch.int64), "masks": masks}]
+    wrong = []
+    for density, points in ((0.0, 64), (1.0, 64)):
+        matcher = HungarianMatcher(num_points=points, points_per_pixel=density)
+        torch.manual_seed(0)
+        rows, cols = matcher(class_logits, embed, features, target)[0]
+        wrong.append(int((order[rows] != cols).sum()))
+    # 64 points leave most objects without a point, so they are paired at random; the density does not
+    assert wrong[0] > 0 and wrong[1] == 0

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from instseg.models.losses import pairwise_dice_loss, pairwise_sigmoid_bce
-from instseg.models.point_sampling import point_sample
+from instseg.models.point_sampling import point_count, point_sample
 
 
 def hungarian_match(cost: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,11 +38,16 @@ class HungarianMatcher(nn.Module):
     """
 
     def __init__(
-        self, class_cost: float = 2.0, mask_cost: float = 5.0, dice_cost: float = 5.0, num_points: int = 12544
+        self,
+        class_cost: float = 2.0,
+        mask_cost: float = 5.0,
+        dice_cost: float = 5.0,
+        num_points: int = 12544,
+        points_per_pixel: float = 0.0,
     ) -> None:
         super().__init__()
         self.class_cost, self.mask_cost, self.dice_cost = class_cost, mask_cost, dice_cost
-        self.num_points = num_points
+        self.num_points, self.points_per_pixel = num_points, points_per_pixel
 
     @torch.no_grad()
     def forward(
@@ -62,7 +67,8 @@ class HungarianMatcher(nn.Module):
                 indices.append((empty, empty))
                 continue
             generator = generators[b] if generators is not None else None
-            points = torch.rand((1, self.num_points, 2), device=gt.device, generator=generator)
+            count = point_count(self.num_points, self.points_per_pixel, mask_features.shape[-2:])
+            points = torch.rand((1, count, 2), device=gt.device, generator=generator)
             pred = mask_embed[b] @ point_sample(mask_features[b : b + 1], points)[0]
             true = point_sample(gt[:, None], points.expand(len(gt), -1, -1))[:, 0]
             cost = (

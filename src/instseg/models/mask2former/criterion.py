@@ -21,7 +21,7 @@ from instseg.distributed import mean_over_ranks
 from instseg.models.losses import point_dice_loss
 from instseg.models.mask2former.decoder import QueryPredictions, mask_logits
 from instseg.models.matcher import HungarianMatcher
-from instseg.models.point_sampling import draw_generator, point_sample, uncertain_points
+from instseg.models.point_sampling import draw_generator, point_count, point_sample, uncertain_points
 from instseg.models.seesaw import SeesawLoss
 
 if TYPE_CHECKING:
@@ -41,12 +41,14 @@ class SetCriterion(nn.Module):
         oversample: float = 3.0,
         importance: float = 0.75,
         seesaw: SeesawLoss | None = None,
+        points_per_pixel: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
         self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
         self.num_points, self.oversample, self.importance = num_points, oversample, importance
+        self.points_per_pixel = points_per_pixel
         weights = torch.ones(num_classes + 1)
         weights[-1] = no_object_weight
         self.register_buffer("class_weights", weights, persistent=False)
@@ -99,7 +101,8 @@ class SetCriterion(nn.Module):
                 continue
             # full masks of the matched queries only; the points go where they are least certain
             pred = mask_logits(out.mask_embed[b][rows], out.mask_features[b])
-            points = uncertain_points(pred, self.num_points, self.oversample, self.importance, generators[b])
+            count = point_count(self.num_points, self.points_per_pixel, pred.shape[-2:])
+            points = uncertain_points(pred, count, self.oversample, self.importance, generators[b])
             pred = point_sample(pred[:, None], points)[:, 0]
             # each target read at its query's points, without copying the target masks
             target_points = points.new_zeros((len(t["masks"]), *points.shape[1:]))

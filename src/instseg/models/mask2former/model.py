@@ -56,6 +56,9 @@ class Mask2FormerConfig(ModelConfig):
     # a normalised linear classifier, weighing the K classes against each other, not "no object"
     class_loss: Literal["cross_entropy", "seesaw"] = "cross_entropy"
     num_points: int = 12544  # sampled points per mask, in matching and in the loss
+    # at least this many points per pixel of the 1/4 mask features (0: num_points on any image); small
+    # objects on large images need the density (models/point_sampling.point_count)
+    points_per_pixel: float = 0.0
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
 
@@ -100,7 +103,9 @@ class Mask2Former(SegmentationModel):
     """Backbone, pixel decoder, masked-attention decoder; boxes are the masks' tight boxes."""
 
     def __init__(self, cfg: Mask2FormerConfig, num_classes: int) -> None:
-        matcher = HungarianMatcher(cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.num_points)
+        matcher = HungarianMatcher(
+            cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.num_points, cfg.points_per_pixel
+        )
         criterion = SetCriterion(
             num_classes,
             matcher,
@@ -112,6 +117,7 @@ class Mask2Former(SegmentationModel):
             cfg.oversample_ratio,
             cfg.importance_ratio,
             SeesawLoss(num_classes) if cfg.class_loss == "seesaw" else None,
+            cfg.points_per_pixel,
         )
         transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
         postprocessor = Mask2FormerPostprocessor(cfg.detections_per_image, cfg.mask_threshold)
