@@ -230,3 +230,13 @@ def test_a_point_density_finds_small_objects_that_a_fixed_count_misses():
         wrong.append(int((order[rows] != cols).sum()))
     # 64 points leave most objects without a point, so they are paired at random; the density does not
     assert wrong[0] > 0 and wrong[1] == 0
+
+
+def test_pixel_position_encodings_do_not_depend_on_the_image_size():
+    from instseg.models.mask2former.position_encoding import sine_position_encoding
+
+    crop, whole = sine_position_encoding(6, 5, 32, stride=8), sine_position_encoding(24, 30, 32, stride=8)
+    assert torch.allclose(crop, whole[:, :6, :5])
+    # the paper's normalised encodings give the same pixel another code on a larger map
+    normed = sine_position_encoding(6, 5, 32), sine_position_encoding(24, 30, 32)
+    assert not torch.allclose(normed[0], normed[1][:, :6, :5], atol=1e-2)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg.models.mask2former.pixel_decoder import STRIDES
 from instseg.models.mask2former.position_encoding import sine_position_encoding
 from instseg.models.mlp import MLP
 from instseg.models.seesaw import NormedLinear
@@ -77,9 +78,11 @@ class MaskedAttentionDecoder(nn.Module):
         levels: int = 3,
         normed_classifier: bool = False,
         selected_queries: bool = False,
+        pixel_positions: bool = False,
     ) -> None:
         super().__init__()
         self.heads, self.levels, self.num_queries = heads, levels, num_queries
+        self.strides = STRIDES if pixel_positions else (None,) * levels
         if selected_queries:  # each pixel-decoder token projected into a candidate query
             self.proposal: nn.Module | None = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
         else:
@@ -116,7 +119,7 @@ class MaskedAttentionDecoder(nn.Module):
             h, w = m.shape[-2:]
             small_features.append(F.interpolate(mask_features, (h, w), mode="bilinear", align_corners=False))
             memory.append((m.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
-            pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype)
+            pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype, self.strides[i])
             memory_pos.append(pos.flatten(1).T[:, None])
         if self.proposal is None:
             query_pos = self.query_pos.weight[:, None].expand(-1, b, -1)

@@ -48,6 +48,9 @@ class Mask2FormerConfig(ModelConfig):
     # "learned": query embeddings learned once for all images (the paper); "selected": the pixel
     # decoder's top-scoring tokens, at their positions (Mask DINO's query selection)
     query_init: Literal["learned", "selected"] = "learned"
+    # "normalized": sine encodings spanning each map (the paper); "pixels": in input pixels, the same for
+    # a pixel whatever the image's size (training on crops, predicting whole images)
+    position_encoding: Literal["normalized", "pixels"] = "normalized"
     class_weight: float = 2.0
     mask_weight: float = 5.0
     dice_weight: float = 5.0
@@ -130,7 +133,12 @@ class Mask2Former(SegmentationModel):
         self.backbone = IntermediateLayerGetter(trunk, return_layers)
         if cfg.pixel_decoder == "deformable":
             self.pixel_decoder: nn.Module = DeformablePixelDecoder(
-                channels, cfg.hidden_dim, cfg.encoder_layers, cfg.heads, cfg.encoder_ffn
+                channels,
+                cfg.hidden_dim,
+                cfg.encoder_layers,
+                cfg.heads,
+                cfg.encoder_ffn,
+                cfg.position_encoding == "pixels",
             )
         else:
             self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim)
@@ -143,6 +151,7 @@ class Mask2Former(SegmentationModel):
             cfg.decoder_ffn,
             normed_classifier=cfg.class_loss == "seesaw",
             selected_queries=cfg.query_init == "selected",
+            pixel_positions=cfg.position_encoding == "pixels",
         )
 
     def network(self, pixels: Tensor) -> Mask2FormerOutputs:

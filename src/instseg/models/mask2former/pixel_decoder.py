@@ -16,6 +16,7 @@ from instseg.models.mask2former.deformable_attention import MultiScaleDeformable
 from instseg.models.mask2former.position_encoding import sine_position_encoding
 
 LEVELS = 3  # the maps the transformer decoder attends to, coarsest first
+STRIDES = (32, 16, 8)  # their input pixels per cell
 
 
 def _conv_gn(cin: int, cout: int, kernel: int, relu: bool, bias: bool = False) -> nn.Sequential:
@@ -57,9 +58,16 @@ class DeformableEncoderLayer(nn.Module):
 
 class DeformablePixelDecoder(nn.Module):
     def __init__(
-        self, in_channels: list[int], dim: int, layers: int = 6, heads: int = 8, ffn: int = 1024
+        self,
+        in_channels: list[int],
+        dim: int,
+        layers: int = 6,
+        heads: int = 8,
+        ffn: int = 1024,
+        pixel_positions: bool = False,
     ) -> None:
         super().__init__()
+        self.strides = STRIDES if pixel_positions else (None,) * LEVELS
         if dim % 32:
             raise ValueError(f"pixel decoder width {dim} must be a multiple of 32 (GroupNorm(32))")
         # 1x1 projections of res5, res4, res3 (coarsest first, the order of the tokens)
@@ -79,7 +87,8 @@ class DeformablePixelDecoder(nn.Module):
         tokens = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
         pos = torch.cat(
             [
-                sine_position_encoding(h, w, m.shape[1], m.device, m.dtype).flatten(1).T + self.level_embed[i]
+                sine_position_encoding(h, w, m.shape[1], m.device, m.dtype, self.strides[i]).flatten(1).T
+                + self.level_embed[i]
                 for i, ((h, w), m) in enumerate(zip(shapes, maps, strict=True))
             ]
         )[None]

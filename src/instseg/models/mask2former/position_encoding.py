@@ -1,4 +1,9 @@
-"""DETR's sine position encoding of a feature map, normalised to [0, 2 pi] so it does not depend on size."""
+"""DETR's sine position encoding of a feature map: normalised to [0, 2 pi] over the map (the paper), or in
+input pixels, so that a pixel's encoding does not depend on the image's size.
+
+Normalised encodings tie positions to the image's extent: a model trained on
+small crops and run on whole images sees every pixel at another phase.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+SPAN = 256.0  # input pixels per 2 pi of the slowest-but-one frequency, for encodings in pixels
+
 
 def sine_position_encoding(
     height: int,
@@ -14,13 +21,20 @@ def sine_position_encoding(
     channels: int,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    stride: int | None = None,
 ) -> Tensor:
-    """``[channels, height, width]``: half the channels encode y, half x, as interleaved sin/cos pairs."""
+    """``[channels, height, width]``: half the channels encode y, half x, as interleaved sin/cos pairs.
+    ``stride``: the map's input pixels per cell, for encodings in input pixels (2 pi per ``SPAN``);
+    None normalises them over the map."""
     half = channels // 2
     y = torch.arange(1, height + 1, device=device, dtype=dtype)
     x = torch.arange(1, width + 1, device=device, dtype=dtype)
-    y = y / (y[-1] + 1e-6) * 2 * math.pi
-    x = x / (x[-1] + 1e-6) * 2 * math.pi
+    if stride is None:
+        y = y / (y[-1] + 1e-6) * 2 * math.pi
+        x = x / (x[-1] + 1e-6) * 2 * math.pi
+    else:
+        y = y * (stride * 2 * math.pi / SPAN)
+        x = x * (stride * 2 * math.pi / SPAN)
     freq = torch.arange(half, device=device).div(2, rounding_mode="floor").to(dtype)
     freq = 10000 ** (2 * freq / half)
 
