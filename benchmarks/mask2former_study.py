@@ -22,6 +22,7 @@ overrides, so each remedy is one run beside the paper's configuration:
     python benchmarks/mask2former_study.py --out runs/study/selected --set query_init=selected
 
 Writes ``<out>/study.jsonl`` and ``<out>/study.png`` (the curves).
+``--compare RUN... --out PNG`` draws several runs' val curves in one figure.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ def main() -> int:
     parser.add_argument("--full-val", type=int, default=4, help="whole val images scored at the end")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compare", type=Path, nargs="+", help="runs to draw together (writes --out)")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare, args.out)
+        return 0
     if not (args.data / "annotations").is_dir():
         print(f"{args.data}: no DSB2018 dataset there (see ../shared/data/README)", file=sys.stderr)
         return 2
@@ -212,6 +217,28 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare(runs: list[Path], path: Path) -> None:
+    """Val matched-mask IoU and objects covered at IoU 0.5 against steps, one line per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for run in runs:
+        rows = [json.loads(x) for x in (run / "study.jsonl").read_text().splitlines()]
+        val = [r for r in rows if "val_matched_iou" in r]
+        for ax, key in zip(axes, ("val_matched_iou", "val_covered_50"), strict=True):
+            ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=run.name)
+    for ax, title in zip(
+        axes, ("val crops: matched-mask IoU", "val crops: objects covered at IoU 0.5"), strict=True
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
