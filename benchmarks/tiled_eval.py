@@ -7,7 +7,8 @@ that sees it whole, with no NMS. Score the results with ``instseg eval``:
 
     python benchmarks/tiled_eval.py --model runs/bench/m2f_30_crop128/checkpoint \
         --tile 128 --overlap 32 --out runs/bench/m2f_30_crop128/tiled.json
-    instseg eval --results runs/bench/m2f_30_crop128/tiled.json --data ../shared/data/dsb2018 --max-dets 1 10 500
+    instseg eval --results runs/bench/m2f_30_crop128/tiled.json --data ../shared/data/dsb2018 \
+        --max-dets 1 10 500
 
 A measurement, not yet a predictor option: masks are written at full size one
 by one, which is slow on large images.
