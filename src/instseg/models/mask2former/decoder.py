@@ -7,9 +7,9 @@ predicts classes and masks, and all of them are supervised (deep supervision).
 
 The queries start either as learned embeddings (the paper) or, with
 ``selected_queries``, as the pixel decoder's best-scoring tokens at their own
-positions (Mask DINO's query selection): each query then begins on one object
-instead of having to learn where objects are, which is what crowded images
-of look-alike objects need.
+positions (Mask DINO's query selection): each query then begins at a place
+the image itself proposes, rather than at a position learned once for every
+image.
 """
 
 from __future__ import annotations

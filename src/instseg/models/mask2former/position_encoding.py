@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-SPAN = 256.0  # input pixels per 2 pi of the slowest-but-one frequency, for encodings in pixels
+SPAN = 256.0  # encodings in pixels: input pixels per period of the fastest frequency
 
 
 def sine_position_encoding(
