@@ -57,7 +57,7 @@ def main() -> int:
     row = {"date": started, "machine": platform.processor() or platform.machine(), "args": vars(args)}
     row["mask_AP"] = result.metrics["segm"]["AP"]
     for task in ("panoptic", "semantic"):
-        summary = evaluate_dense(predictor, index, task)
+        summary = evaluate_dense(predictor.model, predictor.categories, index, task, predictor.device)
         print(f"\n{task} ({args.out})\n{format_dense(summary, task)}")
         row[task] = summary
     print(f"\ninstance mask AP {row['mask_AP']:.4f}")

@@ -328,7 +328,8 @@ def _eval_dense(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise InstsegError(f"--task {args.task} runs a model: give --checkpoint, not --results")
     index = CocoIndex(resolve_source(args.data, args.split, args.images), keep_crowd=True)
-    summary = evaluate_dense(load(args.checkpoint, args.device, **field_values(args.set)), index, args.task)
+    predictor = load(args.checkpoint, args.device, **field_values(args.set))
+    summary = evaluate_dense(predictor.model, predictor.categories, index, args.task, predictor.device)
     print(format_dense(summary, args.task))
     if args.out:
         path = write_json(summary, Path(args.out) / f"{args.task}.json")

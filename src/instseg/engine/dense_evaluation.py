@@ -8,11 +8,13 @@ nearest object last), pixels no annotation covers are void, and a category's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+from torch import nn
 from tqdm import tqdm
 
 from instseg.data.coco import CocoIndex
@@ -20,7 +22,7 @@ from instseg.data.images import read_image
 from instseg.engine.evaluation import check_categories
 from instseg.errors import InstsegError
 from instseg.eval.panoptic import PanopticQuality, Segment, SemanticIoU
-from instseg.predictor import Predictor
+from instseg.structures import Category
 
 Task = Literal["panoptic", "semantic"]
 
@@ -45,20 +47,28 @@ def ground_truth_segments(index: CocoIndex, image: dict) -> tuple[np.ndarray, li
     return segment_map, segments, label_map
 
 
-def evaluate_dense(predictor: Predictor, index: CocoIndex, task: Task, progress: bool = True) -> dict:
-    """PQ/SQ/RQ (all, things, stuff, per class) or mIoU (per class) over every image of ``index``."""
-    model = predictor.model
+def evaluate_dense(
+    model: nn.Module,
+    categories: Sequence[Category],
+    index: CocoIndex,
+    task: Task,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """PQ/SQ/RQ (all, things, stuff, per class) or mIoU (per class) over every image of ``index``, from
+    a model with ``panoptic`` and ``semantic`` readings (Mask2Former's) trained on ``categories``."""
     if not hasattr(model, task):
         raise InstsegError(
-            f"{predictor.family} has no {task} reading; --task {task} needs a query-based model (mask2former)"
+            f"{type(model).__name__} has no {task} reading; --task {task} needs a query-based model "
+            "(mask2former)"
         )
-    check_categories(predictor.categories, index)
+    check_categories(categories, index)
     things = thing_labels(index)
     quality = PanopticQuality(things) if task == "panoptic" else SemanticIoU(len(things))
-    is_thing = torch.tensor([things[k] for k in sorted(things)], device=predictor.device)
+    is_thing = torch.tensor([things[k] for k in sorted(things)], device=device)
     for image in tqdm(index.images, desc=task, disable=not progress):
         pixels = read_image(index.image_path(image), (int(image["height"]), int(image["width"])))
-        pixels = pixels.to(predictor.device).float().div_(255.0)
+        pixels = pixels.to(device).float().div_(255.0)
         gt_map, gt_segments, gt_labels = ground_truth_segments(index, image)
         if task == "panoptic":
             pred_map, info = model.panoptic([pixels], is_thing)[0]
