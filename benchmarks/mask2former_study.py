@@ -92,13 +92,14 @@ def forward(model, images, targets):
 
 
 def val_signals(model, batches) -> dict[str, float]:
+    """The signals on val, the network in eval mode (a BatchNorm trunk keeps its statistics); only the
+    transform is in training mode, the one mode in which it resizes targets with the images."""
     model.eval()
+    model.transform.train()
     totals: dict[str, list[float]] = {}
     with torch.no_grad():
         for images, targets in batches:
-            model.train()  # the transform resizes targets only in training mode; no dropout or BN here
             outputs, set_t = forward(model, images, targets)
-            model.eval()
             for k, v in signals(model, outputs, set_t).items():
                 if not k.startswith("_"):
                     totals.setdefault(k, []).append(v)
