@@ -6,8 +6,9 @@ measured alone. Every loop here is bounded in requests and time.
 
 1. In-process: ``Predictor.predict`` on the same images, the baseline (seconds per image).
 2. The server's overhead at concurrency 1: ``--requests`` pairs, each an in-process ``predict`` of an
-   image (decoded from its bytes, as the server does) and then the same image POSTed, one after the
-   other, so that the machine's drift over the run falls on both alike; with the inference time
+   image (decoded from its bytes, as the server does) and the same image POSTed, one after the
+   other in alternating order, so that the machine's drift over the run falls on both alike; with
+   the median of the pairs' ratios and the inference time
    the server reports in each answer, the rest (decoding, HTTP, encoding the answer) apart.
 3. Concurrency 1, 4 and 16: ``--requests`` POSTs of those images per level; throughput and
    p50/p95 latency.
@@ -184,10 +185,11 @@ def main() -> int:
         server.wait(timeout=30)
 
     print(f"in-process predict: {in_process:.4f} s/image ({args.requests} images)")
-    own, served, inference = paired
+    own, served, inference, median_ratio = paired
     print(
         f"paired at concurrency 1 ({args.requests} pairs): in-process {own:.4f} s, served {served:.4f} s "
-        f"({served / own:.3f}x); inside the server: inference {inference:.4f} s, the rest "
+        f"({served / own:.3f}x, median pair {median_ratio:.3f}x); inside the server: inference "
+        f"{inference:.4f} s, the rest "
         f"{served - inference:.4f} s ({(served - inference) / own:.1%} of in-process)"
     )
     print("\n| concurrency | requests/s | mean s | p50 s | p95 s | statuses | mean / in-process mean |")
@@ -211,6 +213,7 @@ def main() -> int:
                 "paired_in_process_s": own,
                 "paired_served_s": served,
                 "paired_server_inference_s": inference,
+                "paired_median_ratio": median_ratio,
                 "five_xx": fives,
                 "rss_growth": growth,
             }
@@ -219,23 +222,29 @@ def main() -> int:
     return 0 if fives == 0 else 1
 
 
-def _paired_overhead(predictor, url: str, images: list[bytes], count: int) -> tuple[float, float, float]:
+def _paired_overhead(
+    predictor, url: str, images: list[bytes], count: int
+) -> tuple[float, float, float, float]:
     """Mean seconds of in-process ``predict`` (decoding included) and of the served request for the
-    same images, taken in pairs, and the mean inference time the server reports."""
+    same images, taken in pairs whose order alternates (so that neither side always runs just after
+    the other), the mean inference time the server reports, and the median of the pairs' ratios."""
     own, served, inference = [], [], []
     for i in range(count):
         data = images[i % len(images)]
-        started = time.perf_counter()
-        predictor.predict(_decode(data), min_score=0.5, cropped=True)
-        own.append(time.perf_counter() - started)
         body, headers = multipart({"image": ("a.png", data)})
-        started = time.perf_counter()
-        status, _, answer = request(url, body, headers)
-        served.append(time.perf_counter() - started)
-        if status != 200:
-            raise SystemExit(f"a good request got {status}")
-        inference.append(json.loads(answer)["seconds"])
-    return sum(own) / count, sum(served) / count, sum(inference) / count
+        for side in ("own", "served") if i % 2 == 0 else ("served", "own"):
+            started = time.perf_counter()
+            if side == "own":
+                predictor.predict(_decode(data), min_score=0.5, cropped=True)
+                own.append(time.perf_counter() - started)
+                continue
+            status, _, answer = request(url, body, headers)
+            served.append(time.perf_counter() - started)
+            if status != 200:
+                raise SystemExit(f"a good request got {status}")
+            inference.append(json.loads(answer)["seconds"])
+    ratios = sorted(s / o for s, o in zip(served, own, strict=True))
+    return sum(own) / count, sum(served) / count, sum(inference) / count, ratios[count // 2]
 
 
 def _decode(data: bytes):

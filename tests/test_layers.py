@@ -23,7 +23,7 @@ LAYERS = [
     {"pictures"},
     {"data", "models"},
     {"eval"},
-    {"engine"},
+    {"engine", "tiled_inference"},
     {"importers", "predictor"},
     {"prompt_predictor"},
     {"export", "serve"},

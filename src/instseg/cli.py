@@ -14,8 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instseg.errors import InstsegError
+
+if TYPE_CHECKING:
+    from instseg.predictor import Predictor
 
 SET_HELP = "model config fields for inference, e.g. nms_threshold=0.5 mask_rescore=false (YAML values)"
 MODEL_HELP = "a checkpoint directory or .safetensors file, or a bundled model's name (nuclei)"
@@ -116,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-objects", type=int, default=None, help="--prompts: the largest N objects per image"
     )
     ev.add_argument("--out", help="folder for metrics.json, results.json and plots")
+    _add_tile_arguments(ev)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help=SET_HELP)
 
@@ -141,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--box", nargs="+", metavar="X0,Y0,X1,Y1", help="SAM: box prompts, one mask each")
     pr.add_argument("--batch-size", type=int, default=1)
+    _add_tile_arguments(pr)
     pr.add_argument("--no-overlays", action="store_true")
     pr.add_argument("--device", default="auto")
     pr.add_argument(
@@ -192,7 +198,31 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=float, default=32.0)
     sv.add_argument("--min-score", type=float, default=0.5, help="default score_threshold of /v1/predict")
     sv.add_argument("--device", default="auto")
+    _add_tile_arguments(sv)
     return parser
+
+
+def _add_tile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="predict window by window: PIXELS x PIXELS windows (e.g. the training crop size), each "
+        "object kept by the window holding its box centre, no NMS; for images far larger than the crops",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="default: a quarter of --tile; make it wider than the largest object",
+    )
+
+
+def _tiled(predictor: Predictor, args: argparse.Namespace) -> Predictor:
+    """``predictor`` window by window when ``--tile`` asks for it."""
+    return predictor if args.tile is None else predictor.tiled(args.tile, args.tile_overlap)
 
 
 def _without_nproc(argv: Sequence[str]) -> list[str]:
@@ -327,6 +357,8 @@ def _eval_dense(args: argparse.Namespace) -> int:
 
     if not args.checkpoint:
         raise InstsegError(f"--task {args.task} runs a model: give --checkpoint, not --results")
+    if args.tile is not None:
+        raise InstsegError(f"--tile predicts instances by windows; --task {args.task} takes whole images")
     index = CocoIndex(resolve_source(args.data, args.split, args.images), keep_crowd=True)
     predictor = load(args.checkpoint, args.device, **field_values(args.set))
     summary = evaluate_dense(predictor.model, predictor.categories, index, args.task, predictor.device)
@@ -358,7 +390,7 @@ def _eval_model(args: argparse.Namespace) -> int:
     if args.results:
         report = evaluate_results(args.results, args.data, not args.no_boundary, args.out, **options)
     else:
-        predictor = load(args.checkpoint, args.device, **field_values(args.set))
+        predictor = _tiled(load(args.checkpoint, args.device, **field_values(args.set)), args)
         distributed.start(predictor.device)  # under torchrun: this rank predicts its shard
         ev = evaluate(
             predictor,
@@ -476,6 +508,7 @@ def _predict_images(args: argparse.Namespace) -> int:
     from instseg.pictures import save_overlay
 
     predictor = load(args.onnx or args.checkpoint, args.device, args.min_score, **field_values(args.set))
+    predictor = _tiled(predictor, args)
     distributed.start(predictor.device)  # under torchrun: this rank predicts its shard of the images
     paths = list_images(args.inputs)
     stems = output_stems(paths)
@@ -532,7 +565,7 @@ def _serve(args: argparse.Namespace) -> int:
     from instseg.api import load
 
     config = ServeConfig(args.workers, args.queue, int(args.max_upload_mb * 2**20), min_score=args.min_score)
-    app = create_app(load(args.checkpoint, args.device), config)
+    app = create_app(_tiled(load(args.checkpoint, args.device), args), config)
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (web page), /v1/predict, /metrics")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

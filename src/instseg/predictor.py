@@ -119,6 +119,16 @@ class Predictor:
         model, meta, config, categories = model_from_checkpoint(path, overrides)
         return cls(model, meta["family"], config, categories, resolve_device(device), meta)
 
+    def tiled(self, tile: int, overlap: int | None = None, batch_size: int = 4) -> Predictor:
+        """This model predicting window by window (``TiledInference``): ``tile`` x ``tile`` windows
+        overlapping by ``overlap`` pixels (default a quarter of ``tile``; make it wider than the largest
+        object), ``batch_size`` windows at a time. For images far larger than the training crops."""
+        from instseg.tiled_inference import TiledInference
+
+        overlap = tile // 4 if overlap is None else overlap
+        tiled = TiledInference(self.inference, tile, overlap, batch_size)
+        return Predictor(self.model, self.family, self.config, self.categories, self.device, self.meta, tiled)
+
     @torch.no_grad()
     def predict(
         self,
