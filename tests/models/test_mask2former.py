@@ -240,3 +240,66 @@ def test_pixel_position_encodings_do_not_depend_on_the_image_size():
     # the paper's normalised encodings give the same pixel another code on a larger map
     normed = sine_position_encoding(6, 5, 32), sine_position_encoding(24, 30, 32)
     assert not torch.allclose(normed[0], normed[1][:, :6, :5], atol=1e-2)
+
+
+def test_query_groups_are_each_matched_one_to_one():
+    """Group DETR's assignment: each group of queries pairs every object with one of its own queries."""
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(9, 2, generator=g)
+    rows, cols = HungarianMatcher(group_size=3).match_groups(cost)
+    assert rows.tolist() == sorted(rows.tolist()) and len(rows) == 6
+    for group in range(3):
+        inside = (rows >= 3 * group) & (rows < 3 * group + 3)
+        assert sorted(cols[inside].tolist()) == [0, 1]  # every object once per group
+        r, c = hungarian_match(cost[3 * group : 3 * group + 3])
+        assert torch.equal(rows[inside] - 3 * group, r) and torch.equal(cols[inside], c)
+    assert torch.equal(torch.stack(HungarianMatcher().match_groups(cost)), torch.stack(hungarian_match(cost)))
+
+
+def test_query_groups_train_side_by_side_and_predict_with_the_first():
+    from instseg.models.mask2former.decoder import MaskedAttentionDecoder
+
+    torch.manual_seed(0)
+    decoder = MaskedAttentionDecoder(32, 1, num_queries=4, layers=2, heads=2, ffn=32, query_groups=3)
+    maps = [torch.randn(2, 32, 2, 2), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 8, 8)]
+    features = torch.randn(2, 32, 16, 16)
+    train = decoder.train()(maps, features)
+    assert train[-1].class_logits.shape == (2, 12, 2) and train[-1].mask_embed.shape == (2, 12, 32)
+    # the groups do not see each other: changing the others' queries leaves the first group's output
+    with torch.no_grad():
+        decoder.query_feat.weight[4:] += 1.0
+    again = decoder(maps, features)
+    assert torch.allclose(again[-1].mask_embed[:, :4], train[-1].mask_embed[:, :4], atol=1e-5)
+    assert not torch.allclose(again[-1].mask_embed[:, 4:], train[-1].mask_embed[:, 4:], atol=1e-3)
+    predicted = decoder.eval()(maps, features)
+    assert predicted[-1].class_logits.shape == (2, 4, 2)
+    assert torch.allclose(predicted[-1].mask_embed, again[-1].mask_embed[:, :4], atol=1e-5)
+
+
+def test_query_groups_output_contract_and_a_training_step():
+    import pytest
+
+    from instseg.errors import InstsegError
+    from instseg.models.build import build_model, model_config
+
+    assert_output_contract("mask2former", {**TINY, "query_groups": 2})
+    torch.manual_seed(0)
+    model = build_model("mask2former", model_config("mask2former", "default", {**TINY, "query_groups": 2}), 1)
+    image = torch.rand(3, 96, 96)
+    masks = torch.zeros(2, 96, 96, dtype=torch.bool)
+    masks[0, 10:30, 10:30] = masks[1, 50:80, 40:70] = True
+    target = {
+        "boxes": torch.tensor([[10.0, 10, 30, 30], [40, 50, 70, 80]]),
+        "labels": torch.ones(2, dtype=torch.int64),
+        "masks": masks,
+    }
+    losses = model.train()([image], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.decoder.query_feat.weight.grad[12:].abs().sum() > 0  # the second group learns too
+    with pytest.raises(InstsegError, match="query_groups"):
+        build_model(
+            "mask2former",
+            model_config("mask2former", "default", {**TINY, "query_groups": 2, "query_init": "selected"}),
+            1,
+        )

@@ -35,6 +35,10 @@ class HungarianMatcher(nn.Module):
     target has ``labels [G]`` (0-based) and float ``masks [G, H, W]`` covering the
     same extent as the features. Returns one ``(query indices, target
     indices)`` pair per image.
+
+    ``group_size``: the queries form consecutive groups of this many, each matched one-to-one with
+    the targets on its own (Group DETR's one-to-many assignment: every object gets one query per
+    group); ``None``: all queries are one group.
     """
 
     def __init__(
@@ -44,10 +48,12 @@ class HungarianMatcher(nn.Module):
         dice_cost: float = 5.0,
         num_points: int = 12544,
         points_per_pixel: float = 0.0,
+        group_size: int | None = None,
     ) -> None:
         super().__init__()
         self.class_cost, self.mask_cost, self.dice_cost = class_cost, mask_cost, dice_cost
         self.num_points, self.points_per_pixel = num_points, points_per_pixel
+        self.group_size = group_size
 
     @torch.no_grad()
     def forward(
@@ -76,5 +82,14 @@ class HungarianMatcher(nn.Module):
                 + self.mask_cost * pairwise_sigmoid_bce(pred.float(), true)
                 + self.dice_cost * pairwise_dice_loss(pred.float(), true)
             )
-            indices.append(hungarian_match(cost))
+            indices.append(self.match_groups(cost))
         return indices
+
+    def match_groups(self, cost: Tensor) -> tuple[Tensor, Tensor]:
+        """``hungarian_match`` within each group of ``group_size`` consecutive queries; sorted by query."""
+        size = self.group_size or cost.shape[0]
+        pairs = [hungarian_match(cost[start : start + size]) for start in range(0, cost.shape[0], size)]
+        rows = torch.cat(
+            [r + start for (r, _), start in zip(pairs, range(0, cost.shape[0], size), strict=True)]
+        )
+        return rows, torch.cat([c for _, c in pairs])

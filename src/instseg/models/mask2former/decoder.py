@@ -54,15 +54,22 @@ class MaskedAttentionLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim)
 
     def forward(
-        self, x: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, mask: Tensor
+        self,
+        x: Tensor,
+        query_pos: Tensor,
+        memory: Tensor,
+        memory_pos: Tensor,
+        mask: Tensor,
+        self_mask: Tensor | None = None,
     ) -> Tensor:
-        """``x [Q, B, C]``, ``memory [S, B, C]``, ``mask [B * heads, Q, S]`` (True: not attended)."""
+        """``x [Q, B, C]``, ``memory [S, B, C]``, ``mask [B * heads, Q, S]`` (True: not attended);
+        ``self_mask [Q, Q]``: pairs of queries that do not attend to each other."""
         attended = self.cross_attn(
             x + query_pos, memory + memory_pos, memory, attn_mask=mask, need_weights=False
         )
         x = self.cross_norm(x + attended[0])
         q = x + query_pos
-        x = self.self_norm(x + self.self_attn(q, q, x, need_weights=False)[0])
+        x = self.self_norm(x + self.self_attn(q, q, x, attn_mask=self_mask, need_weights=False)[0])
         return self.ffn_norm(x + self.linear2(F.relu(self.linear1(x))))
 
 
@@ -79,16 +86,20 @@ class MaskedAttentionDecoder(nn.Module):
         normed_classifier: bool = False,
         selected_queries: bool = False,
         pixel_positions: bool = False,
+        query_groups: int = 1,
     ) -> None:
         super().__init__()
+        if query_groups < 1 or (query_groups > 1 and selected_queries):
+            raise ValueError(f"query_groups = {query_groups}: groups (>= 1) are of learned queries only")
         self.heads, self.levels, self.num_queries = heads, levels, num_queries
+        self.query_groups = query_groups
         self.strides = STRIDES if pixel_positions else (None,) * levels
         if selected_queries:  # each pixel-decoder token projected into a candidate query
             self.proposal: nn.Module | None = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
         else:
             self.proposal = None
-            self.query_feat = nn.Embedding(num_queries, dim)
-            self.query_pos = nn.Embedding(num_queries, dim)
+            self.query_feat = nn.Embedding(num_queries * query_groups, dim)
+            self.query_pos = nn.Embedding(num_queries * query_groups, dim)
         self.level_embed = nn.Embedding(levels, dim)
         self.layers = nn.ModuleList(MaskedAttentionLayer(dim, heads, ffn) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -121,9 +132,15 @@ class MaskedAttentionDecoder(nn.Module):
             memory.append((m.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
             pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype, self.strides[i])
             memory_pos.append(pos.flatten(1).T[:, None])
+        self_mask = None
         if self.proposal is None:
-            query_pos = self.query_pos.weight[:, None].expand(-1, b, -1)
-            x = self.query_feat.weight[:, None].expand(-1, b, -1)
+            groups = self.query_groups if self.training else 1  # prediction reads the first group
+            count = self.num_queries * groups
+            query_pos = self.query_pos.weight[:count, None].expand(-1, b, -1)
+            x = self.query_feat.weight[:count, None].expand(-1, b, -1)
+            if groups > 1:
+                group = torch.arange(count, device=x.device) // self.num_queries
+                self_mask = group[:, None] != group[None, :]
             logits, embed, blocked = self.predict(x, small_features[0])
         else:
             x, query_pos = self.select_queries(maps, memory_pos)
@@ -134,7 +151,7 @@ class MaskedAttentionDecoder(nn.Module):
         outputs = [QueryPredictions(logits, embed, mask_features)]
         for i, layer in enumerate(self.layers):
             level = i % self.levels
-            x = layer(x, query_pos, memory[level], memory_pos[level], blocked)
+            x = layer(x, query_pos, memory[level], memory_pos[level], blocked, self_mask)
             logits, embed, blocked = self.predict(x, small_features[(i + 1) % self.levels])
             outputs.append(QueryPredictions(logits, embed, mask_features))
         return outputs

@@ -48,6 +48,9 @@ class Mask2FormerConfig(ModelConfig):
     # "learned": query embeddings learned once for all images (the paper); "selected": the pixel
     # decoder's top-scoring tokens, at their positions (Mask DINO's query selection)
     query_init: Literal["learned", "selected"] = "learned"
+    # groups of learned queries in training, each matched one-to-one on its own (Group DETR); more
+    # supervision per object per step; prediction uses the first group, so the output is unchanged
+    query_groups: int = 1
     # "normalized": sine encodings spanning each map (the paper); "pixels": in input pixels, the same for
     # a pixel whatever the image's size (training on crops, predicting whole images)
     position_encoding: Literal["normalized", "pixels"] = "normalized"
@@ -107,7 +110,12 @@ class Mask2Former(SegmentationModel):
 
     def __init__(self, cfg: Mask2FormerConfig, num_classes: int) -> None:
         matcher = HungarianMatcher(
-            cfg.class_weight, cfg.mask_weight, cfg.dice_weight, cfg.num_points, cfg.points_per_pixel
+            cfg.class_weight,
+            cfg.mask_weight,
+            cfg.dice_weight,
+            cfg.num_points,
+            cfg.points_per_pixel,
+            cfg.num_queries,
         )
         criterion = SetCriterion(
             num_classes,
@@ -152,6 +160,7 @@ class Mask2Former(SegmentationModel):
             normed_classifier=cfg.class_loss == "seesaw",
             selected_queries=cfg.query_init == "selected",
             pixel_positions=cfg.position_encoding == "pixels",
+            query_groups=cfg.query_groups,
         )
 
     def network(self, pixels: Tensor) -> Mask2FormerOutputs:
