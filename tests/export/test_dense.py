@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from instseg.cropped_masks import CroppedMasks
 from instseg.export.graph import PreciseGroupNorm, precise_group_norms
 from instseg.export.onnx import image_bytes
 from instseg.masks import boxes_from_extents, masks_to_boxes
-from instseg.models.postprocess import dense_paste_masks, dense_probs_at_input, masks_at_input, paste_masks
+from instseg.models.postprocess import (
+    masks_at_input,
+    paste_masks,
+    windowed_paste_masks,
+    windowed_probs_at_input,
+)
 from instseg.models.solov2.model import rounded_ratio
 from instseg.models.transform import ResizeNormalize
 
@@ -28,7 +34,9 @@ def test_dense_resampling_thresholds_to_the_eager_masks(resized, original, clip)
         corner = torch.rand(6, 2, generator=g) * torch.tensor([original[1], original[0]]) * 0.6
         boxes = torch.cat([corner, corner + torch.tensor([original[1], original[0]]) * 0.4], 1)
     eager = masks_at_input(probs, resized, original, 0.5, 4, boxes).dense()
-    dense = dense_probs_at_input(probs, resized, original, 4, boxes) > 0.5
+    values, origins = windowed_probs_at_input(probs, resized, original, 0.5, 4, boxes)
+    assert not clip or values.shape[1] < original[0] or values.shape[2] < original[1]  # windows
+    dense = placed(values > 0.5, origins, original)
     assert eager.any() and eager.shape == dense.shape
     assert (eager != dense).float().mean() <= 1e-4  # float rounding right at the threshold only
 
@@ -42,9 +50,30 @@ def test_dense_paste_thresholds_to_the_masks_pasted_box_by_box():
     boxes = torch.cat([corner, corner + torch.rand(40, 2, generator=g) * 40 + 0.3], 1)
     boxes[:2] = torch.tensor([[100.0, 80, 120, 90], [-30, -20, -5, -2]])  # beyond the image: empty masks
     eager = paste_masks(probs, boxes, (70, 90)).dense()
-    dense = dense_paste_masks(probs, boxes, (70, 90)) > 0.5
+    values, origins = windowed_paste_masks(probs, boxes, (70, 90))
+    assert values.shape[1] * values.shape[2] < 70 * 90  # windows as long as the longest expanded box
+    dense = placed(values > 0.5, origins, (70, 90))
     assert eager.flatten(1).any(1).sum() > 30 and not eager.flatten(1).any(1).all()
     assert torch.equal(eager, dense)
+
+
+def placed(crops: torch.Tensor, origins: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Windows at their origins, as the graph's user places them: bool ``[N, H, W]``."""
+    assert torch.all(origins >= 0) and torch.all(origins[:, 1] + crops.shape[1] <= size[0])
+    assert torch.all(origins[:, 0] + crops.shape[2] <= size[1])
+    return CroppedMasks(list(crops), origins, size).dense()
+
+
+def test_windows_fit_the_longest_extent_and_stay_in_the_image():
+    from instseg.models.postprocess import windows
+
+    start, end = torch.tensor([0, 5, 95, -4, 30]), torch.tensor([10, 8, 120, 3, 30])
+    pixels = windows(start, end, 100)
+    assert pixels.shape == (5, 25)  # the longest extent, 95..120
+    assert pixels[:, 0].tolist() == [0, 5, 75, 0, 30]  # moved back from the far edge; clipped at 0
+    assert torch.equal(pixels[1], torch.arange(5, 30))
+    assert windows(start[:0], end[:0], 100).shape == (0, 1)
+    assert windows(torch.tensor([0]), torch.tensor([400]), 100).shape == (1, 100)
 
 
 def test_rounded_ratio_rounds_as_python_does():

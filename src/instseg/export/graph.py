@@ -4,9 +4,12 @@ The seam's eval path (``SegmentationModel.forward``) with the transform written
 on the image's symbolic shape: RGB bytes are scaled, normalised, resized by the
 model's own rule and padded; then the family's network and its postprocessor
 run unchanged. The postprocessors read no tensor value back into Python where
-an export would need it, and assemble masks densely while exporting
-(``models/postprocess.py``), so NMS, Matrix NMS or the query readout and mask
-pasting are all inside the graph.
+an export would need it, and assemble every mask at once while exporting, each
+on a window as large as the largest detection (``models/postprocess.py``), so
+NMS, Matrix NMS or the query readout and mask pasting are all inside the graph.
+The graph returns each mask as that crop, at the input's resolution, with its
+position: a few hundred detections on a large image would be gigabytes as
+``[N, H, W]``.
 """
 
 from __future__ import annotations
@@ -18,23 +21,34 @@ from torch import Tensor, nn
 from instseg.models.segmentation_model import SegmentationModel
 from instseg.models.transform import ResizeNormalize
 
-OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
+OUTPUT_NAMES = ("boxes", "labels", "scores", "masks", "mask_origins")
 
 
 class ImageGraph(nn.Module):
     """``image`` uint8 ``[H, W, 3]`` RGB -> ``boxes`` float ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1..K),
-    ``scores`` float ``[N]`` (descending), ``masks`` bool ``[N, H, W]``, all in the image's pixels."""
+    ``scores`` float ``[N]`` (descending), ``masks`` bool ``[N, h, w]`` and ``mask_origins`` int64 ``[N, 2]``,
+    all in the image's pixels: mask i is ``masks[i]`` with its top-left pixel at ``mask_origins[i] = (x,
+    y)``, False elsewhere (run eagerly, the masks are the whole image, at origin 0)."""
 
     def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
         self.model = model.eval()
         self.input = NetworkInput(model.transform)
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         pixels, size = self.input(image)
         outputs = self.model.network(pixels)
         result = self.model.postprocessor(outputs, [size], [(image.shape[0], image.shape[1])])[0]
-        return result["boxes"], result["labels"], result["scores"], result["masks"]
+        return graph_outputs(result)
+
+
+def graph_outputs(result: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A postprocessor's output dict as the graph's outputs; dense masks (eager) are crops at (0, 0)."""
+    masks = result["masks"]
+    origins = result.get("mask_origins")
+    if origins is None:
+        origins = torch.zeros((masks.shape[0], 2), dtype=torch.int64, device=masks.device)
+    return result["boxes"], result["labels"], result["scores"], masks, origins
 
 
 class NetworkInput(nn.Module):

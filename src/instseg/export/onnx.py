@@ -2,7 +2,8 @@
 
 The graph is ``ImageGraph`` (``MaskRCNNGraph`` for the two-stage family): RGB
 bytes ``[H, W, 3]`` of any size in, the final ``boxes``, ``labels``, ``scores``
-and bool ``masks [N, H, W]`` out. It is
+and masks out, each mask a bool crop of ``masks [N, h, w]`` at the input's
+resolution placed at ``mask_origins [N, 2]`` (x, y). It is
 made by PyTorch's ``torch.export``-based exporter with the image's height and
 width symbolic, so nothing is specialised to the example image. The model's
 metadata (``onnx`` ``metadata_props``) carries what a user of the file needs
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from instseg.cropped_masks import CroppedMasks, as_requested
 from instseg.errors import InstsegError
 from instseg.export.graph import OUTPUT_NAMES, ImageGraph, precise_group_norms
 from instseg.export.rcnn_graph import MaskRCNNGraph
@@ -170,10 +172,11 @@ def _check_against_eager(path: Path, graph: nn.Module) -> None:
         ) from None
     with torch.no_grad():
         expected = graph(image)
-    if got[3].shape != tuple(expected[3].shape):
+    shape = graph_masks(got[3], got[4], (97, 131)).shape
+    wanted = graph_masks(expected[3].numpy(), expected[4].numpy(), (97, 131)).shape
+    if shape != wanted:
         raise ExportError(
-            f"the exported graph disagrees with the model on a 97x131 image: masks {got[3].shape}, "
-            f"expected {tuple(expected[3].shape)}"
+            f"the exported graph disagrees with the model on a 97x131 image: masks {shape}, expected {wanted}"
         )
 
 
@@ -205,7 +208,8 @@ def _metadata(
         "boxes": "float32 [N, 4] xyxy in input pixels",
         "labels": "int64 [N], 1-based index into categories",
         "scores": "float32 [N], descending",
-        "masks": "bool [N, height, width]",
+        "masks": "bool [N, h, w]: each mask's crop, in input pixels",
+        "mask_origins": "int64 [N, 2]: (x, y) of each crop's top-left pixel in the input; False elsewhere",
     }
     return {
         "instseg_version": __version__,
@@ -272,14 +276,25 @@ class OnnxModel(nn.Module):
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return [self.image(im) for im in images]
 
-    def image(self, image: Tensor) -> dict[str, Tensor]:
-        boxes, labels, scores, masks = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image_bytes(image)})
+    def image(self, image: Tensor) -> dict[str, Tensor | CroppedMasks]:
+        """One image's output; masks cropped inside ``cropped_masks()``, dense outside it."""
+        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image_bytes(image)})
+        boxes, labels, scores, crops, origins = outputs
+        size = (int(image.shape[-2]), int(image.shape[-1]))
         return {
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(labels),
             "scores": torch.from_numpy(scores),
-            "masks": torch.from_numpy(np.asarray(masks, dtype=bool)),
+            "masks": as_requested(graph_masks(crops, origins, size)),
         }
+
+
+def graph_masks(crops: np.ndarray, origins: np.ndarray, image_size: tuple[int, int]) -> CroppedMasks:
+    """A graph's ``masks [N, h, w]`` and ``mask_origins [N, 2]`` as ``CroppedMasks`` of the image."""
+    stack = torch.from_numpy(np.asarray(crops, dtype=bool))
+    return CroppedMasks(
+        list(stack), torch.from_numpy(np.asarray(origins, dtype=np.int64)).reshape(-1, 2), image_size
+    )
 
 
 def onnx_predictor(path: str | Path, threads: int | None = None) -> Predictor:

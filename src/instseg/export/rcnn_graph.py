@@ -7,7 +7,7 @@ count, and pasting one mask at a time. This module runs the model's own trained
 parts (backbone, RPN head, RoI poolers, box and mask heads) through the same
 arithmetic with those steps written on tensors: anchors from the feature maps'
 symbolic shapes, top-k bounded by ``sym_min``, NMS by the coordinate trick
-(``class_wise_nms``) and every mask pasted at once (``dense_paste_masks``).
+(``class_wise_nms``) and every mask pasted at once, on windows (``windowed_paste_masks``).
 The export's check and the parity tests hold it to the eager model.
 """
 
@@ -21,12 +21,12 @@ from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image, remove_smal
 from instseg.export.graph import NetworkInput
 from instseg.models.mask_rcnn import InstanceMaskRCNN, MultiScaleRoIPool
 from instseg.models.nms import class_wise_nms
-from instseg.models.postprocess import boxes_at_input, dense_paste_masks
+from instseg.models.postprocess import boxes_at_input, windowed_paste_masks
 
 
 class MaskRCNNGraph(nn.Module):
-    """``image`` uint8 ``[H, W, 3]`` RGB -> ``boxes``, ``labels``, ``scores``, ``masks``, as ``ImageGraph``
-    returns them."""
+    """``image`` uint8 ``[H, W, 3]`` RGB -> ``boxes``, ``labels``, ``scores``, ``masks``, ``mask_origins``, as
+    ``ImageGraph`` returns them."""
 
     def __init__(self, model: InstanceMaskRCNN) -> None:
         super().__init__()
@@ -37,7 +37,7 @@ class MaskRCNNGraph(nn.Module):
         with torch.no_grad():  # torchvision's RoI poolers take their scales from the first image they see
             model([torch.zeros(3, 64, 64)])
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         pixels, size = self.input(image)
         features = self.model.backbone(pixels)
         proposals = self.proposals(pixels, list(features.values()), size)
@@ -47,10 +47,11 @@ class MaskRCNNGraph(nn.Module):
         probs = logits[torch.arange(labels.shape[0], device=labels.device), labels].sigmoid()
         original = (image.shape[0], image.shape[1])
         boxes = boxes_at_input(boxes, size, original)
-        values = dense_paste_masks(probs, boxes, original)
+        values, origins = windowed_paste_masks(probs, boxes, original)
         threshold = self.model.transform.mask_threshold
         keep = torch.nonzero(values.flatten(1).amax(1) > threshold).flatten()  # empty masks dropped
-        return boxes[keep], labels[keep], scores[keep], (values > threshold).index_select(0, keep)
+        masks = (values > threshold).index_select(0, keep)
+        return boxes[keep], labels[keep], scores[keep], masks, origins.index_select(0, keep)
 
     def proposals(self, pixels: Tensor, features: list[Tensor], size: tuple[int, int]) -> Tensor:
         """The RPN's proposals ``[P, 4]`` on the resized image: each level's best ``pre_nms_top_n``

@@ -183,7 +183,7 @@ def detections_from_masks(
     if torch.compiler.is_exporting():
         if refine is not None:
             raise NotImplementedError("point refinement is not exported; export with point_refine=false")
-        return _dense_detections_from_masks(probs, labels, scores, resized, original, threshold)
+        return _windowed_detections_from_masks(probs, labels, scores, resized, original, threshold)
     if refine is None:
         masks = masks_at_input(probs, resized, original, threshold)
     else:
@@ -242,7 +242,7 @@ def assemble_detections(
     if torch.compiler.is_exporting():
         if refine is not None:
             raise NotImplementedError("point refinement is not exported; export with point_refine=false")
-        return _dense_assembly(mask_probs, boxes, labels, scores, resized, original, assembly)
+        return _windowed_assembly(mask_probs, boxes, labels, scores, resized, original, assembly)
     boxes = boxes_at_input(boxes, resized, original)
     kept: list[Tensor] = []  # the rescoring pass's probabilities, reused while they fit the budget
     if assembly.rescore and len(boxes):
@@ -276,8 +276,10 @@ def assemble_detections(
     return {"boxes": boxes, "labels": labels + 1, "scores": scores, "masks": as_requested(masks)}
 
 
-# The same assembly as one dense computation, for exported graphs: a graph cannot size its Python
-# loops by the number of detections, so masks are resampled all at once (N x H x W floats at the peak).
+# The same assembly for exported graphs. A graph cannot size its Python loops by the number of
+# detections, so every mask is resampled at once; each on a window of the image as large as the
+# largest detection's extent, so the peak is N x window floats, not N x H x W, and the graph returns
+# each mask as a crop (``masks [N, h, w]``) placed at ``mask_origins [N, 2]`` (x, y) in the image.
 
 
 def bilinear_weights(source: Tensor, in_size: int) -> Tensor:
@@ -292,17 +294,37 @@ def bilinear_weights(source: Tensor, in_size: int) -> Tensor:
     return (cells == low).to(frac.dtype) * (1 - frac) + (cells == high).to(frac.dtype) * frac
 
 
-def resampling_matrix(out_size: int, in_size: int, scale: float, device: torch.device) -> Tensor:
-    """``[out_size, in_size]`` bilinear weights: output pixel p samples input coordinate
-    (p + 0.5) / scale - 0.5."""
-    return bilinear_weights((torch.arange(out_size, device=device) + 0.5) / scale - 0.5, in_size)
+def windows(start: Tensor, end: Tensor, size: int) -> Tensor:
+    """Each detection's window along one side of the image, ``[N, S]`` pixel indices: S consecutive
+    pixels from ``start``, moved back where they would pass the far edge; S is the longest extent
+    ``end - start`` (at least 1, at most ``size``). S depends on the data: the graph gets it from a
+    NonZero, the op it already uses to drop empty masks."""
+    extent = (end - start).clamp(min=0)
+    side = _size(size, start)
+    longest = torch.minimum(torch.cat([extent, extent.new_ones(1)]).amax(0), side)
+    steps = torch.nonzero(torch.arange(size, device=start.device) < longest).flatten()
+    first = torch.minimum(start.clamp(min=0), side - longest)
+    return first[:, None] + steps[None]
 
 
-def dense_paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """``paste_masks`` before its threshold, every box at once: float ``[N, H, W]``, 0 outside each
-    mask's expanded box. Each box gets its own pair of resampling matrices (the same one-pixel padding,
-    expansion, truncation and bilinear resize to the box as ``paste_masks``), so that a graph needs no
-    loop over boxes."""
+def _size(size: int, like: Tensor) -> Tensor:
+    """A size, symbolic in a graph, as a 0-d tensor of ``like``'s dtype: arithmetic between tensors
+    exports where arithmetic with a symbolic number may not."""
+    return torch.full((), size, dtype=like.dtype, device=like.device)
+
+
+def _origins(ys: Tensor, xs: Tensor) -> Tensor:
+    """The (x, y) image position of each window's top-left pixel, int64 ``[N, 2]``."""
+    return torch.stack([xs[:, 0], ys[:, 0]], 1).to(torch.int64)
+
+
+def windowed_paste_masks(
+    mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """``paste_masks`` before its threshold, every box at once, on windows: float ``[N, h, w]`` (0 outside
+    each mask's expanded box) and their origins ``[N, 2]``. Each box gets its own pair of resampling
+    matrices (the same one-pixel padding, expansion, truncation and bilinear resize to the box as
+    ``paste_masks``), so that a graph needs no loop over boxes."""
     if mask_probs.dim() == 4:
         mask_probs = mask_probs[:, 0]
     m = mask_probs.shape[-1]
@@ -311,46 +333,82 @@ def dense_paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, 
     centre_y = (boxes[:, 1] + boxes[:, 3]) * 0.5
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    rows = _box_weights(centre_y - half_h, centre_y + half_h, image_size[0], m + 2)
-    cols = _box_weights(centre_x - half_w, centre_x + half_w, image_size[1], m + 2)
-    return rows @ F.pad(mask_probs, (1, 1, 1, 1)) @ cols.transpose(1, 2)
+    first_y, last_y = (
+        (centre_y - half_h).to(torch.int64),
+        (centre_y + half_h).to(torch.int64),
+    )  # as paste_masks
+    first_x, last_x = (centre_x - half_w).to(torch.int64), (centre_x + half_w).to(torch.int64)
+    ys = windows(first_y, last_y + 1, image_size[0])
+    xs = windows(first_x, last_x + 1, image_size[1])
+    rows = _box_weights(first_y, last_y, ys, m + 2)
+    cols = _box_weights(first_x, last_x, xs, m + 2)
+    return rows @ F.pad(mask_probs, (1, 1, 1, 1)) @ cols.transpose(1, 2), _origins(ys, xs)
 
 
-def _box_weights(start: Tensor, end: Tensor, out_size: int, in_size: int) -> Tensor:
-    """``[N, out_size, in_size]``: pixel p of box n samples its ``in_size`` cells as ``F.interpolate`` to the
-    box's integer extent [int(start), int(end)] does; rows outside that extent are 0."""
-    first, last = start.to(torch.int64), end.to(torch.int64)  # truncation towards 0, as paste_masks
+def _box_weights(first: Tensor, last: Tensor, pixels: Tensor, in_size: int) -> Tensor:
+    """``[N, S, in_size]``: window pixel ``pixels[n, s]`` samples its box's ``in_size`` cells as
+    ``F.interpolate`` to the box's integer extent [first, last] does; pixels outside it get 0."""
     length = (last - first + 1).clamp(min=1)
-    offset = torch.arange(out_size, device=start.device)[None] - first[:, None]
+    offset = pixels - first[:, None]
     source = (offset + 0.5) * (in_size / length)[:, None] - 0.5
     inside = (offset >= 0) & (offset < length[:, None])
     return bilinear_weights(source, in_size) * inside[..., None].to(source.dtype)
 
 
-def dense_probs_at_input(
+def windowed_probs_at_input(
     probs: Tensor,
     resized: tuple[int, int],
     original: tuple[int, int],
+    threshold: float,
     stride: int = MASK_STRIDE,
     clip: Tensor | None = None,
-) -> Tensor:
-    """``masks_at_input`` before its threshold, as two matrix products over all masks at once (separable
-    bilinear resampling): float ``[N, H, W]``, 0 outside ``clip``. Thresholded, the same pixels as
-    ``masks_at_input`` up to float rounding."""
+) -> tuple[Tensor, Tensor]:
+    """``masks_at_input`` before its threshold, every mask at once, on windows: float ``[N, h, w]`` (0
+    outside ``clip``) and their origins ``[N, 2]``; thresholded, the same pixels as ``masks_at_input``
+    up to float rounding.
+
+    Each window spans the pixels ``upsample_masks`` resamples: where the mask's cells exceed
+    ``threshold``, widened by one cell (outside it every bilinear sample mixes cells below the
+    threshold), within ``clip``. The resampling is two products with bilinear weight matrices over the
+    valid map, for the window's rows and columns only."""
     valid_h = (resized[0] + stride - 1) // stride
     valid_w = (resized[1] + stride - 1) // stride
-    rows = resampling_matrix(original[0], valid_h, stride * original[0] / resized[0], probs.device)
-    cols = resampling_matrix(original[1], valid_w, stride * original[1] / resized[1], probs.device)
-    if clip is not None:  # pixels whose centre lies in the box, p in [ceil(a - 0.5), ceil(b - 0.5)), keep
-        limits = torch.ceil(clip - 0.5)  # their rows and columns of the matrices: the cut costs no pass
-        ys = torch.arange(original[0], device=probs.device, dtype=rows.dtype)[None]
-        xs = torch.arange(original[1], device=probs.device, dtype=cols.dtype)[None]
-        rows = rows * ((ys >= limits[:, 1:2]) & (ys < limits[:, 3:4])).to(rows.dtype)[:, :, None]
-        cols = cols * ((xs >= limits[:, 0:1]) & (xs < limits[:, 2:3])).to(cols.dtype)[:, :, None]
-    return rows @ probs[:, :valid_h, :valid_w] @ cols.transpose(-1, -2)
+    ratio = probs.new_ones(())
+    scale_y = _size(original[0], ratio) * stride / _size(resized[0], ratio)
+    scale_x = _size(original[1], ratio) * stride / _size(resized[1], ratio)
+    valid = probs[:, :valid_h, :valid_w]
+    above = valid > threshold
+    y0, y1 = _widened_span(above.any(dim=2), scale_y, original[0])
+    x0, x1 = _widened_span(above.any(dim=1), scale_x, original[1])
+    if clip is not None:  # pixels whose centre lies in the box, p in [ceil(a - 0.5), ceil(b - 0.5))
+        limits = torch.ceil(clip - 0.5).to(torch.int64)
+        y0, y1 = torch.maximum(y0, limits[:, 1]), torch.minimum(y1, limits[:, 3])
+        x0, x1 = torch.maximum(x0, limits[:, 0]), torch.minimum(x1, limits[:, 2])
+    ys, xs = windows(y0, y1, original[0]), windows(x0, x1, original[1])
+    rows = bilinear_weights((ys + 0.5) / scale_y - 0.5, valid_h)
+    cols = bilinear_weights((xs + 0.5) / scale_x - 0.5, valid_w)
+    values = rows @ valid @ cols.transpose(-1, -2)
+    if clip is not None:  # the window's pixels outside the detection's own span (and box) are cut
+        inside_y = ((ys >= y0[:, None]) & (ys < y1[:, None])).to(values.dtype)
+        inside_x = ((xs >= x0[:, None]) & (xs < x1[:, None])).to(values.dtype)
+        values = values * inside_y[:, :, None] * inside_x[:, None, :]
+    return values, _origins(ys, xs)
 
 
-def _dense_detections_from_masks(
+def _widened_span(present: Tensor, scale: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Cells holding the mask along one side ``[N, n]`` -> the pixel span ``[start, end)`` that
+    ``upsample_masks`` resamples (the cells' span widened by one, times ``scale``); empty for an empty
+    mask. No branch, so graphs export it."""
+    hits = present.to(torch.int64)
+    cells = _size(present.shape[1], hits)
+    first = (hits.argmax(1) - 1).clamp(min=0)
+    end = torch.minimum(cells + 1 - hits.flip(1).argmax(1), cells)
+    start = (first.to(scale.dtype) * scale).floor().to(torch.int64).clamp(min=0)
+    stop = torch.minimum((end.to(scale.dtype) * scale).ceil().to(torch.int64), _size(size, hits))
+    return start, torch.where(present.any(1), stop, start)
+
+
+def _windowed_detections_from_masks(
     probs: Tensor,
     labels: Tensor,
     scores: Tensor,
@@ -358,16 +416,24 @@ def _dense_detections_from_masks(
     original: tuple[int, int],
     threshold: float,
 ) -> dict[str, Tensor]:
-    values = dense_probs_at_input(probs, resized, original)
+    values, origins = windowed_probs_at_input(probs, resized, original, threshold)
     keep = torch.nonzero(values.flatten(1).amax(1) > threshold).flatten()
     masks = (values > threshold).index_select(0, keep)  # bytes copied, not floats; Gather, not GatherND
     # extents from float maxima: ONNX Runtime reduces floats far faster than it casts bools to reduce them
     rows, cols = values.amax(dim=2) > threshold, values.amax(dim=1) > threshold
+    origins = origins.index_select(0, keep)
     boxes = boxes_from_extents(rows.index_select(0, keep), cols.index_select(0, keep))
-    return {"boxes": boxes, "labels": labels[keep] + 1, "scores": scores[keep], "masks": masks}
+    boxes = boxes + origins.repeat(1, 2).to(boxes.dtype)
+    return {
+        "boxes": boxes,
+        "labels": labels[keep] + 1,
+        "scores": scores[keep],
+        "masks": masks,
+        "mask_origins": origins,
+    }
 
 
-def _dense_assembly(
+def _windowed_assembly(
     mask_probs: Callable[[Tensor], Tensor],
     boxes: Tensor,
     labels: Tensor,
@@ -383,11 +449,14 @@ def _dense_assembly(
     order = scores.topk(scores.shape[0]).indices  # ONNX has no stable sort; its TopK keeps ties in order
     boxes, labels, scores = boxes[order], labels[order], scores[order]
     clip = boxes if assembly.crop_to_boxes else None
-    values = dense_probs_at_input(probs[order], resized, original, assembly.stride, clip)
+    values, origins = windowed_probs_at_input(
+        probs[order], resized, original, assembly.threshold, assembly.stride, clip
+    )
     keep = torch.nonzero(values.flatten(1).amax(1) > assembly.threshold).flatten()
     return {
         "boxes": boxes[keep],
         "labels": labels[keep] + 1,
         "scores": scores[keep],
         "masks": (values > assembly.threshold).index_select(0, keep),  # bytes copied; Gather, not GatherND
+        "mask_origins": origins.index_select(0, keep),
     }
