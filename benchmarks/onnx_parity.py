@@ -47,6 +47,7 @@ OPEN_THRESHOLDS = {
     "yolact": {"score_threshold": 0.0, "pre_nms_top": 200, "detections_per_image": 200},
     "solov2": {"score_threshold": 0.0, "update_threshold": 0.0, "pre_nms_top": 200},
     "mask2former": {"num_queries": 200, "detections_per_image": 200},
+    "mask_rcnn": {"score_threshold": 0.0, "detections_per_image": 200},
 }
 
 

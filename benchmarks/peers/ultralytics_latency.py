@@ -84,7 +84,12 @@ def main() -> int:
     for name in args.models:
         yolo = YOLO(f"{name}.yaml")
         if args.classes != 80:  # the YAML's nc is 80; rebuild the network with the dataset's count
-            yolo.model = SegmentationModel(f"{name}.yaml", nc=args.classes, verbose=False)
+            rebuilt = SegmentationModel(f"{name}.yaml", nc=args.classes, verbose=False)
+            for key, value in vars(yolo.model).items():  # what its exporter and predictor read (args, task)
+                if not key.startswith("_") and not hasattr(rebuilt, key):
+                    setattr(rebuilt, key, value)
+            rebuilt.names = {i: f"class{i}" for i in range(args.classes)}
+            yolo.model = rebuilt
         params = sum(p.numel() for p in yolo.model.parameters()) / 1e6
         for size in args.sizes:
             rng = np.random.default_rng(0)
