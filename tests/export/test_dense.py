@@ -1,4 +1,4 @@
-"""The dense forms that exported graphs take give what the eager code gives."""
+"""The forms that exported graphs take (windowed masks, GroupNorm in steps) give what the eager code gives."""
 
 from __future__ import annotations
 
