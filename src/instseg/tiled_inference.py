@@ -84,7 +84,7 @@ class TiledInference(nn.Module):
                 outputs = self.model(crops)
             for (y, x, (y_lo, y_hi), (x_lo, x_hi)), out in zip(chunk, outputs, strict=True):
                 kept.append(_in_core(out, x, y, (x_lo, y_lo, x_hi, y_hi), (height, width)))
-        return _merged(kept, (height, width), image.device)
+        return _merged(kept, (height, width))
 
 
 def _in_core(
@@ -113,7 +113,7 @@ def _in_core(
 
 
 def _merged(
-    parts: list[dict[str, Tensor | CroppedMasks]], image_size: tuple[int, int], device: torch.device
+    parts: list[dict[str, Tensor | CroppedMasks]], image_size: tuple[int, int]
 ) -> dict[str, Tensor | CroppedMasks]:
     """The windows' kept detections as one output, sorted by score as the contract says; masks
     cropped or dense as the caller asked."""
@@ -122,9 +122,7 @@ def _merged(
     scores = torch.cat([p["scores"] for p in parts]).float()
     masks = CroppedMasks.cat([p["masks"] for p in parts], image_size)  # type: ignore[misc]
     order = torch.argsort(scores, descending=True, stable=True)
-    masks = masks[order.cpu()]
-    if masks.crops:
-        masks = CroppedMasks([c.to(device) for c in masks.crops], masks.origins, image_size)
+    masks = masks[order.cpu()]  # the crops stay on the device the model left them on
     return {
         "boxes": boxes[order],
         "labels": labels[order],

@@ -88,8 +88,7 @@ class HungarianMatcher(nn.Module):
     def match_groups(self, cost: Tensor) -> tuple[Tensor, Tensor]:
         """``hungarian_match`` within each group of ``group_size`` consecutive queries; sorted by query."""
         size = self.group_size or cost.shape[0]
-        pairs = [hungarian_match(cost[start : start + size]) for start in range(0, cost.shape[0], size)]
-        rows = torch.cat(
-            [r + start for (r, _), start in zip(pairs, range(0, cost.shape[0], size), strict=True)]
-        )
+        starts = range(0, cost.shape[0], size)
+        pairs = [hungarian_match(cost[start : start + size]) for start in starts]
+        rows = torch.cat([r + start for (r, _), start in zip(pairs, starts, strict=True)])
         return rows, torch.cat([c for _, c in pairs])
