@@ -72,7 +72,7 @@ def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, bl
     takes the full matrix: the blocks need their sizes in Python.
     """
     if torch.compiler.is_exporting():
-        return _fast_nms(box_iou(boxes, boxes).nan_to_num(0.0), labels, iou_threshold)
+        return _fast_nms(graph_box_iou(boxes), labels, iou_threshold)
     n = len(boxes)
     if n <= block:
         if n == 0:
@@ -90,6 +90,21 @@ def fast_nms_boxes(boxes: Tensor, labels: Tensor, iou_threshold: float = 0.5, bl
         above = (cols[None, :] < rows[:, None]) & (labels[cols][None, :] == labels[rows][:, None])
         suppressed[rows] = (iou * above).amax(1) > iou_threshold
     return ~suppressed
+
+
+def graph_box_iou(boxes: Tensor) -> Tensor:
+    """``box_iou(boxes, boxes)`` written for ONNX Runtime: the pairwise maxima and minima of coordinates
+    as ``b + relu(a - b)`` and ``a - relu(a - b)``. Its broadcast ``Max`` and ``Min`` kernels took most of
+    a trained YOLACT graph's postprocessing on a 1,000-candidate matrix (BENCHMARKS.md, "Through ONNX
+    Runtime, trained"); ``Sub``, ``Relu`` and ``Add`` are vectorised. Equal to ``box_iou`` up to float
+    rounding, with 0 (not NaN) for pairs of zero union, so no ``nan_to_num`` is needed."""
+    x0, y0, x1, y1 = (c[:, None] for c in boxes.unbind(1))
+    x0t, y0t, x1t, y1t = (c.T for c in (x0, y0, x1, y1))
+    width = torch.relu((x1 - torch.relu(x1 - x1t)) - (x0t + torch.relu(x0 - x0t)))
+    height = torch.relu((y1 - torch.relu(y1 - y1t)) - (y0t + torch.relu(y0 - y0t)))
+    inter = width * height
+    area = (x1 - x0) * (y1 - y0)
+    return inter / (area + area.T - inter).clamp(min=1e-12)
 
 
 def _fast_nms(iou: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:

@@ -40,8 +40,9 @@ def maskness(probs: Tensor, threshold: float, hard: Tensor | None = None) -> Ten
     Mask2Former, CondInst and YOLACT use. ``hard``: ``probs > threshold``, when
     the caller has it already.
     """
-    hard = probs > threshold if hard is None else hard
-    return (probs * hard).flatten(1).sum(1) / hard.flatten(1).sum(1).clamp(min=1)
+    inside = (probs > threshold if hard is None else hard).to(probs.dtype)  # float sums: exact counts, and
+    # ONNX Runtime sums floats far faster than the int64 that a bool sum exports as
+    return (probs * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1)
 
 
 def paste_masks(
@@ -284,14 +285,12 @@ def assemble_detections(
 
 def bilinear_weights(source: Tensor, in_size: int) -> Tensor:
     """Source coordinates ``[..., P]`` -> bilinear weights ``[..., P, in_size]`` over ``in_size`` cells, edges
-    clamped (``F.interpolate`` with align_corners False, or ``grid_sample`` with border padding)."""
+    clamped (``F.interpolate`` with align_corners False, or ``grid_sample`` with border padding): the tent
+    ``max(0, 1 - |cell - source|)``, which is ``1 - frac`` at the cell below and ``frac`` above, in four
+    vectorised ops (no comparisons or casts, which ONNX Runtime runs slowly)."""
     source = source.clamp(min=0).clamp(max=in_size - 1)
-    low = source.floor()
-    frac = (source - low)[..., None]
-    low = low.to(torch.int64)[..., None]
-    high = (low + 1).clamp(max=in_size - 1)
-    cells = torch.arange(in_size, device=source.device)
-    return (cells == low).to(frac.dtype) * (1 - frac) + (cells == high).to(frac.dtype) * frac
+    cells = torch.arange(in_size, device=source.device, dtype=source.dtype)
+    return torch.relu(1 - (cells - source[..., None]).abs())
 
 
 def windows(start: Tensor, end: Tensor, size: int) -> Tensor:
@@ -377,9 +376,10 @@ def windowed_probs_at_input(
     scale_y = _size(original[0], ratio) * stride / _size(resized[0], ratio)
     scale_x = _size(original[1], ratio) * stride / _size(resized[1], ratio)
     valid = probs[:, :valid_h, :valid_w]
-    above = valid > threshold
-    y0, y1 = _widened_span(above.any(dim=2), scale_y, original[0])
-    x0, x1 = _widened_span(above.any(dim=1), scale_x, original[1])
+    # rows and columns holding a cell above the threshold, from float maxima (a bool ``any`` exports as a
+    # cast to int64 and an integer reduction)
+    y0, y1 = _widened_span(valid.amax(dim=2) > threshold, scale_y, original[0])
+    x0, x1 = _widened_span(valid.amax(dim=1) > threshold, scale_x, original[1])
     if clip is not None:  # pixels whose centre lies in the box, p in [ceil(a - 0.5), ceil(b - 0.5))
         limits = torch.ceil(clip - 0.5).to(torch.int64)
         y0, y1 = torch.maximum(y0, limits[:, 1]), torch.minimum(y1, limits[:, 3])
