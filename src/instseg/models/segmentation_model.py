@@ -6,6 +6,8 @@ detectors (and Mask R-CNN, which is torchvision's own, follows that same seam):
     batch, targets = transform(images, targets)      resize, normalise, pad to one tensor
     outputs = network(batch.tensors)                 a small typed record of raw predictions
     train: criterion(outputs, targets) -> losses     named losses; never calls back into the model
+           (outputs = training_network(batch.tensors, targets) there: a family whose network reads
+           the targets in training, as Mask2Former's denoising queries do, defines it)
     eval:  postprocessor(outputs, sizes) -> results  one dict per image, in the input's pixels
 
 A family subclasses ``SegmentationModel``, defines ``network`` and hands in a
@@ -52,6 +54,11 @@ class SegmentationModel(nn.Module):
         """Normalised, padded ``[B, 3, H, W]`` -> the family's record of raw predictions."""
         raise NotImplementedError
 
+    def training_network(self, pixels: Tensor, targets: list[dict[str, Tensor]]) -> Any:
+        """The network in training, where a family may also read the targets (Mask2Former's denoising
+        queries are built from them); ``network`` otherwise."""
+        return self.network(pixels)
+
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
@@ -59,7 +66,7 @@ class SegmentationModel(nn.Module):
             raise ValueError("targets are required in training mode")
         original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, targets = self.transform(images, targets)
-        outputs = self.network(batch.tensors)
         if self.training:
-            return self.criterion(outputs, targets)
+            return self.criterion(self.training_network(batch.tensors, targets), targets)
+        outputs = self.network(batch.tensors)
         return self.postprocessor(outputs, batch.image_sizes, original)
