@@ -85,10 +85,13 @@ def signals(model: torch.nn.Module, outputs, targets: list[dict]) -> dict[str, f
     }
 
 
-def forward(model, images, targets):
+def forward(model, images, targets, training: bool = False):
+    """The network's outputs (with the denoising queries of a training step, when the config has them),
+    the transformed targets and the criterion's form of them."""
     batch, targets = model.transform(images, targets)
-    outputs = model.network(batch.tensors)
-    return outputs, set_targets(targets, outputs.padded)
+    network = model.training_network if training else lambda pixels, _: model.network(pixels)
+    outputs = network(batch.tensors, targets)
+    return outputs, targets, set_targets(targets, outputs.padded)
 
 
 def val_signals(model, batches) -> dict[str, float]:
@@ -99,7 +102,7 @@ def val_signals(model, batches) -> dict[str, float]:
     totals: dict[str, list[float]] = {}
     with torch.no_grad():
         for images, targets in batches:
-            outputs, set_t = forward(model, images, targets)
+            outputs, _, set_t = forward(model, images, targets)
             for k, v in signals(model, outputs, set_t).items():
                 if not k.startswith("_"):
                     totals.setdefault(k, []).append(v)
@@ -153,8 +156,8 @@ def main() -> int:
     for step in tqdm(range(1, args.steps + 1), desc=args.out.name):
         order = torch.randint(0, len(train), (args.batch,))
         items = [train[(int(i), args.seed * 100003 + step * args.batch + k)] for k, i in enumerate(order)]
-        outputs, set_t = forward(model, [x for x, _ in items], [y for _, y in items])
-        losses = model.criterion.layer_sum(outputs.layers, set_t)
+        outputs, targets, set_t = forward(model, [x for x, _ in items], [y for _, y in items], training=True)
+        losses = model.criterion(outputs, targets)
         warm = min(1.0, step / 20)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * warm
@@ -166,6 +169,9 @@ def main() -> int:
             continue
         with torch.no_grad():
             final = model.criterion.layer_sum(outputs.layers[-1:], set_t)
+            if outputs.denoising is not None:
+                pairs = outputs.denoising.indices()
+                final |= model.criterion.denoising_sum(outputs.denoising_layers[-1:], set_t, pairs)
             s = signals(model, outputs, set_t)
         seen.update(s.pop("_queries", []))
         row = {

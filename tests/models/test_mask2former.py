@@ -263,15 +263,15 @@ def test_query_groups_train_side_by_side_and_predict_with_the_first():
     decoder = MaskedAttentionDecoder(32, 1, num_queries=4, layers=2, heads=2, ffn=32, query_groups=3)
     maps = [torch.randn(2, 32, 2, 2), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 8, 8)]
     features = torch.randn(2, 32, 16, 16)
-    train = decoder.train()(maps, features)
+    train, _ = decoder.train()(maps, features)
     assert train[-1].class_logits.shape == (2, 12, 2) and train[-1].mask_embed.shape == (2, 12, 32)
     # the groups do not see each other: changing the others' queries leaves the first group's output
     with torch.no_grad():
         decoder.query_feat.weight[4:] += 1.0
-    again = decoder(maps, features)
+    again, _ = decoder(maps, features)
     assert torch.allclose(again[-1].mask_embed[:, :4], train[-1].mask_embed[:, :4], atol=1e-5)
     assert not torch.allclose(again[-1].mask_embed[:, 4:], train[-1].mask_embed[:, 4:], atol=1e-3)
-    predicted = decoder.eval()(maps, features)
+    predicted, _ = decoder.eval()(maps, features)
     assert predicted[-1].class_logits.shape == (2, 4, 2)
     assert torch.allclose(predicted[-1].mask_embed, again[-1].mask_embed[:, :4], atol=1e-5)
 
@@ -303,3 +303,102 @@ def test_query_groups_output_contract_and_a_training_step():
             model_config("mask2former", "default", {**TINY, "query_groups": 2, "query_init": "selected"}),
             1,
         )
+
+
+def _two_squares() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    image = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 96, 96, dtype=torch.bool)
+    masks[0, 10:30, 10:30] = masks[1, 50:80, 40:70] = True
+    boxes = torch.tensor([[10.0, 10, 30, 30], [40, 50, 70, 80]])
+    return image, {"boxes": boxes, "labels": torch.tensor([1, 2]), "masks": masks}
+
+
+def _no_objects() -> dict[str, torch.Tensor]:
+    labels = torch.zeros(0, dtype=torch.int64)
+    return {"boxes": torch.zeros(0, 4), "labels": labels, "masks": torch.zeros(0, 96, 96)}
+
+
+def test_denoising_queries_give_back_their_own_objects():
+    from instseg.models.mask2former.denoising import denoising_queries
+
+    _, target = _two_squares()
+    empty = _no_objects()
+    exact = denoising_queries([target, empty], (96, 96), 5, 3, box_noise=0.0, label_noise=0.0)
+    assert exact.labels.shape == (2, 2) and exact.labels[1].tolist() == [3, 3]  # padding: "no object"
+    order = exact.objects[0]
+    assert sorted(order.tolist()) == [0, 1] and exact.objects[1].tolist() == [-1, -1]
+    assert torch.equal(exact.labels[0], target["labels"][order] - 1)
+    assert torch.allclose(exact.boxes[0], target["boxes"][order])
+    (rows, cols), (no_rows, _) = exact.indices()
+    assert torch.equal(cols, order) and rows.tolist() == [0, 1] and len(no_rows) == 0
+    # noise moves each corner by at most scale x half the side, flips labels, and respects the limit
+    g = torch.Generator().manual_seed(0)
+    noised = denoising_queries([target], (96, 96), 1, 3, box_noise=0.4, label_noise=1.0, generator=g)
+    i = int(noised.objects[0, 0])
+    half = (target["boxes"][i, 2:] - target["boxes"][i, :2]).repeat(2) / 2
+    moved = (noised.boxes[0, 0] - target["boxes"][i]).abs()
+    assert noised.boxes.shape == (1, 1, 4) and bool((moved <= 0.4 * half + 1e-4).all()) and moved.sum() > 0
+    assert denoising_queries([empty], (96, 96), 5, 3) is None
+
+
+def test_a_denoising_query_first_attends_inside_its_box_only():
+    from instseg.models.mask2former.denoising import box_attention_mask
+
+    boxes = torch.tensor([[[20.0, 0, 40, 12], [0, 0, 0, 0]]])  # a box, and a padding query
+    blocked = box_attention_mask(boxes, (32, 64), (4, 8)).view(2, 4, 8)  # cells of 8 x 8 pixels
+    expected = torch.ones(4, 8, dtype=torch.bool)
+    expected[0:2, 2:5] = False  # rows 0-15 and columns 16-39 touch the box
+    assert torch.equal(blocked[0], expected)
+    assert not blocked[1].any()  # no box: attends everywhere, as an empty predicted mask does
+
+
+def test_denoising_queries_leave_the_learned_queries_unchanged():
+    """The learned queries cannot read the denoising queries, so their predictions are the same with or
+    without them; the denoising queries get predictions of their own."""
+    from instseg.models.build import build_model, model_config
+    from instseg.models.mask2former.denoising import denoising_queries
+
+    torch.manual_seed(0)
+    cfg = model_config("mask2former", "default", {**TINY, "denoising_queries": 8})
+    model = build_model("mask2former", cfg, 2).train()
+    image, target = _two_squares()
+    batch, targets = model.transform([image], [target])
+    pixels = batch.tensors
+    queries = denoising_queries(targets, tuple(pixels.shape[-2:]), 8, 2)
+    with torch.no_grad():
+        plain = model.network(pixels)
+        with_dn = model.network(pixels, queries)
+    assert plain.denoising_layers == [] and len(with_dn.denoising_layers) == len(with_dn.layers)
+    for a, b in zip(plain.layers, with_dn.layers, strict=True):
+        assert torch.allclose(a.class_logits, b.class_logits, atol=1e-5)
+        assert torch.allclose(a.mask_embed, b.mask_embed, atol=1e-5)
+    assert with_dn.final.class_logits.shape == (1, 12, 3)
+    assert with_dn.denoising_layers[-1].class_logits.shape == (1, 2, 3)
+
+
+def test_denoising_queries_train_and_leave_prediction_alone():
+    from instseg.models.build import build_model, model_config
+
+    options = {**TINY, "denoising_queries": 8}
+    assert_output_contract("mask2former", options)
+    torch.manual_seed(0)
+    model = build_model("mask2former", model_config("mask2former", "default", options), 2)
+    image, target = _two_squares()
+    losses = model.train()([image], [target])
+    assert {"loss_dn_class", "loss_dn_mask", "loss_dn_dice"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.decoder.label_embed.weight.grad.abs().sum() > 0
+    assert model.decoder.box_embed.layers[0].weight.grad.abs().sum() > 0
+    # no object in the batch: no denoising queries, and the step still trains
+    assert "loss_dn_class" not in model([image], [_no_objects()])
+    # prediction is the model without denoising: the same weights, less the two denoising embeddings
+    plain = build_model("mask2former", model_config("mask2former", "default", TINY), 2).eval()
+    missing = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing.missing_keys == [] and all(
+        "label_embed" in k or "box_embed" in k for k in missing.unexpected_keys
+    )
+    with torch.no_grad():
+        ours, theirs = model.eval()([image])[0], plain([image])[0]
+    assert len(ours["scores"]) > 0 and torch.equal(ours["scores"], theirs["scores"])
+    assert torch.equal(ours["masks"], theirs["masks"])

@@ -6,7 +6,9 @@ the cross-entropy can be Seesaw's (``models/seesaw.py``). Masks are
 supervised on K points per matched pair, most of them where the prediction
 is uncertain (``point_sampling.uncertain_points``): BCE (mean over points) and Dice,
 each summed over matched masks and divided by the number of ground-truth
-objects in the batch.
+objects in the batch. Denoising queries (``denoising.py``), when the network
+made them, get the same three losses against their own objects, no matching
+involved (``loss_dn_*``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,30 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Each decoder layer's predictions matched and scored; losses are summed over the layers."""
-        return self.layer_sum(outputs.layers, set_targets(targets, outputs.padded))
+        prepared = set_targets(targets, outputs.padded)
+        losses = self.layer_sum(outputs.layers, prepared)
+        if outputs.denoising is not None:
+            losses |= self.denoising_sum(outputs.denoising_layers, prepared, outputs.denoising.indices())
+        return losses
+
+    def denoising_sum(
+        self,
+        layers: list[QueryPredictions],
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+    ) -> dict[str, Tensor]:
+        """The denoising queries' losses, each paired with its own object (``indices``), summed over the
+        layers as ``loss_dn_class``, ``loss_dn_mask`` and ``loss_dn_dice``; padding queries learn "no
+        object"."""
+        num_masks = mean_over_ranks(sum(len(rows) for rows, _ in indices), least=1)
+        device = layers[0].mask_embed.device
+        generators = [draw_generator(t, device) for t in targets]
+        totals: dict[str, Tensor] = {}
+        for out in layers:
+            for name, value in self.layer_losses(out, targets, indices, num_masks, generators).items():
+                key = name.replace("loss_", "loss_dn_")
+                totals[key] = totals[key] + value if key in totals else value
+        return totals
 
     def layer_sum(
         self, layers: list[QueryPredictions], targets: list[dict[str, Tensor]]

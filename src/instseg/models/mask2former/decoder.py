@@ -10,6 +10,9 @@ The queries start either as learned embeddings (the paper) or, with
 positions (Mask DINO's query selection): each query then begins at a place
 the image itself proposes, rather than at a position learned once for every
 image.
+
+In training, ``denoising`` queries built from the ground truth may follow the
+others (``denoising.py``); the decoder returns their predictions apart.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg.models.mask2former.denoising import DenoisingQueries, box_attention_mask
 from instseg.models.mask2former.pixel_decoder import STRIDES
-from instseg.models.mask2former.position_encoding import sine_position_encoding
+from instseg.models.mask2former.position_encoding import sine_box_encoding, sine_position_encoding
 from instseg.models.mlp import MLP
 from instseg.models.seesaw import NormedLinear
 
@@ -38,6 +42,12 @@ class QueryPredictions:
         """Image ``b``'s ``(class_logits [Q, K+1], mask_embed [Q, C], mask_features [C, h, w])``, as the
         readings in ``postprocess.py`` take them."""
         return self.class_logits[b], self.mask_embed[b], self.mask_features[b]
+
+    def split(self, count: int) -> tuple[QueryPredictions, QueryPredictions]:
+        """The first ``count`` queries' predictions and the rest's."""
+        head = QueryPredictions(self.class_logits[:, :count], self.mask_embed[:, :count], self.mask_features)
+        tail = QueryPredictions(self.class_logits[:, count:], self.mask_embed[:, count:], self.mask_features)
+        return head, tail
 
 
 class MaskedAttentionLayer(nn.Module):
@@ -87,6 +97,7 @@ class MaskedAttentionDecoder(nn.Module):
         selected_queries: bool = False,
         pixel_positions: bool = False,
         query_groups: int = 1,
+        denoising: bool = False,
     ) -> None:
         super().__init__()
         if query_groups < 1 or (query_groups > 1 and selected_queries):
@@ -106,6 +117,12 @@ class MaskedAttentionDecoder(nn.Module):
         # the last class is "no object"; the cosine classifier goes with the Seesaw loss
         self.class_head = (NormedLinear if normed_classifier else nn.Linear)(dim, num_classes + 1)
         self.mask_embed = MLP(dim, dim, dim)
+        if denoising:  # a denoising query's content is its label's embedding ("no object" for padding), its
+            # position its box's sine encoding read by an MLP
+            self.label_embed: nn.Embedding | None = nn.Embedding(num_classes + 1, dim)
+            self.box_embed = MLP(2 * dim, dim, dim, layers=2)
+        else:
+            self.label_embed = None
 
     def predict(self, x: Tensor, attn_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Class logits ``[B, Q, K+1]``, mask embeddings ``[B, Q, C]`` and the next layer's attention mask.
@@ -121,9 +138,12 @@ class MaskedAttentionDecoder(nn.Module):
         blocked &= ~blocked.all(-1, keepdim=True)  # a query whose mask is empty attends everywhere
         return self.class_head(y), embed, blocked.repeat_interleave(self.heads, dim=0)
 
-    def forward(self, maps: list[Tensor], mask_features: Tensor) -> list[QueryPredictions]:
+    def forward(
+        self, maps: list[Tensor], mask_features: Tensor, denoising: DenoisingQueries | None = None
+    ) -> tuple[list[QueryPredictions], list[QueryPredictions]]:
         """``maps``: the pixel decoder's levels, coarsest first. One prediction per layer, plus one before:
-        ``QueryPredictions``, the last one final."""
+        ``QueryPredictions``, the last one final; then the same for the ``denoising`` queries (empty
+        without them)."""
         b = mask_features.shape[0]
         memory, memory_pos, small_features = [], [], []
         for i, m in enumerate(maps):
@@ -148,13 +168,42 @@ class MaskedAttentionDecoder(nn.Module):
             # decoder refines a detached copy (Mask DINO)
             logits, embed, blocked = self.predict(x, small_features[0])
             x = x.detach()
+        count = x.shape[0]  # the queries that predict; denoising queries follow them
+        if denoising is not None:
+            x, query_pos, self_mask = self.add_denoising(x, query_pos, self_mask, denoising)
+            more_logits, more_embed, _ = self.predict(x[count:], small_features[0])
+            logits, embed = torch.cat([logits, more_logits], 1), torch.cat([embed, more_embed], 1)
+            first = box_attention_mask(denoising.boxes, denoising.padded, maps[0].shape[-2:])
+            blocked = torch.cat(
+                [blocked.view(b, self.heads, count, -1), first[:, None].expand(-1, self.heads, -1, -1)], 2
+            ).flatten(0, 1)
         outputs = [QueryPredictions(logits, embed, mask_features)]
         for i, layer in enumerate(self.layers):
             level = i % self.levels
             x = layer(x, query_pos, memory[level], memory_pos[level], blocked, self_mask)
             logits, embed, blocked = self.predict(x, small_features[(i + 1) % self.levels])
             outputs.append(QueryPredictions(logits, embed, mask_features))
-        return outputs
+        if denoising is None:
+            return outputs, []
+        parts = [out.split(count) for out in outputs]
+        return [p[0] for p in parts], [p[1] for p in parts]
+
+    def add_denoising(
+        self, x: Tensor, query_pos: Tensor, self_mask: Tensor | None, denoising: DenoisingQueries
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The queries ``[Q, B, C]`` and their positions with the denoising queries appended, and the
+        self-attention mask that keeps the first Q from reading them."""
+        if self.label_embed is None:
+            raise ValueError("this decoder was built without denoising queries (denoising=True)")
+        content = self.label_embed(denoising.labels).transpose(0, 1)  # [D, B, C]
+        encoded = sine_box_encoding(denoising.normalised_boxes(), x.shape[-1])
+        position = self.box_embed(encoded).transpose(0, 1)
+        count, total = x.shape[0], x.shape[0] + content.shape[0]
+        blocked = torch.zeros((total, total), dtype=torch.bool, device=x.device)
+        if self_mask is not None:
+            blocked[:count, :count] = self_mask
+        blocked[:count, count:] = True
+        return torch.cat([x, content]), torch.cat([query_pos, position]), blocked
 
     def select_queries(self, maps: list[Tensor], memory_pos: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The top-scoring candidate tokens of all levels and their position encodings, ``[Q, B, C]``

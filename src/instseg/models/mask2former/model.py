@@ -12,7 +12,7 @@ the nuclei preset has 400 (DSB2018 has up to ~375 nuclei per image).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -23,6 +23,7 @@ from instseg.config import ModelConfig
 from instseg.models.backbones import build_trunk
 from instseg.models.mask2former.criterion import SetCriterion
 from instseg.models.mask2former.decoder import MaskedAttentionDecoder, QueryPredictions
+from instseg.models.mask2former.denoising import DenoisingQueries, denoising_queries
 from instseg.models.mask2former.pixel_decoder import DeformablePixelDecoder, FPNPixelDecoder
 from instseg.models.mask2former.postprocess import (
     Mask2FormerPostprocessor,
@@ -51,6 +52,12 @@ class Mask2FormerConfig(ModelConfig):
     # groups of learned queries in training, each matched one-to-one on its own (Group DETR); more
     # supervision per object per step; prediction uses the first group, so the output is unchanged
     query_groups: int = 1
+    # denoising queries in training (DN-DETR, Mask DINO; denoising.py): every object, its box moved and its
+    # label flipped at random, also enters as a query supervised with that object, no matching involved;
+    # at most this many per image (0: none). Prediction has none, so the output is unchanged
+    denoising_queries: int = 0
+    denoising_box_noise: float = 0.4  # each box corner moves by up to this x half the box's side
+    denoising_label_noise: float = 0.2  # the chance that a denoising query's label is another class
     # "normalized": sine encodings spanning each map (the paper); "pixels": in input pixels, the same for
     # a pixel whatever the image's size (training on crops, predicting whole images)
     position_encoding: Literal["normalized", "pixels"] = "normalized"
@@ -99,6 +106,8 @@ class Mask2FormerOutputs:
 
     layers: list[QueryPredictions]
     padded: tuple[int, int]  # the padded batch's (H, W)
+    denoising_layers: list[QueryPredictions] = field(default_factory=list)  # training only, per layer
+    denoising: DenoisingQueries | None = None  # what the denoising queries were built from
 
     @property
     def final(self) -> QueryPredictions:
@@ -161,13 +170,30 @@ class Mask2Former(SegmentationModel):
             selected_queries=cfg.query_init == "selected",
             pixel_positions=cfg.position_encoding == "pixels",
             query_groups=cfg.query_groups,
+            denoising=cfg.denoising_queries > 0,
         )
 
-    def network(self, pixels: Tensor) -> Mask2FormerOutputs:
+    def network(self, pixels: Tensor, denoising: DenoisingQueries | None = None) -> Mask2FormerOutputs:
         features = list(self.backbone(pixels).values())
         mask_features, maps = self.pixel_decoder(features)
         padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        return Mask2FormerOutputs(self.decoder(maps, mask_features), padded)
+        layers, denoising_layers = self.decoder(maps, mask_features, denoising)
+        return Mask2FormerOutputs(layers, padded, denoising_layers, denoising)
+
+    def training_network(self, pixels: Tensor, targets: list[dict[str, Tensor]]) -> Mask2FormerOutputs:
+        """The network with the batch's denoising queries, when the config asks for them."""
+        denoising = None
+        if self.cfg.denoising_queries > 0:
+            padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+            denoising = denoising_queries(
+                targets,
+                padded,
+                self.cfg.denoising_queries,
+                self.num_classes,
+                self.cfg.denoising_box_noise,
+                self.cfg.denoising_label_noise,
+            )
+        return self.network(pixels, denoising)
 
     def final_predictions(
         self, images: list[Tensor]

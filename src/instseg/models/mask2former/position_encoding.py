@@ -35,13 +35,22 @@ def sine_position_encoding(
     else:
         y = y * (stride * 2 * math.pi / SPAN)
         x = x * (stride * 2 * math.pi / SPAN)
-    freq = torch.arange(half, device=device).div(2, rounding_mode="floor").to(dtype)
-    freq = 10000 ** (2 * freq / half)
-
-    def encode(v: Tensor) -> Tensor:  # [n] -> [n, half]
-        phase = v[:, None] / freq
-        return torch.stack([phase[:, 0::2].sin(), phase[:, 1::2].cos()], dim=2).flatten(1)
-
-    ey = encode(y)[:, None, :].expand(height, width, half)
-    ex = encode(x)[None, :, :].expand(height, width, half)
+    ey = _sine(y, half)[:, None, :].expand(height, width, half)
+    ex = _sine(x, half)[None, :, :].expand(height, width, half)
     return torch.cat([ey, ex], dim=2).permute(2, 0, 1)
+
+
+def sine_box_encoding(boxes: Tensor, channels: int) -> Tensor:
+    """``[..., 4]`` boxes as fractions of the image (cx, cy, w, h) -> ``[..., 2 * channels]``: the centre
+    encoded as a map's cell is (y, then x, over 2 pi), then the size alike (DAB-DETR's anchor encoding)."""
+    half = channels // 2
+    phases = boxes * (2 * math.pi)
+    order = (1, 0, 3, 2)  # y before x, as in the map's encoding
+    return torch.cat([_sine(phases[..., i], half) for i in order], -1)
+
+
+def _sine(v: Tensor, half: int) -> Tensor:
+    """``[...]`` phases -> ``[..., half]`` interleaved sin/cos pairs at DETR's geometric frequencies."""
+    freq = torch.arange(half, device=v.device).div(2, rounding_mode="floor").to(v.dtype)
+    phase = v[..., None] / 10000 ** (2 * freq / half)
+    return torch.stack([phase[..., 0::2].sin(), phase[..., 1::2].cos()], dim=-1).flatten(-2)
