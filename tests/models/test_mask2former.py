@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from instseg.models.losses import pairwise_dice_loss, pairwise_sigmoid_bce, point_dice_loss
-from instseg.models.mask2former.criterion import SetCriterion
+from instseg.models.mask2former.criterion import SetCriterion, set_targets
 from instseg.models.mask2former.decoder import QueryPredictions
 from instseg.models.mask2former.deformable_attention import deformable_sample
 from instseg.models.mask2former.postprocess import instance_inference, panoptic_inference, semantic_inference
 from instseg.models.matcher import HungarianMatcher, hungarian_match
-from instseg.models.point_sampling import point_sample, uncertain_points
+from instseg.models.point_sampling import box_points, point_sample, uncertain_points
 from tests.models.family_checks import assert_output_contract, assert_overfits_scene
 
 TINY = {
@@ -402,3 +402,32 @@ def test_denoising_queries_train_and_leave_prediction_alone():
         ours, theirs = model.eval()([image])[0], plain([image])[0]
     assert len(ours["scores"]) > 0 and torch.equal(ours["scores"], theirs["scores"])
     assert torch.equal(ours["masks"], theirs["masks"])
+
+
+def test_box_points_fall_around_their_object():
+    masks = torch.zeros(2, 40, 80, dtype=torch.uint8)
+    masks[0, 10:20, 20:30] = 1
+    masks[1, 0:4, 76:80] = 1  # at a corner: the widened box leaves the map
+    t = set_targets([{"labels": torch.tensor([1, 1]), "masks": masks}], (80, 80))[0]
+    assert torch.allclose(t["boxes"], torch.tensor([[0.25, 0.125, 0.375, 0.25], [0.95, 0.0, 1.0, 0.05]]))
+    points = box_points(t["boxes"], 4000, torch.Generator().manual_seed(0))
+    x, y = points[0].unbind(-1)
+    assert x.min() >= 0.1875 and x.max() <= 0.4375 and y.min() >= 0.0625 and y.max() <= 0.3125
+    inside = ((x > 0.25) & (x < 0.375) & (y > 0.125) & (y < 0.25)).float().mean()
+    assert 0.2 < inside < 0.3  # the box is a quarter of its widened area
+    assert points[1].min() >= 0 and points[1].max() <= 1
+
+
+def test_box_points_make_an_empty_mask_cost_more_on_a_small_object():
+    # one 3 x 3 object on a 96 x 96 map, its query predicting nothing: spread points barely see the object
+    masks = torch.zeros(1, 96, 96)
+    masks[0, 40:43, 50:53] = 1
+    features = torch.full((1, 1, 96, 96), -5.0)
+    out = QueryPredictions(torch.zeros(1, 1, 2), torch.ones(1, 1, 1), features)
+    targets = set_targets([{"labels": torch.tensor([1]), "masks": masks}], (96, 96))
+    losses = []
+    for share in (0.0, 1.0):
+        crit = SetCriterion(1, HungarianMatcher(num_points=512), num_points=512, box_points=share)
+        torch.manual_seed(0)
+        losses.append(crit.layer_sum([out], targets)["loss_mask"])
+    assert losses[1] > 10 * losses[0]

@@ -64,3 +64,18 @@ def uncertain_points(
     chosen = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
     uniform = torch.rand((n, num_points - k, 2), device=logits.device, generator=generator)
     return torch.cat([chosen, uniform], dim=1)
+
+
+def box_points(boxes: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
+    """``[N, P, 2]`` points drawn uniformly in each box ``[N, 4]`` (xyxy as fractions of the map) widened to
+    twice its side, kept on the map.
+
+    Points spread over a whole map leave an object a few percent of the image
+    almost none of them, so its mask loss is nearly all background and
+    drives every logit negative; points around the object give it the balance
+    of positives and near negatives a box-cropped RoI mask has (Mask R-CNN).
+    """
+    low, high = boxes[:, None, :2], boxes[:, None, 2:]
+    centre, side = (low + high) / 2, high - low
+    draw = torch.rand((len(boxes), num_points, 2), device=boxes.device, generator=generator)
+    return (centre + (draw * 2 - 1) * side).clamp(0, 1)

@@ -20,10 +20,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.distributed import mean_over_ranks
+from instseg.masks import masks_to_boxes
 from instseg.models.losses import point_dice_loss
 from instseg.models.mask2former.decoder import QueryPredictions, mask_logits
 from instseg.models.matcher import HungarianMatcher
-from instseg.models.point_sampling import draw_generator, point_count, point_sample, uncertain_points
+from instseg.models.point_sampling import (
+    box_points,
+    draw_generator,
+    point_count,
+    point_sample,
+    uncertain_points,
+)
 from instseg.models.seesaw import SeesawLoss
 
 if TYPE_CHECKING:
@@ -44,13 +51,14 @@ class SetCriterion(nn.Module):
         importance: float = 0.75,
         seesaw: SeesawLoss | None = None,
         points_per_pixel: float = 0.0,
+        box_points: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
         self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
         self.num_points, self.oversample, self.importance = num_points, oversample, importance
-        self.points_per_pixel = points_per_pixel
+        self.points_per_pixel, self.box_points = points_per_pixel, box_points
         weights = torch.ones(num_classes + 1)
         weights[-1] = no_object_weight
         self.register_buffer("class_weights", weights, persistent=False)
@@ -128,6 +136,10 @@ class SetCriterion(nn.Module):
             pred = mask_logits(out.mask_embed[b][rows], out.mask_features[b])
             count = point_count(self.num_points, self.points_per_pixel, pred.shape[-2:])
             points = uncertain_points(pred, count, self.oversample, self.importance, generators[b])
+            if self.box_points > 0:  # and more around each object, so a small one is not all background
+                boxes = t["boxes"][cols.to(pred.device)]
+                extra = box_points(boxes, round(self.box_points * count), generators[b])
+                points = torch.cat([points, extra], 1)
             pred = point_sample(pred[:, None], points)[:, 0]
             # each target read at its query's points, without copying the target masks
             target_points = points.new_zeros((len(t["masks"]), *points.shape[1:]))
@@ -146,12 +158,17 @@ class SetCriterion(nn.Module):
 
 
 def set_targets(targets: list[dict[str, Tensor]], padded: tuple[int, int]) -> list[dict[str, Tensor]]:
-    """0-based labels and float masks padded to the batch, so they span what the predictions span
-    (converted once here, not in every decoder layer's matching and loss)."""
+    """0-based labels, float masks padded to the batch, so they span what the predictions span, and the
+    masks' tight boxes as fractions of that extent (converted once here, not in every decoder layer's
+    matching and loss)."""
     out = []
     for t in targets:
         masks = t["masks"]
         pad = (0, padded[1] - masks.shape[-1], 0, padded[0] - masks.shape[-2])
         kept = {"seed": t["seed"]} if "seed" in t else {}
-        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad), **kept})
+        h, w = padded
+        boxes = masks_to_boxes(masks.bool()).to(masks.device) / masks.new_tensor(
+            [w, h, w, h], dtype=torch.float
+        )
+        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad), "boxes": boxes, **kept})
     return out

@@ -72,6 +72,10 @@ class Mask2FormerConfig(ModelConfig):
     # at least this many points per pixel of the 1/4 mask features (0: num_points on any image); small
     # objects on large images need the density (models/point_sampling.point_count)
     points_per_pixel: float = 0.0
+    # extra points per mask in the loss, as a share of its count, drawn around its object (its box widened
+    # to twice the side; point_sampling.box_points): small objects on large maps get a loss that is not
+    # almost all background (0: none, the paper)
+    box_points: float = 0.0
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
 
@@ -138,6 +142,7 @@ class Mask2Former(SegmentationModel):
             cfg.importance_ratio,
             SeesawLoss(num_classes) if cfg.class_loss == "seesaw" else None,
             cfg.points_per_pixel,
+            cfg.box_points,
         )
         transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
         postprocessor = Mask2FormerPostprocessor(cfg.detections_per_image, cfg.mask_threshold)
