@@ -91,7 +91,7 @@ def forward(model, images, targets, training: bool = False):
     batch, targets = model.transform(images, targets)
     network = model.training_network if training else lambda pixels, _: model.network(pixels)
     outputs = network(batch.tensors, targets)
-    return outputs, targets, set_targets(targets, outputs.padded)
+    return outputs, targets, set_targets(targets, outputs.padded, boxes=model.cfg.box_points > 0)
 
 
 def val_signals(model, batches) -> dict[str, float]:

@@ -408,7 +408,7 @@ def test_box_points_fall_around_their_object():
     masks = torch.zeros(2, 40, 80, dtype=torch.uint8)
     masks[0, 10:20, 20:30] = 1
     masks[1, 0:4, 76:80] = 1  # at a corner: the widened box leaves the map
-    t = set_targets([{"labels": torch.tensor([1, 1]), "masks": masks}], (80, 80))[0]
+    t = set_targets([{"labels": torch.tensor([1, 1]), "masks": masks}], (80, 80), boxes=True)[0]
     assert torch.allclose(t["boxes"], torch.tensor([[0.25, 0.125, 0.375, 0.25], [0.95, 0.0, 1.0, 0.05]]))
     points = box_points(t["boxes"], 4000, torch.Generator().manual_seed(0))
     x, y = points[0].unbind(-1)
@@ -424,7 +424,7 @@ def test_box_points_make_an_empty_mask_cost_more_on_a_small_object():
     masks[0, 40:43, 50:53] = 1
     features = torch.full((1, 1, 96, 96), -5.0)
     out = QueryPredictions(torch.zeros(1, 1, 2), torch.ones(1, 1, 1), features)
-    targets = set_targets([{"labels": torch.tensor([1]), "masks": masks}], (96, 96))
+    targets = set_targets([{"labels": torch.tensor([1]), "masks": masks}], (96, 96), boxes=True)
     losses = []
     for share in (0.0, 1.0):
         crit = SetCriterion(1, HungarianMatcher(num_points=512), num_points=512, box_points=share)

@@ -66,7 +66,7 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Each decoder layer's predictions matched and scored; losses are summed over the layers."""
-        prepared = set_targets(targets, outputs.padded)
+        prepared = set_targets(targets, outputs.padded, boxes=self.box_points > 0)
         losses = self.layer_sum(outputs.layers, prepared)
         if outputs.denoising is not None:
             losses |= self.denoising_sum(outputs.denoising_layers, prepared, outputs.denoising.indices())
@@ -157,18 +157,20 @@ class SetCriterion(nn.Module):
         }
 
 
-def set_targets(targets: list[dict[str, Tensor]], padded: tuple[int, int]) -> list[dict[str, Tensor]]:
-    """0-based labels, float masks padded to the batch, so they span what the predictions span, and the
-    masks' tight boxes as fractions of that extent (converted once here, not in every decoder layer's
-    matching and loss)."""
+def set_targets(
+    targets: list[dict[str, Tensor]], padded: tuple[int, int], boxes: bool = False
+) -> list[dict[str, Tensor]]:
+    """0-based labels and float masks padded to the batch, so they span what the predictions span, and with
+    ``boxes`` the masks' tight boxes as fractions of that extent, which only ``box_points`` reads
+    (converted once here, not in every decoder layer's matching and loss)."""
     out = []
     for t in targets:
         masks = t["masks"]
         pad = (0, padded[1] - masks.shape[-1], 0, padded[0] - masks.shape[-2])
         kept = {"seed": t["seed"]} if "seed" in t else {}
-        h, w = padded
-        boxes = masks_to_boxes(masks.bool()).to(masks.device) / masks.new_tensor(
-            [w, h, w, h], dtype=torch.float
-        )
-        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad), "boxes": boxes, **kept})
+        if boxes:
+            h, w = padded
+            extent = masks.new_tensor([w, h, w, h], dtype=torch.float)
+            kept["boxes"] = masks_to_boxes(masks.bool()).to(masks.device) / extent
+        out.append({"labels": t["labels"] - 1, "masks": F.pad(masks.float(), pad), **kept})
     return out
