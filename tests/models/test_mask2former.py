@@ -431,3 +431,49 @@ def test_box_points_make_an_empty_mask_cost_more_on_a_small_object():
         torch.manual_seed(0)
         losses.append(crit.layer_sum([out], targets)["loss_mask"])
     assert losses[1] > 10 * losses[0]
+
+
+def test_box_prior_is_a_log_gaussian_around_the_box():
+    from instseg.models.mask2former.box_prior import coordinate_channels, prior_embedding
+
+    boxes = torch.tensor([[0.3, 0.6, 0.1, 0.2], [0.8, 0.2, 0.004, 0.5]])  # the second narrower than allowed
+    coords = coordinate_channels(40, 50, torch.device("cpu"), torch.float32)
+    prior = torch.einsum("qc,chw->qhw", prior_embedding(boxes, 4.0), coords)
+    x, y = coords[0] + 0.5, coords[1] + 0.5
+    for q, (cx, cy, w, h) in enumerate(boxes.tolist()):
+        w = max(w, 0.005)
+        expected = -4.0 * ((x - cx) ** 2 / w**2 + (y - cy) ** 2 / h**2)
+        torch.testing.assert_close(prior[q], expected, atol=1e-2, rtol=1e-4)
+    # the first box's centre cell (x 0.31) loses almost nothing; look-alikes one and three box widths
+    # to its right (x 0.41, 0.61) lose about s and 9 s
+    row = prior[0, 24]
+    assert row[15] > -0.1 and -5.0 < row[20] < -3.5 and row[30] < -35
+
+
+def test_box_prior_trains_boxes_onto_their_objects_and_keeps_the_contract():
+    from instseg.models.build import build_model, model_config
+
+    assert_output_contract("mask2former", {**TINY, "box_prior": 4.0})
+    torch.manual_seed(0)
+    model = build_model("mask2former", model_config("mask2former", "default", {**TINY, "box_prior": 4.0}), 2)
+    image, target = _two_squares()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    history = []
+    for _ in range(40):
+        losses = model([image], [target])
+        assert {"loss_box", "loss_giou"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append(float((losses["loss_box"] + losses["loss_giou"]).detach()))
+    assert history[-1] < 0.5 * history[0]
+    # the final layer's matched boxes sit on their objects
+    batch, targets = model.transform([image], [target])
+    final = model.network(batch.tensors).final
+    prepared = set_targets(targets, (96, 96), boxes=True)
+    rows, cols = model.criterion.matcher(final.class_logits, final.mask_embed, final.mask_features, prepared)[0]
+    from torchvision.ops import box_convert, box_iou
+
+    pred = box_convert(final.boxes[0, rows], "cxcywh", "xyxy")
+    assert box_iou(pred, prepared[0]["boxes"][cols]).diagonal().min() > 0.5

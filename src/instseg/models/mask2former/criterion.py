@@ -6,7 +6,9 @@ the cross-entropy can be Seesaw's (``models/seesaw.py``). Masks are
 supervised on K points per matched pair, most of them where the prediction
 is uncertain (``point_sampling.uncertain_points``): BCE (mean over points) and Dice,
 each summed over matched masks and divided by the number of ground-truth
-objects in the batch. Denoising queries (``denoising.py``), when the network
+objects in the batch. Queries that predict boxes (a box prior, ``box_prior.py``)
+also get L1 and GIoU losses on them (``loss_box``, ``loss_giou``), as Mask DINO's
+do. Denoising queries (``denoising.py``), when the network
 made them, get the same three losses against their own objects, no matching
 involved (``loss_dn_*``).
 """
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from instseg.distributed import mean_over_ranks
 from instseg.masks import masks_to_boxes
@@ -52,6 +55,8 @@ class SetCriterion(nn.Module):
         seesaw: SeesawLoss | None = None,
         points_per_pixel: float = 0.0,
         box_points: float = 0.0,
+        box_weight: float = 5.0,
+        giou_weight: float = 2.0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -59,6 +64,7 @@ class SetCriterion(nn.Module):
         self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
         self.num_points, self.oversample, self.importance = num_points, oversample, importance
         self.points_per_pixel, self.box_points = points_per_pixel, box_points
+        self.box_weight, self.giou_weight = box_weight, giou_weight
         weights = torch.ones(num_classes + 1)
         weights[-1] = no_object_weight
         self.register_buffer("class_weights", weights, persistent=False)
@@ -66,7 +72,8 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Each decoder layer's predictions matched and scored; losses are summed over the layers."""
-        prepared = set_targets(targets, outputs.padded, boxes=self.box_points > 0)
+        boxes = self.box_points > 0 or outputs.final.boxes is not None
+        prepared = set_targets(targets, outputs.padded, boxes=boxes)
         losses = self.layer_sum(outputs.layers, prepared)
         if outputs.denoising is not None:
             losses |= self.denoising_sum(outputs.denoising_layers, prepared, outputs.denoising.indices())
@@ -102,12 +109,12 @@ class SetCriterion(nn.Module):
             self.seesaw.count(torch.cat([t["labels"] for t in targets]))
         device = layers[0].mask_embed.device
         generators = [draw_generator(t, device) for t in targets]
-        totals = {"loss_class": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
+        totals: dict[str, Tensor] = {}
         for out in layers:
             indices = self.matcher(out.class_logits, out.mask_embed, out.mask_features, targets, generators)
             for name, value in self.layer_losses(out, targets, indices, num_masks, generators).items():
-                totals[name] = totals[name] + value
-        return totals  # type: ignore[return-value]
+                totals[name] = totals[name] + value if name in totals else value
+        return totals
 
     def layer_losses(
         self,
@@ -149,11 +156,34 @@ class SetCriterion(nn.Module):
             dice.append(point_dice_loss(pred, true))
         if not bce:  # no object in the batch: only "no object" to learn
             zero = out.mask_embed.sum() * 0.0 + out.mask_features.sum() * 0.0  # every parameter in the graph
-            return {"loss_class": loss_class, "loss_mask": zero, "loss_dice": zero}
+            losses = {"loss_class": loss_class, "loss_mask": zero, "loss_dice": zero}
+        else:
+            losses = {
+                "loss_class": loss_class,
+                "loss_mask": self.mask_weight * torch.cat(bce).sum() / num_masks,
+                "loss_dice": self.dice_weight * torch.cat(dice).sum() / num_masks,
+            }
+        if out.boxes is not None:
+            losses |= self.box_losses(out.boxes, targets, indices, num_masks)
+        return losses
+
+    def box_losses(
+        self,
+        boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        indices: list[tuple[Tensor, Tensor]],
+        num_masks: Tensor,
+    ) -> dict[str, Tensor]:
+        """L1 and GIoU between the matched queries' boxes ``[B, Q, 4]`` (cx, cy, w, h) and their objects'
+        tight boxes, both as fractions of the padded batch."""
+        pred = torch.cat([boxes[b, rows.to(boxes.device)] for b, (rows, _) in enumerate(indices)])
+        true = torch.cat([t["boxes"][cols] for (_, cols), t in zip(indices, targets, strict=True)]).to(pred)
+        l1 = F.l1_loss(pred, box_convert(true, "xyxy", "cxcywh"), reduction="sum")
+        corners = box_convert(pred, "cxcywh", "xyxy")
+        giou = generalized_box_iou_loss(corners, true, reduction="sum") if len(pred) else pred.sum()
         return {
-            "loss_class": loss_class,
-            "loss_mask": self.mask_weight * torch.cat(bce).sum() / num_masks,
-            "loss_dice": self.dice_weight * torch.cat(dice).sum() / num_masks,
+            "loss_box": self.box_weight * l1 / num_masks,
+            "loss_giou": self.giou_weight * giou / num_masks,
         }
 
 

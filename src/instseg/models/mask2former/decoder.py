@@ -13,6 +13,9 @@ image.
 
 In training, ``denoising`` queries built from the ground truth may follow the
 others (``denoising.py``); the decoder returns their predictions apart.
+
+With ``box_prior``, every query also predicts a box that keeps its mask near
+its object (``box_prior.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg.models.mask2former.box_prior import prior_embedding, with_coordinates
 from instseg.models.mask2former.denoising import DenoisingQueries, box_attention_mask
 from instseg.models.mask2former.pixel_decoder import STRIDES
 from instseg.models.mask2former.position_encoding import sine_box_encoding, sine_position_encoding
@@ -37,6 +41,7 @@ class QueryPredictions:
     class_logits: Tensor  # [B, Q, K+1], the last class is "no object"
     mask_embed: Tensor  # [B, Q, C]
     mask_features: Tensor  # [B, C, h, w] per-pixel embeddings at 1/4 of the padded batch, shared by layers
+    boxes: Tensor | None = None  # [B, Q, 4] (cx, cy, w, h) as fractions of the padded batch, with a box prior
 
     def image(self, b: int) -> tuple[Tensor, Tensor, Tensor]:
         """Image ``b``'s ``(class_logits [Q, K+1], mask_embed [Q, C], mask_features [C, h, w])``, as the
@@ -45,9 +50,24 @@ class QueryPredictions:
 
     def split(self, count: int) -> tuple[QueryPredictions, QueryPredictions]:
         """The first ``count`` queries' predictions and the rest's."""
-        head = QueryPredictions(self.class_logits[:, :count], self.mask_embed[:, :count], self.mask_features)
-        tail = QueryPredictions(self.class_logits[:, count:], self.mask_embed[:, count:], self.mask_features)
+        boxes = (None, None) if self.boxes is None else (self.boxes[:, :count], self.boxes[:, count:])
+        head = QueryPredictions(
+            self.class_logits[:, :count], self.mask_embed[:, :count], self.mask_features, boxes[0]
+        )
+        tail = QueryPredictions(
+            self.class_logits[:, count:], self.mask_embed[:, count:], self.mask_features, boxes[1]
+        )
         return head, tail
+
+    def join(self, other: QueryPredictions) -> QueryPredictions:
+        """These queries' predictions followed by ``other``'s (same batch and mask features)."""
+        boxes = None if self.boxes is None else torch.cat([self.boxes, other.boxes], 1)
+        return QueryPredictions(
+            torch.cat([self.class_logits, other.class_logits], 1),
+            torch.cat([self.mask_embed, other.mask_embed], 1),
+            self.mask_features,
+            boxes,
+        )
 
 
 class MaskedAttentionLayer(nn.Module):
@@ -98,6 +118,7 @@ class MaskedAttentionDecoder(nn.Module):
         pixel_positions: bool = False,
         query_groups: int = 1,
         denoising: bool = False,
+        box_prior: float = 0.0,
     ) -> None:
         super().__init__()
         if query_groups < 1 or (query_groups > 1 and selected_queries):
@@ -117,6 +138,8 @@ class MaskedAttentionDecoder(nn.Module):
         # the last class is "no object"; the cosine classifier goes with the Seesaw loss
         self.class_head = (NormedLinear if normed_classifier else nn.Linear)(dim, num_classes + 1)
         self.mask_embed = MLP(dim, dim, dim)
+        self.box_prior = box_prior  # the prior's sharpness; 0: no boxes, the paper
+        self.box_head = MLP(dim, dim, 4) if box_prior > 0 else None
         if denoising:  # a denoising query's content is its label's embedding ("no object" for padding), its
             # position its box's sine encoding read by an MLP
             self.label_embed: nn.Embedding | None = nn.Embedding(num_classes + 1, dim)
@@ -124,8 +147,11 @@ class MaskedAttentionDecoder(nn.Module):
         else:
             self.label_embed = None
 
-    def predict(self, x: Tensor, attn_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Class logits ``[B, Q, K+1]``, mask embeddings ``[B, Q, C]`` and the next layer's attention mask.
+    def predict(
+        self, x: Tensor, attn_features: Tensor, mask_features: Tensor
+    ) -> tuple[QueryPredictions, Tensor]:
+        """Class logits ``[B, Q, K+1]``, mask embeddings ``[B, Q, C]`` (and boxes), and the next layer's
+        attention mask.
 
         The attention mask needs the mask logits at the next level's size only:
         bilinear resizing commutes with the per-pixel dot product, so they are
@@ -133,10 +159,15 @@ class MaskedAttentionDecoder(nn.Module):
         """
         y = self.norm(x).transpose(0, 1)
         embed = self.mask_embed(y)
+        boxes = None
+        if self.box_head is not None:
+            boxes = self.box_head(y).sigmoid()
+            embed = torch.cat([embed, prior_embedding(boxes, self.box_prior)], -1)
         small = torch.einsum("bqc,bchw->bqhw", embed.detach(), attn_features)
         blocked = small.sigmoid().flatten(2) < 0.5
         blocked &= ~blocked.all(-1, keepdim=True)  # a query whose mask is empty attends everywhere
-        return self.class_head(y), embed, blocked.repeat_interleave(self.heads, dim=0)
+        predictions = QueryPredictions(self.class_head(y), embed, mask_features, boxes)
+        return predictions, blocked.repeat_interleave(self.heads, dim=0)
 
     def forward(
         self, maps: list[Tensor], mask_features: Tensor, denoising: DenoisingQueries | None = None
@@ -148,10 +179,13 @@ class MaskedAttentionDecoder(nn.Module):
         memory, memory_pos, small_features = [], [], []
         for i, m in enumerate(maps):
             h, w = m.shape[-2:]
-            small_features.append(F.interpolate(mask_features, (h, w), mode="bilinear", align_corners=False))
+            small = F.interpolate(mask_features, (h, w), mode="bilinear", align_corners=False)
+            small_features.append(small if self.box_head is None else with_coordinates(small))
             memory.append((m.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
             pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype, self.strides[i])
             memory_pos.append(pos.flatten(1).T[:, None])
+        if self.box_head is not None:  # the coordinates the box prior's embeddings are dotted with
+            mask_features = with_coordinates(mask_features)
         self_mask = None
         if self.proposal is None:
             groups = self.query_groups if self.training else 1  # prediction reads the first group
@@ -161,28 +195,27 @@ class MaskedAttentionDecoder(nn.Module):
             if groups > 1:
                 group = torch.arange(count, device=x.device) // self.num_queries
                 self_mask = group[:, None] != group[None, :]
-            logits, embed, blocked = self.predict(x, small_features[0])
+            first, blocked = self.predict(x, small_features[0], mask_features)
         else:
             x, query_pos = self.select_queries(maps, memory_pos)
             # the selected tokens' own predictions are supervised, which trains the selection; the
             # decoder refines a detached copy (Mask DINO)
-            logits, embed, blocked = self.predict(x, small_features[0])
+            first, blocked = self.predict(x, small_features[0], mask_features)
             x = x.detach()
         count = x.shape[0]  # the queries that predict; denoising queries follow them
         if denoising is not None:
             x, query_pos, self_mask = self.add_denoising(x, query_pos, self_mask, denoising)
-            more_logits, more_embed, _ = self.predict(x[count:], small_features[0])
-            logits, embed = torch.cat([logits, more_logits], 1), torch.cat([embed, more_embed], 1)
-            first = box_attention_mask(denoising.boxes, denoising.padded, maps[0].shape[-2:])
+            first = first.join(self.predict(x[count:], small_features[0], mask_features)[0])
+            inside = box_attention_mask(denoising.boxes, denoising.padded, maps[0].shape[-2:])
             blocked = torch.cat(
-                [blocked.view(b, self.heads, count, -1), first[:, None].expand(-1, self.heads, -1, -1)], 2
+                [blocked.view(b, self.heads, count, -1), inside[:, None].expand(-1, self.heads, -1, -1)], 2
             ).flatten(0, 1)
-        outputs = [QueryPredictions(logits, embed, mask_features)]
+        outputs = [first]
         for i, layer in enumerate(self.layers):
             level = i % self.levels
             x = layer(x, query_pos, memory[level], memory_pos[level], blocked, self_mask)
-            logits, embed, blocked = self.predict(x, small_features[(i + 1) % self.levels])
-            outputs.append(QueryPredictions(logits, embed, mask_features))
+            predictions, blocked = self.predict(x, small_features[(i + 1) % self.levels], mask_features)
+            outputs.append(predictions)
         if denoising is None:
             return outputs, []
         parts = [out.split(count) for out in outputs]

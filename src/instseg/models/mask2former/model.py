@@ -76,6 +76,11 @@ class Mask2FormerConfig(ModelConfig):
     # to twice the side; point_sampling.box_points): small objects on large maps get a loss that is not
     # almost all background (0: none, the paper)
     box_points: float = 0.0
+    # each query also predicts a box, and its mask logit loses this x ((x - cx)^2 / w^2 + (y - cy)^2 / h^2):
+    # masks that stay near their own object where objects look alike (box_prior.py; 0: none, the paper)
+    box_prior: float = 0.0
+    box_weight: float = 5.0  # L1 on the predicted boxes, with a box prior (Mask DINO's weights)
+    giou_weight: float = 2.0  # GIoU on the predicted boxes, with a box prior
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
 
@@ -143,6 +148,8 @@ class Mask2Former(SegmentationModel):
             SeesawLoss(num_classes) if cfg.class_loss == "seesaw" else None,
             cfg.points_per_pixel,
             cfg.box_points,
+            cfg.box_weight,
+            cfg.giou_weight,
         )
         transform = ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale)
         postprocessor = Mask2FormerPostprocessor(cfg.detections_per_image, cfg.mask_threshold)
@@ -176,6 +183,7 @@ class Mask2Former(SegmentationModel):
             pixel_positions=cfg.position_encoding == "pixels",
             query_groups=cfg.query_groups,
             denoising=cfg.denoising_queries > 0,
+            box_prior=cfg.box_prior,
         )
 
     def network(self, pixels: Tensor, denoising: DenoisingQueries | None = None) -> Mask2FormerOutputs:
