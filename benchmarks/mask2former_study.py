@@ -56,7 +56,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb201
 def signals(model: torch.nn.Module, outputs, targets: list[dict]) -> dict[str, float]:
     """Matched-query mask quality of the final layer, at the mask features' resolution (1/4)."""
     final = outputs.final
-    indices = model.criterion.matcher(final.class_logits, final.mask_embed, final.mask_features, targets)
+    indices = model.criterion.matcher(
+        final.class_logits, final.mask_embed, final.mask_features, targets, boxes=final.boxes
+    )
     ious, empty, inside, outside, matched = [], 0, [], [], []
     for b, ((rows, cols), t) in enumerate(zip(indices, targets, strict=True)):
         if len(rows) == 0:
@@ -91,7 +93,11 @@ def forward(model, images, targets, training: bool = False):
     batch, targets = model.transform(images, targets)
     network = model.training_network if training else lambda pixels, _: model.network(pixels)
     outputs = network(batch.tensors, targets)
-    return outputs, targets, set_targets(targets, outputs.padded, boxes=model.cfg.box_points > 0)
+    return (
+        outputs,
+        targets,
+        set_targets(targets, outputs.padded, boxes=model.cfg.box_points > 0 or model.cfg.box_prior > 0),
+    )
 
 
 def val_signals(model, batches) -> dict[str, float]:

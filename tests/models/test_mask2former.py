@@ -472,8 +472,25 @@ def test_box_prior_trains_boxes_onto_their_objects_and_keeps_the_contract():
     batch, targets = model.transform([image], [target])
     final = model.network(batch.tensors).final
     prepared = set_targets(targets, (96, 96), boxes=True)
-    rows, cols = model.criterion.matcher(final.class_logits, final.mask_embed, final.mask_features, prepared)[0]
+    rows, cols = model.criterion.matcher(final.class_logits, final.mask_embed, final.mask_features, prepared)[
+        0
+    ]
     from torchvision.ops import box_convert, box_iou
 
     pred = box_convert(final.boxes[0, rows], "cxcywh", "xyxy")
     assert box_iou(pred, prepared[0]["boxes"][cols]).diagonal().min() > 0.5
+
+
+def test_box_costs_match_the_query_whose_box_is_on_a_small_object():
+    # two queries with the same (empty) mask: the points cannot tell them apart, their boxes can
+    masks = torch.zeros(1, 96, 96)
+    masks[0, 60:63, 20:23] = 1
+    targets = set_targets([{"labels": torch.tensor([1]), "masks": masks}], (96, 96), boxes=True)
+    features = torch.full((1, 1, 24, 24), -5.0)
+    embed, logits = torch.ones(1, 2, 1), torch.zeros(1, 2, 2)
+    boxes = torch.tensor([[[0.7, 0.2, 0.1, 0.1], [0.22, 0.64, 0.03, 0.03]]])
+    matcher = HungarianMatcher(num_points=256)
+    (rows, _), = matcher(logits, embed, features, targets, boxes=boxes)
+    assert rows.tolist() == [1]
+    (rows, _), = matcher(logits, embed, features, targets, boxes=boxes.flip(1))
+    assert rows.tolist() == [0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou
 
 from instseg.models.losses import pairwise_dice_loss, pairwise_sigmoid_bce
 from instseg.models.point_sampling import point_count, point_sample
@@ -36,6 +37,10 @@ class HungarianMatcher(nn.Module):
     same extent as the features. Returns one ``(query indices, target
     indices)`` pair per image.
 
+    With ``boxes [B, Q, 4]`` (cx, cy, w, h) and targets' ``boxes [G, 4]`` (xyxy, the same units), the
+    cost also has L1 and GIoU terms (Mask DINO's): points spread over a large map give a small object
+    too few of them to tell one query's mask from another's, and its box does.
+
     ``group_size``: the queries form consecutive groups of this many, each matched one-to-one with
     the targets on its own (Group DETR's one-to-many assignment: every object gets one query per
     group); ``None``: all queries are one group.
@@ -49,9 +54,12 @@ class HungarianMatcher(nn.Module):
         num_points: int = 12544,
         points_per_pixel: float = 0.0,
         group_size: int | None = None,
+        box_cost: float = 5.0,
+        giou_cost: float = 2.0,
     ) -> None:
         super().__init__()
         self.class_cost, self.mask_cost, self.dice_cost = class_cost, mask_cost, dice_cost
+        self.box_cost, self.giou_cost = box_cost, giou_cost
         self.num_points, self.points_per_pixel = num_points, points_per_pixel
         self.group_size = group_size
 
@@ -63,6 +71,7 @@ class HungarianMatcher(nn.Module):
         mask_features: Tensor,
         targets: list[dict[str, Tensor]],
         generators: list[torch.Generator | None] | None = None,
+        boxes: Tensor | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """``generators``: one per image for its random points (``point_sampling.draw_generator``)."""
         indices = []
@@ -82,8 +91,17 @@ class HungarianMatcher(nn.Module):
                 + self.mask_cost * pairwise_sigmoid_bce(pred.float(), true)
                 + self.dice_cost * pairwise_dice_loss(pred.float(), true)
             )
+            if boxes is not None:
+                cost = cost + self.box_costs(boxes[b].float(), target["boxes"].to(cost))
             indices.append(self.match_groups(cost))
         return indices
+
+    def box_costs(self, boxes: Tensor, true: Tensor) -> Tensor:
+        """``[Q, G]`` L1 (on cx, cy, w, h) and GIoU costs between ``boxes [Q, 4]`` (cx, cy, w, h) and
+        ``true [G, 4]`` (xyxy)."""
+        l1 = torch.cdist(boxes, box_convert(true, "xyxy", "cxcywh"), p=1)
+        giou = generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), true)
+        return self.box_cost * l1 - self.giou_cost * giou
 
     def match_groups(self, cost: Tensor) -> tuple[Tensor, Tensor]:
         """``hungarian_match`` within each group of ``group_size`` consecutive queries; sorted by query."""

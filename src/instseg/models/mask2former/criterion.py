@@ -111,7 +111,9 @@ class SetCriterion(nn.Module):
         generators = [draw_generator(t, device) for t in targets]
         totals: dict[str, Tensor] = {}
         for out in layers:
-            indices = self.matcher(out.class_logits, out.mask_embed, out.mask_features, targets, generators)
+            indices = self.matcher(
+                out.class_logits, out.mask_embed, out.mask_features, targets, generators, out.boxes
+            )
             for name, value in self.layer_losses(out, targets, indices, num_masks, generators).items():
                 totals[name] = totals[name] + value if name in totals else value
         return totals

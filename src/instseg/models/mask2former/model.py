@@ -79,8 +79,8 @@ class Mask2FormerConfig(ModelConfig):
     # each query also predicts a box, and its mask logit loses this x ((x - cx)^2 / w^2 + (y - cy)^2 / h^2):
     # masks that stay near their own object where objects look alike (box_prior.py; 0: none, the paper)
     box_prior: float = 0.0
-    box_weight: float = 5.0  # L1 on the predicted boxes, with a box prior (Mask DINO's weights)
-    giou_weight: float = 2.0  # GIoU on the predicted boxes, with a box prior
+    box_weight: float = 5.0  # L1 on the predicted boxes, in the loss and the matching cost (Mask DINO's)
+    giou_weight: float = 2.0  # GIoU on the predicted boxes, in the loss and the matching cost
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
 
@@ -134,6 +134,8 @@ class Mask2Former(SegmentationModel):
             cfg.num_points,
             cfg.points_per_pixel,
             cfg.num_queries,
+            cfg.box_weight,
+            cfg.giou_weight,
         )
         criterion = SetCriterion(
             num_classes,
