@@ -30,9 +30,9 @@ RANDOM_MODELS = {  # name -> (family, preset, overrides)
     "solov2": ("solov2", "light", {"score_threshold": 0.0, "update_threshold": 0.0, "pre_nms_top": 40}),
     # x1.5 fixed scale (rounding ties), windows of the dynamic head, sequential NMS
     "condinst": ("condinst", "nuclei", {"score_threshold": 0.0, "pre_nms_top": 40, "nms": "standard"}),
-    # the query readout, and with coordinate channels built at the traced size (the box prior)
-    "mask2former": ("mask2former", "nuclei", M2F),
-    "mask2former_box_prior": ("mask2former", "nuclei", {**M2F, "box_prior": 4.0}),
+    # the query readout, the paper's and with coordinate channels built at the traced size (box prior)
+    "mask2former": ("mask2former", "nuclei_paper", M2F),
+    "mask2former_box_prior": ("mask2former", "nuclei", M2F),
 }
 
 

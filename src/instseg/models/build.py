@@ -79,6 +79,7 @@ FAMILIES: dict[str, Family] = {
         {
             "default": mask2former.Mask2FormerConfig,
             "nuclei": mask2former.nuclei_preset,
+            "nuclei_paper": mask2former.nuclei_paper_preset,
             "light": mask2former.light_preset,
         },
         boxes="mask",
