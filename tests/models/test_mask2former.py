@@ -490,7 +490,7 @@ def test_box_costs_match_the_query_whose_box_is_on_a_small_object():
     embed, logits = torch.ones(1, 2, 1), torch.zeros(1, 2, 2)
     boxes = torch.tensor([[[0.7, 0.2, 0.1, 0.1], [0.22, 0.64, 0.03, 0.03]]])
     matcher = HungarianMatcher(num_points=256)
-    (rows, _), = matcher(logits, embed, features, targets, boxes=boxes)
+    ((rows, _),) = matcher(logits, embed, features, targets, boxes=boxes)
     assert rows.tolist() == [1]
-    (rows, _), = matcher(logits, embed, features, targets, boxes=boxes.flip(1))
+    ((rows, _),) = matcher(logits, embed, features, targets, boxes=boxes.flip(1))
     assert rows.tolist() == [0]
