@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-COORDINATE_CHANNELS = 5
 MIN_SIDE = 0.005  # the narrowest box side the prior uses, so its coefficients stay finite
 
 
