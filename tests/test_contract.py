@@ -37,6 +37,7 @@ LOSS_NAMES = {
     "loss_objectness",
     "loss_rpn_box",
     "loss_iou",
+    "loss_giou",
 }
 # every family names its classification loss loss_class; SAM is class-agnostic and learns masks and IoU
 REQUIRED_LOSSES = {"sam": {"loss_mask", "loss_iou"}}
@@ -59,7 +60,7 @@ def _model(name: str, preset: str, **overrides: object) -> torch.nn.Module:
 
 def test_every_family_is_in_the_registry_with_presets():
     assert set(FAMILIES) == {"mask_rcnn", "solov2", "yolact", "condinst", "mask2former", "sam"}
-    assert len(PAIRS) == 19
+    assert len(PAIRS) == 20
 
 
 @pytest.mark.parametrize(("name", "preset"), PAIRS)
