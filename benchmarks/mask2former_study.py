@@ -47,7 +47,6 @@ from instseg.data.datasets import CocoTrainDataset
 from instseg.data.transforms import TrainTransform
 from instseg.engine.checkpoint import save_checkpoint
 from instseg.models.build import build_model, checkpoint_meta, model_config
-from instseg.models.mask2former.criterion import set_targets
 from instseg.models.mask2former.decoder import mask_logits
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
@@ -93,11 +92,7 @@ def forward(model, images, targets, training: bool = False):
     batch, targets = model.transform(images, targets)
     network = model.training_network if training else lambda pixels, _: model.network(pixels)
     outputs = network(batch.tensors, targets)
-    return (
-        outputs,
-        targets,
-        set_targets(targets, outputs.padded, boxes=model.cfg.box_points > 0 or model.cfg.box_prior > 0),
-    )
+    return outputs, targets, model.criterion.prepare(outputs, targets)
 
 
 def val_signals(model, batches) -> dict[str, float]:

@@ -72,12 +72,19 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Each decoder layer's predictions matched and scored; losses are summed over the layers."""
-        boxes = self.box_points > 0 or outputs.final.boxes is not None
-        prepared = set_targets(targets, outputs.padded, boxes=boxes)
+        prepared = self.prepare(outputs, targets)
         losses = self.layer_sum(outputs.layers, prepared)
         if outputs.denoising is not None:
             losses |= self.denoising_sum(outputs.denoising_layers, prepared, outputs.denoising.indices())
         return losses
+
+    def prepare(
+        self, outputs: Mask2FormerOutputs, targets: list[dict[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
+        """The targets as the matcher and the losses read them (``set_targets``), with the objects' boxes
+        when the box points or the queries' own boxes need them."""
+        boxes = self.box_points > 0 or outputs.final.boxes is not None
+        return set_targets(targets, outputs.padded, boxes=boxes)
 
     def denoising_sum(
         self,
@@ -193,8 +200,9 @@ def set_targets(
     targets: list[dict[str, Tensor]], padded: tuple[int, int], boxes: bool = False
 ) -> list[dict[str, Tensor]]:
     """0-based labels and float masks padded to the batch, so they span what the predictions span, and with
-    ``boxes`` the masks' tight boxes as fractions of that extent, which only ``box_points`` reads
-    (converted once here, not in every decoder layer's matching and loss)."""
+    ``boxes`` the masks' tight boxes as fractions of that extent, which the box points, the box losses
+    and the matcher's box costs read (converted once here, not in every decoder layer's matching and
+    loss)."""
     out = []
     for t in targets:
         masks = t["masks"]
