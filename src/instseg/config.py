@@ -88,6 +88,9 @@ class TrainConfig:
     # augmentation (instseg.data.transforms.TrainTransform)
     scale_range: tuple[float, float] = (1.0, 1.0)
     crop_size: int | None = None
+    # objects with less than this fraction of their area inside a crop are left out of its targets, so the
+    # crop's edges are not lined with slivers to detect (YOLOv5's box candidates keep 10% of a box's area)
+    crop_min_visible: float = 0.0
     hflip: bool = True
     vflip: bool = False
     color_jitter: float = 0.0

@@ -132,6 +132,15 @@ def test_decode_window_crops_and_skips_objects_outside():
     assert masks.shape == (0, 10, 10) and labels == []
 
 
+def test_decode_window_leaves_out_objects_mostly_outside_it():
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[2:6, 3:8] = 1  # 20 pixels; a window from column 6 holds 8 of them
+    rle = to_rle({"size": [20, 20], "counts": mask_utils.encode(np.asfortranarray(mask))["counts"]}, 20, 20)
+    objs = [{"rle": rle, "bbox": (3, 2, 8, 6), "label": 1}]
+    assert decode_window(objs, (6, 0, 16, 10), min_visible=0.4)[0].sum() == 8
+    assert decode_window(objs, (6, 0, 16, 10), min_visible=0.41)[0].shape == (0, 10, 10)
+
+
 def test_dsb2018_reads_completely():
     root = shared_data("dsb2018")
     index = CocoIndex(resolve_source(root, "val"))

@@ -1,4 +1,7 @@
+import numpy as np
+import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler
@@ -49,3 +52,26 @@ def test_sampler_resumes_mid_epoch_with_the_same_draws():
     resumed = iter(SeededEpochSampler(7, batch_size=3, seed=5, start_step=4))
     assert [next(resumed) for _ in range(18)] == draws[12:30]
     assert sorted(i for i, _ in draws[:7]) == list(range(7))  # each epoch is a permutation
+
+
+def test_crops_leave_out_slivers_of_objects_they_cut():
+    """With ``crop_min_visible=1``, only objects wholly inside a crop are kept; without it, crops keep
+    the slivers they cut."""
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    objects = []
+    for y, x in [(2, 2), (2, 20), (17, 11), (30, 30), (28, 5)]:
+        mask = np.zeros((40, 40), dtype=np.uint8)
+        mask[y : y + 6, x : x + 6] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        objects.append({"rle": rle, "bbox": (x, y, x + 6, y + 6), "label": 1})
+    areas = {True: [], False: []}
+    for whole in (True, False):
+        transform = TrainTransform(crop_size=20, hflip=False, crop_min_visible=1.0 if whole else 0.0)
+        for seed in range(40):
+            torch.manual_seed(seed)
+            _, target = transform(image, objects)
+            areas[whole] += target["masks"].flatten(1).sum(1).tolist()
+    assert areas[True] and set(areas[True]) == {36}
+    assert min(areas[False]) < 36
+    with pytest.raises(ValueError, match="crop_min_visible"):
+        TrainTransform(crop_min_visible=1.5)

@@ -416,6 +416,11 @@ def test_box_points_fall_around_their_object():
     inside = ((x > 0.25) & (x < 0.375) & (y > 0.125) & (y < 0.25)).float().mean()
     assert 0.2 < inside < 0.3  # the box is a quarter of its widened area
     assert points[1].min() >= 0 and points[1].max() <= 1
+    # the corner object's points spread over what of its widened box is on the map, none piled on its edge
+    x, y = points[1].unbind(-1)
+    assert (x == 1).sum() == 0 and (y == 0).sum() == 0
+    assert x.min() >= 0.925 and y.max() <= 0.075
+    assert 0.4 < (y < 0.0375).float().mean() < 0.6  # uniform over [0, 0.075]
 
 
 def test_box_points_make_an_empty_mask_cost_more_on_a_small_object():

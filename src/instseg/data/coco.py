@@ -300,9 +300,10 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
 
 
 def decode_window(
-    objects: list[dict[str, Any]], window: tuple[int, int, int, int]
+    objects: list[dict[str, Any]], window: tuple[int, int, int, int], min_visible: float = 0.0
 ) -> tuple[np.ndarray, list[int]]:
-    """Decode the objects that touch ``window`` (x0, y0, x1, y1), cropped to it: uint8 ``[N, h, w]``."""
+    """Decode the objects that touch ``window`` (x0, y0, x1, y1), cropped to it: uint8 ``[N, h, w]``.
+    ``min_visible``: an object with less than this fraction of its area inside the window is left out."""
     x0, y0, x1, y1 = window
     masks, labels = [], []
     for obj in objects:
@@ -310,7 +311,8 @@ def decode_window(
         if bx1 <= x0 or by1 <= y0 or bx0 >= x1 or by0 >= y1:
             continue
         m = mask_utils.decode(obj["rle"])[y0:y1, x0:x1]
-        if m.any():
+        visible = int(m.sum())
+        if visible and visible >= min_visible * float(mask_utils.area(obj["rle"])):
             masks.append(m)
             labels.append(obj["label"])
     if not masks:

@@ -32,11 +32,15 @@ class TrainTransform:
         hflip: bool = True,
         vflip: bool = False,
         color_jitter: float = 0.0,
+        crop_min_visible: float = 0.0,
     ) -> None:
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
         self.scale_range = scale_range
         self.crop_size = crop_size
+        if not 0.0 <= crop_min_visible <= 1.0:
+            raise ValueError(f"crop_min_visible must be in [0, 1], got {crop_min_visible}")
+        self.crop_min_visible = crop_min_visible
         steps: list[v2.Transform] = []
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
@@ -67,7 +71,7 @@ class TrainTransform:
 
     def __call__(self, image: Tensor, objects: list[dict[str, Any]]) -> tuple[Tensor, dict[str, Tensor]]:
         (x0, y0, x1, y1), scale = self.window(image.shape[1], image.shape[2])
-        masks_np, labels = decode_window(objects, (x0, y0, x1, y1))
+        masks_np, labels = decode_window(objects, (x0, y0, x1, y1), self.crop_min_visible)
         img = tv_tensors.Image(image[:, y0:y1, x0:x1])
         masks = tv_tensors.Mask(torch.from_numpy(masks_np))
         size = [max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))]

@@ -166,7 +166,9 @@ def prepare_out(out: Path, resuming: bool, overwrite: bool) -> Path:
 def training_batches(index: CocoIndex, cfg: TrainConfig, start_step: int = 0) -> Iterator[Any]:
     """The seeded stream of augmented training batches that step ``start_step`` onwards would see (this
     rank's share of them, when the run is one of several ranks)."""
-    transform = TrainTransform(cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter)
+    transform = TrainTransform(
+        cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter, cfg.crop_min_visible
+    )
     return iter(_loader(CocoTrainDataset(index, transform), cfg, start_step))
 
 

@@ -68,7 +68,8 @@ def uncertain_points(
 
 def box_points(boxes: Tensor, num_points: int, generator: torch.Generator | None = None) -> Tensor:
     """``[N, P, 2]`` points drawn uniformly in each box ``[N, 4]`` (xyxy as fractions of the map) widened to
-    twice its side, kept on the map.
+    twice its side and cut to the map. (Drawn in the widened box and clamped, an object on the map's edge
+    would get a share of its points piled on the border row.)
 
     Points spread over a whole map leave an object a few percent of the image
     almost none of them, so its mask loss is nearly all background and
@@ -77,5 +78,6 @@ def box_points(boxes: Tensor, num_points: int, generator: torch.Generator | None
     """
     low, high = boxes[:, None, :2], boxes[:, None, 2:]
     centre, side = (low + high) / 2, high - low
+    start, stop = (centre - side).clamp(0, 1), (centre + side).clamp(0, 1)
     draw = torch.rand((len(boxes), num_points, 2), device=boxes.device, generator=generator)
-    return (centre + (draw * 2 - 1) * side).clamp(0, 1)
+    return start + draw * (stop - start)
