@@ -14,7 +14,10 @@ whether set prediction is learning:
 
 The same signals are measured on fixed crops of val every five logs, and at
 the end on whole val images (``--full-val``; a model trained on crops must
-also find the many more objects of a whole image). The final weights are
+also find the many more objects of a whole image). The signals say whether
+masks fit their objects, not whether the model ranks them: ``--windowed-ap N``
+adds COCO mask AP on the first N val images, predicted window by window at the
+crop size (as ``instseg eval --tile``), which does. The final weights are
 saved as ``<out>/checkpoint``, for ``instseg eval``. Variants are model config
 overrides, so each remedy is one run beside the paper's configuration:
 
@@ -42,12 +45,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from instseg.config import field_values
-from instseg.data.coco import CocoIndex, resolve_source
+from instseg.data.coco import CocoIndex, CocoSource, resolve_source
 from instseg.data.datasets import CocoTrainDataset
 from instseg.data.transforms import TrainTransform
 from instseg.engine.checkpoint import save_checkpoint
+from instseg.engine.evaluation import evaluate_model
+from instseg.eval.report import EvalOptions
 from instseg.models.build import build_model, checkpoint_meta, model_config
 from instseg.models.mask2former.decoder import mask_logits
+from instseg.predictor import Predictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
@@ -119,10 +125,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128, help="training crop side in source pixels")
+    parser.add_argument("--crop-min-visible", type=float, default=0.0, help="TrainConfig.crop_min_visible")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--val-images", type=int, default=8)
     parser.add_argument("--full-val", type=int, default=4, help="whole val images scored at the end")
+    parser.add_argument("--windowed-ap", type=int, default=0, help="val images scored by windowed mask AP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare", type=Path, nargs="+", help="runs to draw together (writes --out)")
@@ -137,7 +145,8 @@ def main() -> int:
     cfg = model_config("mask2former", args.preset, field_values(args.set))
     model = build_model("mask2former", cfg, num_classes=1)
     train = CocoTrainDataset(
-        CocoIndex(resolve_source(args.data, "train")), TrainTransform(crop_size=args.crop)
+        CocoIndex(resolve_source(args.data, "train")),
+        TrainTransform(crop_size=args.crop, crop_min_visible=args.crop_min_visible),
     )
     val = CocoTrainDataset(
         CocoIndex(resolve_source(args.data, "val")), TrainTransform(crop_size=args.crop, hflip=False)
@@ -198,8 +207,28 @@ def main() -> int:
         print(json.dumps(row))
     meta = checkpoint_meta("mask2former", cfg, train.index.categories, step=args.steps)
     save_checkpoint(args.out / "checkpoint", {k: v.detach() for k, v in model.state_dict().items()}, meta)
+    if args.windowed_ap:
+        row = windowed_ap(args.out / "checkpoint", val.index, args.windowed_ap, args.crop, args.out)
+        log.write(json.dumps({"step": args.steps, **row}) + "\n")
+        print(json.dumps(row))
     plot(rows, args.out / "study.png", args.out.name)
     return 0
+
+
+def windowed_ap(checkpoint: Path, index: CocoIndex, images: int, tile: int, out: Path) -> dict[str, float]:
+    """Mask AP and AR on the first ``images`` val images, ``tile`` windows overlapping by a quarter."""
+    subset = dict(index.dataset)
+    subset["images"] = subset["images"][:images]
+    ids = {im["id"] for im in subset["images"]}
+    subset["annotations"] = [a for a in subset["annotations"] if a["image_id"] in ids]
+    path = out / "val_subset.json"
+    path.write_text(json.dumps(subset))
+    part = CocoIndex(CocoSource(path, index.source.images))
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu").tiled(tile)
+    options = EvalOptions(iou_types=("segm",), max_dets=(1, 10, 500), matching=False)
+    evaluation = evaluate_model(predictor.inference, part, part.categories, options=options, details=False)
+    segm = evaluation.metrics["segm"]
+    return {"windowed_mask_ap": segm["AP"], "windowed_ap50": segm["AP50"], "windowed_ar500": segm["AR500"]}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -188,8 +189,8 @@ def test_selected_queries_start_at_the_best_scoring_tokens():
     decoder = MaskedAttentionDecoder(32, 1, num_queries=3, layers=1, heads=2, ffn=32, selected_queries=True)
     maps = [torch.randn(2, 32, 2, 2), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 8, 8)]
     pos = [sine_position_encoding(*m.shape[-2:], 32).flatten(1).T[:, None] for m in maps]
-    x, query_pos = decoder.select_queries(maps, pos)
-    assert x.shape == (3, 2, 32) and query_pos.shape == (3, 2, 32)
+    x, query_pos, cells = decoder.select_queries(maps, pos)
+    assert x.shape == (3, 2, 32) and query_pos.shape == (3, 2, 32) and cells.shape == (2, 3, 4)
     # each query carries the position of a token among the three that score highest for its image
     tokens = torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)
     scores = decoder.class_head(decoder.norm(decoder.proposal(tokens))).softmax(-1)[..., 0]
@@ -198,9 +199,15 @@ def test_selected_queries_start_at_the_best_scoring_tokens():
         best = scores[b].topk(3).indices
         assert torch.equal(query_pos[:, b], every_pos[best])
         assert torch.allclose(x[:, b], decoder.proposal(tokens[b, best]))
+        # and its token's cell as a box two cells wide: token 0 is the 2 x 2 map's top left cell,
+        # token 4 the 4 x 4 map's, token 20 the 8 x 8 map's
+        firsts = {0: [0.25, 0.25, 1.0, 1.0], 4: [0.125, 0.125, 0.5, 0.5], 20: [0.0625, 0.0625, 0.25, 0.25]}
+        for q, token in enumerate(best.tolist()):
+            if token in firsts:
+                assert cells[b, q].tolist() == firsts[token]
     # an image with fewer tokens than queries gets one query per token
     small = [m[..., :1, :1] for m in maps]
-    x, _ = decoder.select_queries(small, [p[:1] for p in pos])
+    x, _, _ = decoder.select_queries(small, [p[:1] for p in pos])
     assert x.shape[0] == 3 and decoder.select_queries(small[:2], [p[:1] for p in pos[:2]])[0].shape[0] == 2
 
 
@@ -455,12 +462,18 @@ def test_box_prior_is_a_log_gaussian_around_the_box():
     assert row[15] > -0.1 and -5.0 < row[20] < -3.5 and row[30] < -35
 
 
-def test_box_prior_trains_boxes_onto_their_objects_and_keeps_the_contract():
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"box_queries": True}, {"box_queries": True, "query_init": "selected"}],
+    ids=["prior", "box_queries", "selected_box_queries"],
+)
+def test_box_prior_trains_boxes_onto_their_objects_and_keeps_the_contract(fields):
     from instseg.models.build import build_model, model_config
 
-    assert_output_contract("mask2former", {**TINY, "box_prior": 4.0})
+    fields = {**TINY, "box_prior": 4.0, **fields}
+    assert_output_contract("mask2former", fields)
     torch.manual_seed(0)
-    model = build_model("mask2former", model_config("mask2former", "default", {**TINY, "box_prior": 4.0}), 2)
+    model = build_model("mask2former", model_config("mask2former", "default", fields), 2)
     image, target = _two_squares()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
@@ -484,6 +497,47 @@ def test_box_prior_trains_boxes_onto_their_objects_and_keeps_the_contract():
 
     pred = box_convert(final.boxes[0, rows], "cxcywh", "xyxy")
     assert box_iou(pred, prepared[0]["boxes"][cols]).diagonal().min() > 0.5
+
+
+@pytest.mark.parametrize("init", ["learned", "selected"])
+def test_box_queries_change_the_box_before_them_layer_by_layer(init):
+    """With no change predicted, every layer's boxes are the starting boxes (learned, or the selected
+    tokens' cells); a change moves a box by its logits, from the layer before's box."""
+    from instseg.models.build import build_model, model_config
+    from instseg.models.mask2former.decoder import box_logits
+
+    fields = {**TINY, "box_prior": 4.0, "box_queries": True, "query_init": init}
+    torch.manual_seed(0)
+    model = build_model("mask2former", model_config("mask2former", "default", fields), 2).eval()
+    decoder = model.decoder
+    last = decoder.box_head.layers[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    image, _ = _two_squares()
+    batch, _ = model.transform([image], None)
+    with torch.no_grad():
+        layers = model.network(batch.tensors).layers
+        start = layers[0].boxes
+        if init == "learned":
+            torch.testing.assert_close(start[0], decoder.query_box.sigmoid())
+        for out in layers[1:]:
+            torch.testing.assert_close(out.boxes, start)
+        last.bias.copy_(torch.tensor([0.5, -0.5, 0.0, 0.0]))  # each layer moves every box by these logits
+        layers = model.network(batch.tensors).layers
+    for before, after in itertools.pairwise(layers):
+        torch.testing.assert_close(
+            box_logits(after.boxes) - box_logits(before.boxes),
+            torch.tensor([0.5, -0.5, 0.0, 0.0]).expand_as(after.boxes),
+            atol=2e-3,
+            rtol=0,
+        )
+
+
+def test_box_queries_need_the_box_prior():
+    from instseg.models.mask2former.decoder import MaskedAttentionDecoder
+
+    with pytest.raises(ValueError, match="box_prior"):
+        MaskedAttentionDecoder(32, 1, num_queries=3, layers=1, heads=2, ffn=32, box_queries=True)
 
 
 def test_box_costs_match_the_query_whose_box_is_on_a_small_object():

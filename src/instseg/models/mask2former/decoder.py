@@ -15,7 +15,12 @@ In training, ``denoising`` queries built from the ground truth may follow the
 others (``denoising.py``); the decoder returns their predictions apart.
 
 With ``box_prior``, every query also predicts a box that keeps its mask near
-its object (``box_prior.py``).
+its object (``box_prior.py``). With ``box_queries`` as well, that box is the
+query's position, as in DAB-DETR and DINO: each layer predicts a change to the
+box before it (in logits), and the box's sine encoding is the query's position
+in attention, so queries, and the self-attention that tells duplicates apart,
+know where each other's objects are. Learned queries start from learned boxes;
+selected ones from their token's cell.
 """
 
 from __future__ import annotations
@@ -119,10 +124,13 @@ class MaskedAttentionDecoder(nn.Module):
         query_groups: int = 1,
         denoising: bool = False,
         box_prior: float = 0.0,
+        box_queries: bool = False,
     ) -> None:
         super().__init__()
         if query_groups < 1 or (query_groups > 1 and selected_queries):
             raise ValueError(f"query_groups = {query_groups}: groups (>= 1) are of learned queries only")
+        if box_queries and box_prior <= 0:
+            raise ValueError("box_queries places queries by their boxes: it needs box_prior > 0")
         self.heads, self.levels, self.num_queries = heads, levels, num_queries
         self.query_groups = query_groups
         self.strides = STRIDES if pixel_positions else (None,) * levels
@@ -131,7 +139,17 @@ class MaskedAttentionDecoder(nn.Module):
         else:
             self.proposal = None
             self.query_feat = nn.Embedding(num_queries * query_groups, dim)
-            self.query_pos = nn.Embedding(num_queries * query_groups, dim)
+            if not box_queries:  # a box query's position is its box's encoding
+                self.query_pos = nn.Embedding(num_queries * query_groups, dim)
+            else:  # centres spread over the map, sides a tenth of it, as logits
+                start = torch.cat(
+                    [
+                        torch.rand(num_queries * query_groups, 2) * 0.9 + 0.05,
+                        torch.full((num_queries * query_groups, 2), 0.1),
+                    ],
+                    1,
+                )
+                self.query_box = nn.Parameter(torch.logit(start))
         self.level_embed = nn.Embedding(levels, dim)
         self.layers = nn.ModuleList(MaskedAttentionLayer(dim, heads, ffn) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -140,18 +158,18 @@ class MaskedAttentionDecoder(nn.Module):
         self.mask_embed = MLP(dim, dim, dim)
         self.box_prior = box_prior  # the prior's sharpness; 0: no boxes, the paper
         self.box_head = MLP(dim, dim, 4) if box_prior > 0 else None
-        if denoising:  # a denoising query's content is its label's embedding ("no object" for padding), its
-            # position its box's sine encoding read by an MLP
-            self.label_embed: nn.Embedding | None = nn.Embedding(num_classes + 1, dim)
+        self.box_queries = box_queries
+        # a denoising query's content is its label's embedding ("no object" for padding); its position, and
+        # a box query's, is its box's sine encoding read by an MLP
+        self.label_embed = nn.Embedding(num_classes + 1, dim) if denoising else None
+        if denoising or box_queries:
             self.box_embed = MLP(2 * dim, dim, dim, layers=2)
-        else:
-            self.label_embed = None
 
     def predict(
-        self, x: Tensor, attn_features: Tensor, mask_features: Tensor
+        self, x: Tensor, attn_features: Tensor, mask_features: Tensor, reference: Tensor | None = None
     ) -> tuple[QueryPredictions, Tensor]:
         """Class logits ``[B, Q, K+1]``, mask embeddings ``[B, Q, C]`` (and boxes), and the next layer's
-        attention mask.
+        attention mask. ``reference [B, Q, 4]``: the boxes (as logits) that box queries' boxes change.
 
         The attention mask needs the mask logits at the next level's size only:
         bilinear resizing commutes with the per-pixel dot product, so they are
@@ -161,7 +179,8 @@ class MaskedAttentionDecoder(nn.Module):
         embed = self.mask_embed(y)
         boxes = None
         if self.box_head is not None:
-            boxes = self.box_head(y).sigmoid()
+            change = self.box_head(y)
+            boxes = (change if reference is None else change + reference).sigmoid()
             embed = torch.cat([embed, prior_embedding(boxes, self.box_prior)], -1)
         small = torch.einsum("bqc,bchw->bqhw", embed.detach(), attn_features)
         blocked = small.sigmoid().flatten(2) < 0.5
@@ -190,22 +209,30 @@ class MaskedAttentionDecoder(nn.Module):
         if self.proposal is None:
             groups = self.query_groups if self.training else 1  # prediction reads the first group
             count = self.num_queries * groups
-            query_pos = self.query_pos.weight[:count, None].expand(-1, b, -1)
             x = self.query_feat.weight[:count, None].expand(-1, b, -1)
+            # box queries take their positions from their boxes before each layer
+            query_pos = (
+                torch.zeros_like(x)
+                if self.box_queries
+                else self.query_pos.weight[:count, None].expand(-1, b, -1)
+            )
             if groups > 1:
                 group = torch.arange(count, device=x.device) // self.num_queries
                 self_mask = group[:, None] != group[None, :]
-            first, blocked = self.predict(x, small_features[0], mask_features)
+            reference = self.query_box[:count][None].expand(b, -1, -1) if self.box_queries else None
+            first, blocked = self.predict(x, small_features[0], mask_features, reference)
         else:
-            x, query_pos = self.select_queries(maps, memory_pos)
+            x, query_pos, cells = self.select_queries(maps, memory_pos)
+            reference = box_logits(cells) if self.box_queries else None
             # the selected tokens' own predictions are supervised, which trains the selection; the
             # decoder refines a detached copy (Mask DINO)
-            first, blocked = self.predict(x, small_features[0], mask_features)
+            first, blocked = self.predict(x, small_features[0], mask_features, reference)
             x = x.detach()
         count = x.shape[0]  # the queries that predict; denoising queries follow them
         if denoising is not None:
             x, query_pos, self_mask = self.add_denoising(x, query_pos, self_mask, denoising)
-            first = first.join(self.predict(x[count:], small_features[0], mask_features)[0])
+            noised = box_logits(denoising.normalised_boxes()) if self.box_queries else None
+            first = first.join(self.predict(x[count:], small_features[0], mask_features, noised)[0])
             inside = box_attention_mask(denoising.boxes, denoising.padded, maps[0].shape[-2:])
             blocked = torch.cat(
                 [blocked.view(b, self.heads, count, -1), inside[:, None].expand(-1, self.heads, -1, -1)], 2
@@ -213,8 +240,15 @@ class MaskedAttentionDecoder(nn.Module):
         outputs = [first]
         for i, layer in enumerate(self.layers):
             level = i % self.levels
+            reference = None
+            if self.box_queries:  # the layer before's boxes place the queries, and are what this one changes
+                boxes = outputs[-1].boxes.detach()
+                query_pos = self.box_embed(sine_box_encoding(boxes, x.shape[-1])).transpose(0, 1)
+                reference = box_logits(boxes)
             x = layer(x, query_pos, memory[level], memory_pos[level], blocked, self_mask)
-            predictions, blocked = self.predict(x, small_features[(i + 1) % self.levels], mask_features)
+            predictions, blocked = self.predict(
+                x, small_features[(i + 1) % self.levels], mask_features, reference
+            )
             outputs.append(predictions)
         if denoising is None:
             return outputs, []
@@ -238,16 +272,33 @@ class MaskedAttentionDecoder(nn.Module):
         blocked[:count, count:] = True
         return torch.cat([x, content]), torch.cat([query_pos, position]), blocked
 
-    def select_queries(self, maps: list[Tensor], memory_pos: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def select_queries(self, maps: list[Tensor], memory_pos: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The top-scoring candidate tokens of all levels and their position encodings, ``[Q, B, C]``
-        each. An image with fewer tokens than queries gets one query per token."""
+        each, and their cells as boxes ``[B, Q, 4]`` (cx, cy, w, h; two cells of their level wide). An
+        image with fewer tokens than queries gets one query per token."""
         tokens = torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)  # [B, S, C]
         candidates = self.proposal(tokens)
         scores = self.class_head(self.norm(candidates)).softmax(-1)[..., :-1].amax(-1)  # [B, S]
         top = scores.topk(torch.sym_min(self.num_queries, scores.shape[1]), dim=1).indices  # [B, Q]
         x = candidates.gather(1, top[..., None].expand(-1, -1, candidates.shape[-1]))
         pos = torch.cat(memory_pos)[:, 0][top]  # [B, Q, C]
-        return x.transpose(0, 1), pos.transpose(0, 1)
+        cells = torch.cat([cell_boxes(*m.shape[-2:], m.device, m.dtype) for m in maps])[top]  # [B, Q, 4]
+        return x.transpose(0, 1), pos.transpose(0, 1), cells
+
+
+def cell_boxes(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[height * width, 4]``: each cell of a map as a box (cx, cy, w, h as fractions of the map) centred
+    on it and two cells wide, in the order of ``flatten``."""
+    y = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    x = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    cy, cx = (v.flatten() for v in torch.meshgrid(y, x, indexing="ij"))
+    sides = torch.tensor([2 / width, 2 / height], device=device, dtype=dtype).expand(len(cx), 2)
+    return torch.cat([torch.stack([cx, cy], 1), sides], 1)
+
+
+def box_logits(boxes: Tensor) -> Tensor:
+    """Boxes as fractions -> the logits a box query's change is added to (kept finite at 0 and 1)."""
+    return torch.logit(boxes, eps=1e-4)
 
 
 def mask_logits(embed: Tensor, features: Tensor) -> Tensor:

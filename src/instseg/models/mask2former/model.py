@@ -79,6 +79,9 @@ class Mask2FormerConfig(ModelConfig):
     # each query also predicts a box, and its mask logit loses this x ((x - cx)^2 / w^2 + (y - cy)^2 / h^2):
     # masks that stay near their own object where objects look alike (box_prior.py; 0: none, the paper)
     box_prior: float = 0.0
+    # with box_prior, each query's box is also its position, refined layer by layer (DAB-DETR, DINO;
+    # decoder.py): learned queries start from learned boxes, selected ones from their token's cell
+    box_queries: bool = False
     box_weight: float = 5.0  # L1 on the predicted boxes, in the loss and the matching cost (Mask DINO's)
     giou_weight: float = 2.0  # GIoU on the predicted boxes, in the loss and the matching cost
     oversample_ratio: float = 3.0
@@ -195,6 +198,7 @@ class Mask2Former(SegmentationModel):
             query_groups=cfg.query_groups,
             denoising=cfg.denoising_queries > 0,
             box_prior=cfg.box_prior,
+            box_queries=cfg.box_queries,
         )
 
     def network(self, pixels: Tensor, denoising: DenoisingQueries | None = None) -> Mask2FormerOutputs:
