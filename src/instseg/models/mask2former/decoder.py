@@ -292,8 +292,8 @@ def cell_boxes(height: int, width: int, device: torch.device, dtype: torch.dtype
     y = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
     x = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
     cy, cx = (v.flatten() for v in torch.meshgrid(y, x, indexing="ij"))
-    sides = torch.tensor([2 / width, 2 / height], device=device, dtype=dtype).expand(len(cx), 2)
-    return torch.cat([torch.stack([cx, cy], 1), sides], 1)
+    # sides from the cells themselves, so an exported graph keeps them symbolic in the map's size
+    return torch.stack([cx, cy, torch.ones_like(cx) * (2 / width), torch.ones_like(cy) * (2 / height)], 1)
 
 
 def box_logits(boxes: Tensor) -> Tensor:

@@ -106,10 +106,12 @@ def nuclei_paper_preset() -> Mask2FormerConfig:
 
 
 def nuclei_preset() -> Mask2FormerConfig:
-    """``nuclei_paper`` with loss points around each object and a box prior on each query's mask, which
-    crowded look-alike objects on 256-pixel crops need (BENCHMARKS.md, Mask2Former on crowded nuclei)."""
+    """``nuclei_paper`` with loss points around each object, a box prior on each query's mask, and
+    queries selected from the image and placed by their boxes, which crowded look-alike objects need
+    (BENCHMARKS.md, Mask2Former on crowded nuclei)."""
     cfg = nuclei_paper_preset()
     cfg.box_points, cfg.box_prior = 1.0, 4.0
+    cfg.box_queries, cfg.query_init = True, "selected"
     return cfg
 
 
