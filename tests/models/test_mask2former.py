@@ -533,6 +533,28 @@ def test_box_queries_change_the_box_before_them_layer_by_layer(init):
         )
 
 
+def test_denoising_box_queries_start_from_their_noised_boxes_and_train():
+    from instseg.models.build import build_model, model_config
+
+    fields = {**TINY, "box_prior": 4.0, "box_queries": True, "query_init": "selected", "denoising_queries": 4}
+    torch.manual_seed(0)
+    model = build_model("mask2former", model_config("mask2former", "default", fields), 2).train()
+    last = model.decoder.box_head.layers[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    image, target = _two_squares()
+    batch, targets = model.transform([image], [target])
+    with torch.no_grad():
+        outputs = model.training_network(batch.tensors, targets)
+    noised = outputs.denoising.normalised_boxes()
+    for out in outputs.denoising_layers:  # no change predicted: every layer keeps the noised boxes
+        torch.testing.assert_close(out.boxes, noised.clamp(1e-4, 1 - 1e-4), atol=1e-5, rtol=0)
+    losses = model([image], [target])
+    assert "loss_dn_mask" in losses and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.decoder.box_embed.layers[0].weight.grad.abs().sum() > 0
+
+
 def test_box_queries_need_the_box_prior():
     from instseg.models.mask2former.decoder import MaskedAttentionDecoder
 
