@@ -312,7 +312,7 @@ def decode_window(
             continue
         m = mask_utils.decode(obj["rle"])[y0:y1, x0:x1]
         visible = int(m.sum())
-        if visible and visible >= min_visible * float(mask_utils.area(obj["rle"])):
+        if visible and (min_visible <= 0 or visible >= min_visible * float(mask_utils.area(obj["rle"]))):
             masks.append(m)
             labels.append(obj["label"])
     if not masks:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from instseg.models.mask2former.box_prior import prior_embedding, with_coordinates
 from instseg.models.mask2former.denoising import DenoisingQueries, box_attention_mask
-from instseg.models.mask2former.pixel_decoder import STRIDES
+from instseg.models.mask2former.pixel_decoder import STRIDES, cell_centres
 from instseg.models.mask2former.position_encoding import sine_box_encoding, sine_position_encoding
 from instseg.models.mlp import MLP
 from instseg.models.seesaw import NormedLinear
@@ -289,11 +289,10 @@ class MaskedAttentionDecoder(nn.Module):
 def cell_boxes(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``[height * width, 4]``: each cell of a map as a box (cx, cy, w, h as fractions of the map) centred
     on it and two cells wide, in the order of ``flatten``."""
-    y = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
-    x = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
-    cy, cx = (v.flatten() for v in torch.meshgrid(y, x, indexing="ij"))
+    centres = cell_centres(height, width, device, dtype)
     # sides from the cells themselves, so an exported graph keeps them symbolic in the map's size
-    return torch.stack([cx, cy, torch.ones_like(cx) * (2 / width), torch.ones_like(cy) * (2 / height)], 1)
+    one = torch.ones_like(centres[:, :1])
+    return torch.cat([centres, one * (2 / width), one * (2 / height)], 1)
 
 
 def box_logits(boxes: Tensor) -> Tensor:

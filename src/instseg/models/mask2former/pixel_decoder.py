@@ -27,17 +27,21 @@ def _conv_gn(cin: int, cout: int, kernel: int, relu: bool, bias: bool = False) -
     return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
+def cell_centres(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[height * width, 2]``: each cell's centre as (x, y) fractions of the map, in the order of
+    ``flatten``."""
+    y, x = torch.meshgrid(
+        (torch.arange(height, device=device, dtype=dtype) + 0.5) / height,
+        (torch.arange(width, device=device, dtype=dtype) + 0.5) / width,
+        indexing="ij",
+    )
+    return torch.stack([x.flatten(), y.flatten()], -1)
+
+
 def reference_points(shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> Tensor:
     """``[1, S, levels, 2]``: every token's cell centre as (x, y) fractions, the same on each level."""
-    points = []
-    for h, w in shapes:
-        y, x = torch.meshgrid(
-            (torch.arange(h, device=device, dtype=dtype) + 0.5) / h,
-            (torch.arange(w, device=device, dtype=dtype) + 0.5) / w,
-            indexing="ij",
-        )
-        points.append(torch.stack([x.flatten(), y.flatten()], -1))
-    return torch.cat(points)[None, :, None, :].expand(-1, -1, len(shapes), -1)
+    points = torch.cat([cell_centres(h, w, device, dtype) for h, w in shapes])
+    return points[None, :, None, :].expand(-1, -1, len(shapes), -1)
 
 
 class DeformableEncoderLayer(nn.Module):
