@@ -17,7 +17,8 @@ the end on whole val images (``--full-val``; a model trained on crops must
 also find the many more objects of a whole image). The signals say whether
 masks fit their objects, not whether the model ranks them: ``--windowed-ap N``
 adds COCO mask AP on the first N val images, predicted window by window at the
-crop size (as ``instseg eval --tile``), which does. The final weights are
+crop size (as ``instseg eval --tile``), which does, and ``--whole-ap N`` the
+same on whole images (as the benchmark scores them). The final weights are
 saved as ``<out>/checkpoint``, for ``instseg eval``. Variants are model config
 overrides, so each remedy is one run beside the paper's configuration:
 
@@ -131,6 +132,7 @@ def main() -> int:
     parser.add_argument("--val-images", type=int, default=8)
     parser.add_argument("--full-val", type=int, default=4, help="whole val images scored at the end")
     parser.add_argument("--windowed-ap", type=int, default=0, help="val images scored by windowed mask AP")
+    parser.add_argument("--whole-ap", type=int, default=0, help="val images scored whole by mask AP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare", type=Path, nargs="+", help="runs to draw together (writes --out)")
@@ -207,16 +209,18 @@ def main() -> int:
         print(json.dumps(row))
     meta = checkpoint_meta("mask2former", cfg, train.index.categories, step=args.steps)
     save_checkpoint(args.out / "checkpoint", {k: v.detach() for k, v in model.state_dict().items()}, meta)
-    if args.windowed_ap:
-        row = windowed_ap(args.out / "checkpoint", val.index, args.windowed_ap, args.crop, args.out)
-        log.write(json.dumps({"step": args.steps, **row}) + "\n")
-        print(json.dumps(row))
+    for images, tile in ((args.windowed_ap, args.crop), (args.whole_ap, None)):
+        if images:
+            row = val_ap(args.out / "checkpoint", val.index, images, tile, args.out)
+            log.write(json.dumps({"step": args.steps, **row}) + "\n")
+            print(json.dumps(row))
     plot(rows, args.out / "study.png", args.out.name)
     return 0
 
 
-def windowed_ap(checkpoint: Path, index: CocoIndex, images: int, tile: int, out: Path) -> dict[str, float]:
-    """Mask AP and AR on the first ``images`` val images, ``tile`` windows overlapping by a quarter."""
+def val_ap(checkpoint: Path, index: CocoIndex, images: int, tile: int | None, out: Path) -> dict[str, float]:
+    """Mask AP and AR on the first ``images`` val images, predicted in ``tile`` windows overlapping by a
+    quarter, or whole (None)."""
     subset = dict(index.dataset)
     subset["images"] = subset["images"][:images]
     ids = {im["id"] for im in subset["images"]}
@@ -224,11 +228,14 @@ def windowed_ap(checkpoint: Path, index: CocoIndex, images: int, tile: int, out:
     path = out / "val_subset.json"
     path.write_text(json.dumps(subset))
     part = CocoIndex(CocoSource(path, index.source.images))
-    predictor = Predictor.from_checkpoint(checkpoint, "cpu").tiled(tile)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu")
+    if tile is not None:
+        predictor = predictor.tiled(tile)
     options = EvalOptions(iou_types=("segm",), max_dets=(1, 10, 500), matching=False)
     evaluation = evaluate_model(predictor.inference, part, part.categories, options=options, details=False)
     segm = evaluation.metrics["segm"]
-    return {"windowed_mask_ap": segm["AP"], "windowed_ap50": segm["AP50"], "windowed_ar500": segm["AR500"]}
+    how = "whole" if tile is None else "windowed"
+    return {f"{how}_mask_ap": segm["AP"], f"{how}_ap50": segm["AP50"], f"{how}_ar500": segm["AR500"]}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -211,8 +211,51 @@ def test_selected_queries_start_at_the_best_scoring_tokens():
     assert x.shape[0] == 3 and decoder.select_queries(small[:2], [p[:1] for p in pos[:2]])[0].shape[0] == 2
 
 
+def test_prediction_selects_its_own_count_of_queries():
+    """Selection has no weights per query: eval mode takes ``prediction_queries`` tokens, training
+    ``num_queries``, and the same weights serve both."""
+    from instseg.models.mask2former.decoder import MaskedAttentionDecoder
+    from instseg.models.mask2former.position_encoding import sine_position_encoding
+
+    torch.manual_seed(0)
+    decoder = MaskedAttentionDecoder(
+        32, 1, num_queries=3, layers=1, heads=2, ffn=32, selected_queries=True, prediction_queries=7
+    )
+    maps = [torch.randn(1, 32, 2, 2), torch.randn(1, 32, 4, 4)]
+    pos = [sine_position_encoding(*m.shape[-2:], 32).flatten(1).T[:, None] for m in maps]
+    assert decoder.select_queries(maps, pos)[0].shape[0] == 3
+    decoder.eval()
+    x, _, cells = decoder.select_queries(maps, pos)
+    assert x.shape[0] == 7 and cells.shape == (1, 7, 4)
+    with pytest.raises(ValueError, match="selected_queries"):
+        MaskedAttentionDecoder(32, 1, num_queries=3, prediction_queries=7)
+
+
 def test_selected_queries_output_contract():
     assert_output_contract("mask2former", {**TINY, "query_init": "selected"})
+
+
+def test_batch_norm_makes_the_pixel_decoder_read_a_region_alone():
+    """GroupNorm's statistics are the whole image's, so a region's features change with what surrounds it
+    (a crop-trained model sees other features on whole images); BatchNorm's, in eval mode, are not."""
+    from torch import nn
+
+    from instseg.models.build import build_model, model_config
+    from instseg.models.mask2former.pixel_decoder import _conv_norm
+
+    torch.manual_seed(0)
+    image = torch.randn(1, 8, 24, 24)
+    image[..., 12:, :] += 5.0  # the rest of the image unlike the region
+    for batch_norm, alone in ((True, True), (False, False)):
+        conv = _conv_norm(8, 32, 1, relu=False, batch_norm=batch_norm).eval()
+        conv[1].weight.data.uniform_(0.5, 1.5)
+        whole, region = conv(image)[..., :8, :8], conv(image[..., :8, :8])
+        assert torch.allclose(whole, region, atol=1e-5) == alone
+    cfg = model_config("mask2former", "nuclei", {"norm": "bn"})
+    model = build_model("mask2former", cfg, num_classes=1)
+    assert not any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    paper = build_model("mask2former", model_config("mask2former", "nuclei"), num_classes=1)
+    assert any(isinstance(m, nn.GroupNorm) for m in paper.pixel_decoder.modules())
 
 
 def test_a_point_density_finds_small_objects_that_a_fixed_count_misses():
@@ -247,6 +290,22 @@ def test_pixel_position_encodings_do_not_depend_on_the_image_size():
     # the paper's normalised encodings give the same pixel another code on a larger map
     normed = sine_position_encoding(6, 5, 32), sine_position_encoding(24, 30, 32)
     assert not torch.allclose(normed[0], normed[1][:, :6, :5], atol=1e-2)
+
+
+def test_box_encodings_in_pixels_do_not_depend_on_the_image_size():
+    """A 20 x 10 box at (30, 40) reads the same in a 192-pixel crop and a 960 x 1280 image."""
+    from instseg.models.mask2former.position_encoding import sine_box_encoding
+
+    def fractions(h: int, w: int) -> torch.Tensor:
+        return torch.tensor([[30 / w, 40 / h, 20 / w, 10 / h]])
+
+    crop = sine_box_encoding(fractions(192, 192), 32, (192, 192))
+    whole = sine_box_encoding(fractions(960, 1280), 32, (960, 1280))
+    assert crop.shape == (1, 64)
+    assert torch.allclose(crop, whole, atol=1e-5)
+    assert not torch.allclose(
+        sine_box_encoding(fractions(192, 192), 32), sine_box_encoding(fractions(960, 1280), 32), atol=1e-2
+    )
 
 
 def test_query_groups_are_each_matched_one_to_one():

@@ -36,6 +36,7 @@ from instseg.models.mask2former.denoising import DenoisingQueries, box_attention
 from instseg.models.mask2former.pixel_decoder import STRIDES, cell_centres
 from instseg.models.mask2former.position_encoding import sine_box_encoding, sine_position_encoding
 from instseg.models.mlp import MLP
+from instseg.models.postprocess import MASK_STRIDE
 from instseg.models.seesaw import NormedLinear
 
 
@@ -125,15 +126,20 @@ class MaskedAttentionDecoder(nn.Module):
         denoising: bool = False,
         box_prior: float = 0.0,
         box_queries: bool = False,
+        prediction_queries: int = 0,
     ) -> None:
         super().__init__()
         if query_groups < 1 or (query_groups > 1 and selected_queries):
             raise ValueError(f"query_groups = {query_groups}: groups (>= 1) are of learned queries only")
+        if prediction_queries > 0 and not selected_queries:
+            raise ValueError("prediction_queries is a count of selected tokens: it needs selected_queries")
         if box_queries and box_prior <= 0:
             raise ValueError("box_queries places queries by their boxes: it needs box_prior > 0")
         self.heads, self.levels, self.num_queries = heads, levels, num_queries
+        self.prediction_queries = prediction_queries or num_queries
         self.query_groups = query_groups
         self.strides = STRIDES if pixel_positions else (None,) * levels
+        self.pixel_positions = pixel_positions
         if selected_queries:  # each pixel-decoder token projected into a candidate query
             self.proposal: nn.Module | None = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
         else:
@@ -203,6 +209,8 @@ class MaskedAttentionDecoder(nn.Module):
             memory.append((m.flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
             pos = sine_position_encoding(h, w, m.shape[1], m.device, m.dtype, self.strides[i])
             memory_pos.append(pos.flatten(1).T[:, None])
+        # the padded batch's (H, W) in input pixels, for box encodings in pixels
+        extent = tuple(MASK_STRIDE * n for n in mask_features.shape[-2:]) if self.pixel_positions else None
         if self.box_head is not None:  # the coordinates the box prior's embeddings are dotted with
             mask_features = with_coordinates(mask_features)
         self_mask = None
@@ -243,7 +251,7 @@ class MaskedAttentionDecoder(nn.Module):
             reference = None
             if self.box_queries:  # the layer before's boxes place the queries, and are what this one changes
                 boxes = outputs[-1].boxes.detach()
-                query_pos = self.box_embed(sine_box_encoding(boxes, x.shape[-1])).transpose(0, 1)
+                query_pos = self.box_embed(sine_box_encoding(boxes, x.shape[-1], extent)).transpose(0, 1)
                 reference = box_logits(boxes)
             x = layer(x, query_pos, memory[level], memory_pos[level], blocked, self_mask)
             predictions, blocked = self.predict(
@@ -263,7 +271,8 @@ class MaskedAttentionDecoder(nn.Module):
         if self.label_embed is None:
             raise ValueError("this decoder was built without denoising queries (denoising=True)")
         content = self.label_embed(denoising.labels).transpose(0, 1)  # [D, B, C]
-        encoded = sine_box_encoding(denoising.normalised_boxes(), x.shape[-1])
+        extent = denoising.padded if self.pixel_positions else None
+        encoded = sine_box_encoding(denoising.normalised_boxes(), x.shape[-1], extent)
         position = self.box_embed(encoded).transpose(0, 1)
         count, total = x.shape[0], x.shape[0] + content.shape[0]
         blocked = torch.zeros((total, total), dtype=torch.bool, device=x.device)
@@ -274,12 +283,14 @@ class MaskedAttentionDecoder(nn.Module):
 
     def select_queries(self, maps: list[Tensor], memory_pos: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The top-scoring candidate tokens of all levels and their position encodings, ``[Q, B, C]``
-        each, and their cells as boxes ``[B, Q, 4]`` (cx, cy, w, h; two cells of their level wide). An
-        image with fewer tokens than queries gets one query per token."""
+        each, and their cells as boxes ``[B, Q, 4]`` (cx, cy, w, h; two cells of their level wide).
+        ``num_queries`` of them in training, ``prediction_queries`` in eval mode; an image with fewer
+        tokens gets one query per token."""
         tokens = torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)  # [B, S, C]
         candidates = self.proposal(tokens)
         scores = self.class_head(self.norm(candidates)).softmax(-1)[..., :-1].amax(-1)  # [B, S]
-        top = scores.topk(torch.sym_min(self.num_queries, scores.shape[1]), dim=1).indices  # [B, Q]
+        wanted = self.num_queries if self.training else self.prediction_queries
+        top = scores.topk(torch.sym_min(wanted, scores.shape[1]), dim=1).indices  # [B, Q]
         x = candidates.gather(1, top[..., None].expand(-1, -1, candidates.shape[-1]))
         pos = torch.cat(memory_pos)[:, 0][top]  # [B, Q, C]
         cells = torch.cat([cell_boxes(*m.shape[-2:], m.device, m.dtype) for m in maps])[top]  # [B, Q, 4]

@@ -7,7 +7,9 @@ in ``SetCriterion``; inference reads the pairs as instances, a semantic map or
 a panoptic map (``postprocess.py``), with no NMS.
 
 Crowded images: a query-based model finds at most ``num_queries`` objects, so
-the nuclei preset has 400 (DSB2018 has up to ~375 nuclei per image).
+the nuclei preset has 400 (DSB2018 has up to ~375 nuclei per image), and
+selects 1000 at prediction (``prediction_queries``): a whole image holds
+several times the objects of a training crop.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from instseg.models.transform import ResizeNormalize
 
 @dataclass
 class Mask2FormerConfig(ModelConfig):
+    """``norm`` is the trunk's and the pixel decoder's ("bn": BatchNorm in both; otherwise the pixel
+    decoder keeps the paper's GroupNorm)."""
+
     pixel_decoder: Literal["deformable", "fpn"] = "deformable"
     hidden_dim: int = 256  # width of the pixel decoder, the queries and the mask embeddings
     heads: int = 8
@@ -49,6 +54,9 @@ class Mask2FormerConfig(ModelConfig):
     # "learned": query embeddings learned once for all images (the paper); "selected": the pixel
     # decoder's top-scoring tokens, at their positions (Mask DINO's query selection)
     query_init: Literal["learned", "selected"] = "learned"
+    # with "selected": the tokens selected in eval mode (0: num_queries). Selection has no weights per
+    # query, so a whole image, which holds many times a training crop's objects, may take more
+    prediction_queries: int = 0
     # groups of learned queries in training, each matched one-to-one on its own (Group DETR); more
     # supervision per object per step; prediction uses the first group, so the output is unchanged
     query_groups: int = 1
@@ -59,7 +67,7 @@ class Mask2FormerConfig(ModelConfig):
     denoising_box_noise: float = 0.4  # each box corner moves by up to this x half the box's side
     denoising_label_noise: float = 0.2  # the chance that a denoising query's label is another class
     # "normalized": sine encodings spanning each map (the paper); "pixels": in input pixels, the same for
-    # a pixel whatever the image's size (training on crops, predicting whole images)
+    # a pixel (and a box query's box) whatever the image's size (training on crops, predicting whole images)
     position_encoding: Literal["normalized", "pixels"] = "normalized"
     class_weight: float = 2.0
     mask_weight: float = 5.0
@@ -112,6 +120,7 @@ def nuclei_preset() -> Mask2FormerConfig:
     cfg = nuclei_paper_preset()
     cfg.box_points, cfg.box_prior = 1.0, 4.0
     cfg.box_queries, cfg.query_init = True, "selected"
+    cfg.prediction_queries = 1000  # whole images hold several times a training crop's nuclei
     return cfg
 
 
@@ -184,9 +193,10 @@ class Mask2Former(SegmentationModel):
                 cfg.heads,
                 cfg.encoder_ffn,
                 cfg.position_encoding == "pixels",
+                cfg.norm == "bn",
             )
         else:
-            self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim)
+            self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim, cfg.norm == "bn")
         self.decoder = MaskedAttentionDecoder(
             cfg.hidden_dim,
             num_classes,
@@ -201,6 +211,7 @@ class Mask2Former(SegmentationModel):
             denoising=cfg.denoising_queries > 0,
             box_prior=cfg.box_prior,
             box_queries=cfg.box_queries,
+            prediction_queries=cfg.prediction_queries,
         )
 
     def network(self, pixels: Tensor, denoising: DenoisingQueries | None = None) -> Mask2FormerOutputs:

@@ -19,11 +19,13 @@ LEVELS = 3  # the maps the transformer decoder attends to, coarsest first
 STRIDES = (32, 16, 8)  # their input pixels per cell
 
 
-def _conv_gn(cin: int, cout: int, kernel: int, relu: bool, bias: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=bias),
-        nn.GroupNorm(32, cout),
-    ]
+def _conv_norm(
+    cin: int, cout: int, kernel: int, relu: bool, bias: bool = False, batch_norm: bool = False
+) -> nn.Sequential:
+    """Convolution, then GroupNorm (the paper's) or BatchNorm. GroupNorm's statistics are the whole
+    image's, so a region's features change with what surrounds it; BatchNorm's, at inference, are fixed."""
+    norm = nn.BatchNorm2d(cout) if batch_norm else nn.GroupNorm(32, cout)
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=bias), norm]
     return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
@@ -69,6 +71,7 @@ class DeformablePixelDecoder(nn.Module):
         heads: int = 8,
         ffn: int = 1024,
         pixel_positions: bool = False,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.strides = STRIDES if pixel_positions else (None,) * LEVELS
@@ -76,12 +79,12 @@ class DeformablePixelDecoder(nn.Module):
             raise ValueError(f"pixel decoder width {dim} must be a multiple of 32 (GroupNorm(32))")
         # 1x1 projections of res5, res4, res3 (coarsest first, the order of the tokens)
         self.input_proj = nn.ModuleList(
-            _conv_gn(c, dim, 1, relu=False, bias=True) for c in in_channels[:0:-1]
+            _conv_norm(c, dim, 1, relu=False, bias=True, batch_norm=batch_norm) for c in in_channels[:0:-1]
         )
         self.level_embed = nn.Parameter(torch.empty(LEVELS, dim).normal_())
         self.layers = nn.ModuleList(DeformableEncoderLayer(dim, heads, ffn) for _ in range(layers))
-        self.lateral = _conv_gn(in_channels[0], dim, 1, relu=False)
-        self.output = _conv_gn(dim, dim, 3, relu=True)
+        self.lateral = _conv_norm(in_channels[0], dim, 1, relu=False, batch_norm=batch_norm)
+        self.output = _conv_norm(dim, dim, 3, relu=True, batch_norm=batch_norm)
         self.mask_proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -112,11 +115,12 @@ class DeformablePixelDecoder(nn.Module):
 class FPNPixelDecoder(nn.Module):
     """The light option: lateral 1x1 + output 3x3 convolutions, top-down from res5."""
 
-    def __init__(self, in_channels: list[int], dim: int) -> None:
+    def __init__(self, in_channels: list[int], dim: int, batch_norm: bool = False) -> None:
         super().__init__()
-        self.top = _conv_gn(in_channels[-1], dim, 3, relu=True)
-        self.lateral = nn.ModuleList(_conv_gn(c, dim, 1, relu=False) for c in in_channels[-2::-1])
-        self.output = nn.ModuleList(_conv_gn(dim, dim, 3, relu=True) for _ in in_channels[:-1])
+        norm = {"batch_norm": batch_norm}
+        self.top = _conv_norm(in_channels[-1], dim, 3, relu=True, **norm)
+        self.lateral = nn.ModuleList(_conv_norm(c, dim, 1, relu=False, **norm) for c in in_channels[-2::-1])
+        self.output = nn.ModuleList(_conv_norm(dim, dim, 3, relu=True, **norm) for _ in in_channels[:-1])
         self.mask_proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -40,13 +40,16 @@ def sine_position_encoding(
     return torch.cat([ey, ex], dim=2).permute(2, 0, 1)
 
 
-def sine_box_encoding(boxes: Tensor, channels: int) -> Tensor:
+def sine_box_encoding(boxes: Tensor, channels: int, extent: tuple[int, int] | None = None) -> Tensor:
     """``[..., 4]`` boxes as fractions of the image (cx, cy, w, h) -> ``[..., 2 * channels]``: the centre
-    encoded as a map's cell is (y, then x, over 2 pi), then the size alike (DAB-DETR's anchor encoding)."""
+    encoded as a map's cell is (y, then x), then the size alike (DAB-DETR's anchor encoding). Over 2 pi
+    per image, or with ``extent`` (the image's height, width in input pixels) 2 pi per ``SPAN`` pixels,
+    as the maps' encodings in pixels are: a box then reads the same on a crop and on a whole image."""
     half = channels // 2
     phases = boxes * (2 * math.pi)
+    sides = (1, 1, 1, 1) if extent is None else (extent[1] / SPAN, extent[0] / SPAN) * 2
     order = (1, 0, 3, 2)  # y before x, as in the map's encoding
-    return torch.cat([_sine(phases[..., i], half) for i in order], -1)
+    return torch.cat([_sine(phases[..., i] * sides[i], half) for i in order], -1)
 
 
 def _sine(v: Tensor, half: int) -> Tensor:
