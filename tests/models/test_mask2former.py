@@ -251,7 +251,7 @@ def test_batch_norm_makes_the_pixel_decoder_read_a_region_alone():
         conv[1].weight.data.uniform_(0.5, 1.5)
         whole, region = conv(image)[..., :8, :8], conv(image[..., :8, :8])
         assert torch.allclose(whole, region, atol=1e-5) == alone
-    cfg = model_config("mask2former", "nuclei", {"norm": "bn"})
+    cfg = model_config("mask2former", "nuclei", {"norm": "bn", "pixel_decoder_norm": "bn"})
     model = build_model("mask2former", cfg, num_classes=1)
     assert not any(isinstance(m, nn.GroupNorm) for m in model.modules())
     paper = build_model("mask2former", model_config("mask2former", "nuclei"), num_classes=1)

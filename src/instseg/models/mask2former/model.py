@@ -40,10 +40,10 @@ from instseg.models.transform import ResizeNormalize
 
 @dataclass
 class Mask2FormerConfig(ModelConfig):
-    """``norm`` is the trunk's and the pixel decoder's ("bn": BatchNorm in both; otherwise the pixel
-    decoder keeps the paper's GroupNorm)."""
-
     pixel_decoder: Literal["deformable", "fpn"] = "deformable"
+    # the pixel decoder's norm: GroupNorm (the paper's), whose statistics are the whole image's, so a
+    # region's features change with what surrounds it; or BatchNorm, fixed at inference
+    pixel_decoder_norm: Literal["gn", "bn"] = "gn"
     hidden_dim: int = 256  # width of the pixel decoder, the queries and the mask embeddings
     heads: int = 8
     encoder_layers: int = 6  # deformable layers of the pixel decoder
@@ -193,10 +193,10 @@ class Mask2Former(SegmentationModel):
                 cfg.heads,
                 cfg.encoder_ffn,
                 cfg.position_encoding == "pixels",
-                cfg.norm == "bn",
+                cfg.pixel_decoder_norm == "bn",
             )
         else:
-            self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim, cfg.norm == "bn")
+            self.pixel_decoder = FPNPixelDecoder(channels, cfg.hidden_dim, cfg.pixel_decoder_norm == "bn")
         self.decoder = MaskedAttentionDecoder(
             cfg.hidden_dim,
             num_classes,
