@@ -227,7 +227,7 @@ def test_prediction_selects_its_own_count_of_queries():
     decoder.eval()
     x, _, cells = decoder.select_queries(maps, pos)
     assert x.shape[0] == 7 and cells.shape == (1, 7, 4)
-    with pytest.raises(ValueError, match="selected_queries"):
+    with pytest.raises(ValueError, match="query_init=selected"):
         MaskedAttentionDecoder(32, 1, num_queries=3, prediction_queries=7)
 
 

@@ -132,7 +132,10 @@ class MaskedAttentionDecoder(nn.Module):
         if query_groups < 1 or (query_groups > 1 and selected_queries):
             raise ValueError(f"query_groups = {query_groups}: groups (>= 1) are of learned queries only")
         if prediction_queries > 0 and not selected_queries:
-            raise ValueError("prediction_queries is a count of selected tokens: it needs selected_queries")
+            raise ValueError(
+                "prediction_queries counts selected tokens: it needs query_init=selected "
+                "(prediction_queries=0 for learned queries)"
+            )
         if box_queries and box_prior <= 0:
             raise ValueError("box_queries places queries by their boxes: it needs box_prior > 0")
         self.heads, self.levels, self.num_queries = heads, levels, num_queries

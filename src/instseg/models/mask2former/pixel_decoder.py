@@ -117,10 +117,13 @@ class FPNPixelDecoder(nn.Module):
 
     def __init__(self, in_channels: list[int], dim: int, batch_norm: bool = False) -> None:
         super().__init__()
-        norm = {"batch_norm": batch_norm}
-        self.top = _conv_norm(in_channels[-1], dim, 3, relu=True, **norm)
-        self.lateral = nn.ModuleList(_conv_norm(c, dim, 1, relu=False, **norm) for c in in_channels[-2::-1])
-        self.output = nn.ModuleList(_conv_norm(dim, dim, 3, relu=True, **norm) for _ in in_channels[:-1])
+        self.top = _conv_norm(in_channels[-1], dim, 3, relu=True, batch_norm=batch_norm)
+        self.lateral = nn.ModuleList(
+            _conv_norm(c, dim, 1, relu=False, batch_norm=batch_norm) for c in in_channels[-2::-1]
+        )
+        self.output = nn.ModuleList(
+            _conv_norm(dim, dim, 3, relu=True, batch_norm=batch_norm) for _ in in_channels[:-1]
+        )
         self.mask_proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
