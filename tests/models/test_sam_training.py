@@ -7,7 +7,7 @@ import torch
 
 from instseg.models.build import build_model, model_config
 from instseg.models.sam.automatic import point_grid, stability
-from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou
+from instseg.models.sam.criterion import correction_clicks, depth, jittered_boxes, mask_iou
 
 
 def square(y0, y1, x0, x1, size=(20, 30)):
@@ -36,6 +36,26 @@ def test_a_perfect_prediction_gets_a_positive_click_inside():
     truth = square(2, 4, 3, 9)[None]
     xy, positive = correction_clicks(truth.clone(), truth)
     assert positive.item() == 1 and truth[0, int(xy[0, 1]), int(xy[0, 0])]
+
+
+def test_depth_counts_erosions_with_the_image_edge_as_boundary():
+    d = depth(square(0, 5, 2, 7, size=(7, 9))[None])[0]
+    assert d[2, 4] == 3 and d[1, 3] == 2 and d[0, 4] == 1 and d[2, 2] == 1 and d[6, 4] == 0
+    assert depth(square(0, 7, 0, 9, size=(7, 9))[None], steps=2).max() == 2  # capped at steps
+
+
+def test_interior_clicks_fall_in_the_wide_error_not_on_the_rim():
+    """The prediction misses a one-pixel rim around the object and a 10 x 10 block in its corner:
+    uniform clicks land in the block as often as its share of the error pixels (100 of 176), interior
+    clicks mostly there, deep in the error, where the evaluation would click."""
+    torch.manual_seed(0)
+    truth = square(2, 22, 2, 22, size=(24, 24))[None].repeat(400, 1, 1)
+    block = square(3, 13, 3, 13, size=(24, 24))
+    predicted = (square(3, 21, 3, 21, size=(24, 24)) & ~block)[None].expand_as(truth)
+    for interior, low, high in ((False, 0.45, 0.68), (True, 0.86, 1.0)):
+        xy, positive = correction_clicks(predicted, truth, interior)
+        inside = block[xy[:, 1].long(), xy[:, 0].long()].float().mean().item()
+        assert positive.eq(1).all() and low <= inside <= high, (interior, inside)
 
 
 def test_jittered_boxes_stay_in_the_image_and_near_the_object():

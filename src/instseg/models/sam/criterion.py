@@ -5,7 +5,9 @@ drawn uniformly inside the mask or, for ``box_prompt_ratio`` of the images,
 the mask's box with its corners moved by up to ``box_jitter`` of its sides.
 Each of ``click_rounds`` further rounds adds one click drawn uniformly from
 the error region of the previous prediction (positive where it missed the
-object, negative where it spilled over) and feeds the previous low-resolution
+object, negative where it spilled over; with ``click_sampling="interior"``
+first and corrective clicks favour pixels deep inside the object or the error,
+where the evaluation clicks) and feeds the previous low-resolution
 logits back as the mask prompt, detached, so that each round learns to
 correct rather than to start over. A single click is ambiguous: its round
 predicts three masks and only the best (lowest loss) is supervised; the other
@@ -26,11 +28,28 @@ from instseg.masks import masks_to_boxes
 from instseg.models.losses import point_dice_loss
 
 
-def random_pixels(regions: Tensor) -> Tensor:
-    """One (x, y) per region ``[N, H, W]`` (bool, each non-empty), uniformly among its pixels."""
+def random_pixels(regions: Tensor, weights: Tensor | None = None) -> Tensor:
+    """One (x, y) per region ``[N, H, W]`` (bool, each non-empty), uniformly among its pixels, or in
+    proportion to ``weights`` ``[N, H, W]`` (positive inside the regions)."""
     w = regions.shape[-1]
-    index = torch.multinomial(regions.flatten(1).float(), 1)[:, 0]
+    chance = regions.flatten(1).float() if weights is None else (weights * regions).flatten(1).float()
+    index = torch.multinomial(chance, 1)[:, 0]
     return torch.stack([index % w, index // w], dim=1).float()
+
+
+def depth(regions: Tensor, steps: int = 16) -> Tensor:
+    """``[N, H, W]``: how many 3x3 erosions each pixel of ``regions`` survives, up to ``steps`` (a
+    chessboard distance to the region's boundary, the image's edge counting as boundary), 0 outside.
+    The interactive evaluation clicks where this peaks; erosion by max-pooling keeps it on the
+    regions' device and batched, where a distance transform would be one scipy call per mask."""
+    x = regions[:, None].float()
+    total = x.clone()
+    for _ in range(steps - 1):
+        x = -F.max_pool2d(-F.pad(x, (1, 1, 1, 1)), 3, stride=1)
+        if not x.any():
+            break
+        total = total + x
+    return total[:, 0]
 
 
 def jittered_boxes(masks: Tensor, jitter: float) -> Tensor:
@@ -42,15 +61,21 @@ def jittered_boxes(masks: Tensor, jitter: float) -> Tensor:
     return torch.cat([boxes[:, :2], torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)], dim=1)
 
 
-def correction_clicks(predicted: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
-    """The next click per object: (x, y) uniformly in the error region, label 1 where the prediction
-    missed object pixels, 0 where it covered background; a perfect prediction gets a positive click
-    inside the object."""
+def correction_clicks(predicted: Tensor, truth: Tensor, interior: bool = False) -> tuple[Tensor, Tensor]:
+    """The next click per object: (x, y) in the error region, label 1 where the prediction missed
+    object pixels, 0 where it covered background; a perfect prediction gets a positive click inside
+    the object. Uniformly among the error's pixels, or with ``interior`` in proportion to the squared
+    ``depth`` of each pixel in its error (the missed and the spilled part apart), so that clicks fall
+    mostly inside wide errors rather than on the one-pixel rims, as the evaluation's clicks do."""
     missed, spilled = truth & ~predicted, predicted & ~truth
     errors = missed | spilled
     perfect = ~errors.flatten(1).any(1)
     errors[perfect] = truth[perfect]
-    xy = random_pixels(errors)
+    weights = None
+    if interior:
+        missed_or_truth = torch.where(perfect[:, None, None], truth, missed)
+        weights = (depth(missed_or_truth) + depth(spilled)).square()
+    xy = random_pixels(errors, weights)
     rows = torch.arange(len(xy), device=xy.device)
     positive = missed[rows, xy[:, 1].long(), xy[:, 0].long()] | perfect
     return xy, positive.float()
@@ -86,11 +111,13 @@ class PromptCriterion:
 
     def image_losses(self, embedding: Tensor, truth: Tensor) -> dict[str, Tensor]:
         cfg, n = self.cfg, len(truth)
+        interior = cfg.click_sampling == "interior"
         boxes = jittered_boxes(truth, cfg.box_jitter) if torch.rand(()) < cfg.box_prompt_ratio else None
         points = truth.new_zeros((n, 0, 2), dtype=torch.float32)
         labels = truth.new_zeros((n, 0), dtype=torch.float32)
         if boxes is None:
-            points, labels = random_pixels(truth)[:, None], torch.ones(n, 1, device=truth.device)
+            weights = depth(truth).square() if interior else None
+            points, labels = random_pixels(truth, weights)[:, None], torch.ones(n, 1, device=truth.device)
         mask_input = None
         rounds = 1 + cfg.click_rounds
         losses = {"loss_mask": 0.0, "loss_dice": 0.0, "loss_iou": 0.0}
@@ -111,7 +138,7 @@ class PromptCriterion:
             losses["loss_iou"] = losses["loss_iou"] + cfg.iou_weight * F.mse_loss(iou, iou_true) / rounds
             if r + 1 < rounds:
                 with torch.no_grad():
-                    xy, positive = correction_clicks(full[rows, best] > 0, truth)
+                    xy, positive = correction_clicks(full[rows, best] > 0, truth, interior)
                 points = torch.cat([points, xy[:, None]], dim=1)
                 labels = torch.cat([labels, positive[:, None]], dim=1)
                 mask_input = logits[rows, best][:, None].detach()
