@@ -147,3 +147,19 @@ def remove_small_regions(masks: Tensor, area: int) -> Tensor:
             patch |= np.isin(gaps, holes)
         out[i, y0:y1, x0:x1] = torch.from_numpy(patch[1:-1, 1:-1]).to(out.device)
     return out
+
+
+def boundary_distance(masks: Tensor) -> Tensor:
+    """``[N, H, W]`` float: each pixel's Euclidean distance to the nearest pixel outside its bool mask
+    ``[N, H, W]`` (the image's edge counts as outside), 0 outside. scipy's distance transform, run on
+    each mask's box only, so that many small masks on a large image cost what their boxes do."""
+    from scipy import ndimage
+
+    out = torch.zeros(masks.shape, dtype=torch.float32)
+    boxes = masks_to_boxes(masks.cpu()).long().tolist()
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if x1 <= x0:
+            continue
+        patch = np.pad(masks[i, y0:y1, x0:x1].cpu().numpy(), 1)
+        out[i, y0:y1, x0:x1] = torch.from_numpy(ndimage.distance_transform_edt(patch)[1:-1, 1:-1])
+    return out.to(masks.device)

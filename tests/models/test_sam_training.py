@@ -2,12 +2,14 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from instseg.models.build import build_model, model_config
 from instseg.models.sam.automatic import point_grid, stability
-from instseg.models.sam.criterion import correction_clicks, depth, jittered_boxes, mask_iou
+from instseg.masks import boundary_distance
+from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou
 
 
 def square(y0, y1, x0, x1, size=(20, 30)):
@@ -38,10 +40,16 @@ def test_a_perfect_prediction_gets_a_positive_click_inside():
     assert positive.item() == 1 and truth[0, int(xy[0, 1]), int(xy[0, 0])]
 
 
-def test_depth_counts_erosions_with_the_image_edge_as_boundary():
-    d = depth(square(0, 5, 2, 7, size=(7, 9))[None])[0]
+def test_boundary_distance_counts_the_image_edge_and_equals_scipy_on_the_whole_image():
+    from scipy import ndimage
+
+    d = boundary_distance(square(0, 5, 2, 7, size=(7, 9))[None])[0]
     assert d[2, 4] == 3 and d[1, 3] == 2 and d[0, 4] == 1 and d[2, 2] == 1 and d[6, 4] == 0
-    assert depth(square(0, 7, 0, 9, size=(7, 9))[None], steps=2).max() == 2  # capped at steps
+    torch.manual_seed(0)
+    masks = torch.rand(6, 40, 50) > 0.4  # ragged masks with holes, reaching the image's edges
+    masks[5] = False  # an empty one
+    whole = [ndimage.distance_transform_edt(np.pad(m.numpy(), 1))[1:-1, 1:-1] for m in masks]
+    torch.testing.assert_close(boundary_distance(masks), torch.tensor(np.stack(whole), dtype=torch.float32))
 
 
 def test_interior_clicks_fall_in_the_wide_error_not_on_the_rim():

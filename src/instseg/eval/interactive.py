@@ -21,10 +21,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 from tqdm import tqdm
 
+from instseg.masks import boundary_distance
 from instseg.structures import Instances
 
 REPORTED_CLICKS = (1, 3, 5)
@@ -51,7 +51,7 @@ class Promptable(Protocol):
 def farthest_from_boundary(region: np.ndarray) -> tuple[tuple[int, int], float]:
     """The (x, y) of ``region``'s pixel farthest from its boundary (the image edge counts as
     boundary), and that distance; the first such pixel in raster order on ties."""
-    distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    distance = boundary_distance(torch.from_numpy(np.asarray(region, dtype=bool))[None])[0].numpy()
     flat = int(np.argmax(distance))
     y, x = divmod(flat, region.shape[1])
     return (x, y), float(distance[y, x])

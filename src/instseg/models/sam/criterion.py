@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from instseg.masks import masks_to_boxes
+from instseg.masks import boundary_distance, masks_to_boxes
 from instseg.models.losses import point_dice_loss
 
 
@@ -35,21 +35,6 @@ def random_pixels(regions: Tensor, weights: Tensor | None = None) -> Tensor:
     chance = regions.flatten(1).float() if weights is None else (weights * regions).flatten(1).float()
     index = torch.multinomial(chance, 1)[:, 0]
     return torch.stack([index % w, index // w], dim=1).float()
-
-
-def depth(regions: Tensor, steps: int = 16) -> Tensor:
-    """``[N, H, W]``: how many 3x3 erosions each pixel of ``regions`` survives, up to ``steps`` (a
-    chessboard distance to the region's boundary, the image's edge counting as boundary), 0 outside.
-    The interactive evaluation clicks where this peaks; erosion by max-pooling keeps it on the
-    regions' device and batched, where a distance transform would be one scipy call per mask."""
-    x = regions[:, None].float()
-    total = x.clone()
-    for _ in range(steps - 1):
-        x = -F.max_pool2d(-F.pad(x, (1, 1, 1, 1)), 3, stride=1)
-        if not x.any():
-            break
-        total = total + x
-    return total[:, 0]
 
 
 def jittered_boxes(masks: Tensor, jitter: float) -> Tensor:
@@ -65,8 +50,9 @@ def correction_clicks(predicted: Tensor, truth: Tensor, interior: bool = False) 
     """The next click per object: (x, y) in the error region, label 1 where the prediction missed
     object pixels, 0 where it covered background; a perfect prediction gets a positive click inside
     the object. Uniformly among the error's pixels, or with ``interior`` in proportion to the squared
-    ``depth`` of each pixel in its error (the missed and the spilled part apart), so that clicks fall
-    mostly inside wide errors rather than on the one-pixel rims, as the evaluation's clicks do."""
+    distance of each pixel from its error's boundary (the missed and the spilled part apart), so that
+    clicks fall mostly inside wide errors rather than on one-pixel rims, near where the evaluation
+    clicks (the farthest pixel)."""
     missed, spilled = truth & ~predicted, predicted & ~truth
     errors = missed | spilled
     perfect = ~errors.flatten(1).any(1)
@@ -74,7 +60,7 @@ def correction_clicks(predicted: Tensor, truth: Tensor, interior: bool = False) 
     weights = None
     if interior:
         missed_or_truth = torch.where(perfect[:, None, None], truth, missed)
-        weights = (depth(missed_or_truth) + depth(spilled)).square()
+        weights = (boundary_distance(missed_or_truth) + boundary_distance(spilled)).square()
     xy = random_pixels(errors, weights)
     rows = torch.arange(len(xy), device=xy.device)
     positive = missed[rows, xy[:, 1].long(), xy[:, 0].long()] | perfect
@@ -116,7 +102,7 @@ class PromptCriterion:
         points = truth.new_zeros((n, 0, 2), dtype=torch.float32)
         labels = truth.new_zeros((n, 0), dtype=torch.float32)
         if boxes is None:
-            weights = depth(truth).square() if interior else None
+            weights = boundary_distance(truth).square() if interior else None
             points, labels = random_pixels(truth, weights)[:, None], torch.ones(n, 1, device=truth.device)
         mask_input = None
         rounds = 1 + cfg.click_rounds
