@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from instseg.masks import boundary_distance
 from instseg.models.build import build_model, model_config
 from instseg.models.sam.automatic import point_grid, stability
-from instseg.masks import boundary_distance
 from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou
 
 

@@ -69,7 +69,7 @@ class SAMConfig(ModelConfig):
     click_rounds: int = 3  # corrective clicks after the first prompt, each from the last error
     box_prompt_ratio: float = 0.5  # first prompts that are a (jittered) box rather than a point
     box_jitter: float = 0.1  # box corners moved by up to this fraction of the side
-    click_sampling: Literal["uniform", "interior"] = "uniform"  # interior: weighted by distance^2 from the edge
+    click_sampling: Literal["uniform", "interior"] = "uniform"  # interior: by distance^2 from the edge
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
