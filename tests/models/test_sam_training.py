@@ -154,3 +154,31 @@ def test_click_maps_draw_disks_and_the_box_where_the_prompt_is():
     assert inside[1:5, 10:14].all() and int(inside.sum()) == 16
     shifted = click_maps((xy, labels), box, (8, 8), 2.0, 3.0, origin=torch.tensor([[1, 3]]))
     torch.testing.assert_close(shifted, maps[..., 1:9, 3:11])
+
+
+def test_object_maps_mark_every_object_and_the_edges_where_touching_objects_meet():
+    from instseg.models.sam.object_maps import object_maps
+
+    left, right = square(0, 6, 0, 5, size=(8, 10)), square(0, 6, 5, 10, size=(8, 10))
+    maps = object_maps(torch.stack([left, right]), (12, 16))
+    assert maps.shape == (2, 12, 16) and maps[:, 8:].eq(0).all() and maps[:, :, 10:].eq(0).all()
+    assert maps[0, :8, :10].bool().equal(left | right)
+    edges = maps[1, :8, :10].bool()
+    assert edges[2, 4] and edges[2, 5]  # both sides of the line where the two squares meet
+    assert not edges[0, 2] and not edges[2, 0]  # the image's border is not an edge
+    assert edges[5, 2] and not edges[2, 2]  # the bottom edge; the inside
+    assert object_maps(torch.zeros(0, 8, 10, dtype=torch.bool), (8, 10)).eq(0).all()
+
+
+def test_object_map_loss_trains_its_head_and_only_exists_when_weighted():
+    torch.manual_seed(0)
+    cfg = model_config("sam", "nuclei", {"object_map_weight": 1.0, "prompts_per_image": 2, "click_rounds": 0})
+    model = build_model("sam", cfg, 1).train()
+    masks = torch.stack([square(8, 20, 8, 20, size=(64, 64)), square(30, 44, 30, 40, size=(64, 64))])
+    target = {"boxes": torch.zeros(2, 4), "labels": torch.ones(2, dtype=torch.int64), "masks": masks.byte()}
+    losses = model([torch.rand(3, 64, 64)], [target])
+    assert set(losses) == {"loss_mask", "loss_dice", "loss_iou", "loss_object_maps"}
+    losses["loss_object_maps"].backward()
+    assert model.object_map_head.project.weight.grad.abs().sum() > 0
+    plain = build_model("sam", model_config("sam", "nuclei", {}), 1)
+    assert not any("object_map" in k for k in plain.state_dict())

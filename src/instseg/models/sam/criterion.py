@@ -26,6 +26,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from instseg.masks import boundary_distance, masks_to_boxes
 from instseg.models.losses import point_dice_loss
+from instseg.models.sam.object_maps import ObjectMapHead, object_map_loss, object_maps
 
 
 def random_pixels(regions: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -75,14 +76,18 @@ def mask_iou(predicted: Tensor, truth: Tensor) -> Tensor:
 
 
 class PromptCriterion:
-    def __init__(self, cfg: Any, decode: Any) -> None:
-        self.cfg, self.decode = cfg, decode
+    def __init__(self, cfg: Any, decode: Any, object_map_head: ObjectMapHead | None = None) -> None:
+        self.cfg, self.decode, self.object_map_head = cfg, decode, object_map_head
 
     def __call__(self, embeddings: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         zero = embeddings.sum() * 0  # keeps the graph when no image has an object
         totals = {"loss_mask": zero, "loss_dice": zero, "loss_iou": zero}
         images = 0
         padded = (embeddings.shape[-2] * self.decode.stride, embeddings.shape[-1] * self.decode.stride)
+        if self.object_map_head is not None:
+            maps = torch.stack([object_maps(t["masks"].bool(), padded) for t in targets])
+            loss = object_map_loss(self.object_map_head(embeddings), maps)
+            totals["loss_object_maps"] = self.cfg.object_map_weight * loss
         for b, target in enumerate(targets):
             masks = target["masks"].bool()
             masks = masks[masks.flatten(1).any(1)]
@@ -93,7 +98,9 @@ class PromptCriterion:
             for name, value in self.image_losses(embeddings[b : b + 1], truth).items():
                 totals[name] = totals[name] + value
             images += 1
-        return {k: v / max(images, 1) for k, v in totals.items()}
+        maps_loss = totals.pop("loss_object_maps", None)
+        per_image = {k: v / max(images, 1) for k, v in totals.items()}
+        return per_image if maps_loss is None else per_image | {"loss_object_maps": maps_loss}
 
     def image_losses(self, embedding: Tensor, truth: Tensor) -> dict[str, Tensor]:
         cfg, n = self.cfg, len(truth)

@@ -32,6 +32,7 @@ from instseg.models.sam.criterion import PromptCriterion
 from instseg.models.sam.crops import crop_layers, merge_crops
 from instseg.models.sam.image_encoder import ViTImageEncoder
 from instseg.models.sam.mask_decoder import MaskDecoder, upsample_logits
+from instseg.models.sam.object_maps import ObjectMapHead
 from instseg.models.sam.prompt_encoder import PromptEncoder
 from instseg.models.sam.two_way_transformer import TwoWayTransformer
 from instseg.models.segmentation_model import SegmentationModel
@@ -73,6 +74,7 @@ class SAMConfig(ModelConfig):
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    object_map_weight: float = 0.0  # > 0: an object and edge map read off the embedding in training
     # automatic mask generation (automatic.py)
     points_per_side: int = 32
     points_batch: int = 64
@@ -295,8 +297,10 @@ class SAM(SegmentationModel):
         )
         decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.decode_window)
         grid_decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.grid_window or cfg.decode_window)
-        super().__init__(transform, PromptCriterion(cfg, decoder), AutomaticMasks(cfg, grid_decoder))
+        maps = ObjectMapHead(cfg.prompt_dim, stride) if cfg.object_map_weight > 0 else None
+        super().__init__(transform, PromptCriterion(cfg, decoder, maps), AutomaticMasks(cfg, grid_decoder))
         self.cfg = cfg
+        self.object_map_head = maps  # training only (object_maps.py)
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
