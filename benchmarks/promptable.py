@@ -15,7 +15,8 @@ clicks, NoC@85/90, box-prompt mIoU), beside ``--baseline``: an instance
 model's checkpoint answering each click with its best-scoring mask that fits
 the clicks (``InstanceBaseline``); with ``--auto-ap`` its automatic masks are
 scored on that split as an instance model's are (class-agnostic mask AP,
-maxDets 1/10/500), ``--set`` changing automatic-mask fields.
+maxDets 1/10/500), ``--set`` changing automatic-mask fields; with ``--readings``
+every output of the decoder is scored at the first click.
 
     python benchmarks/promptable.py --checkpoint runs/bench/sam/checkpoint \
         --data ../shared/data/dsb2018 --baseline nuclei --max-objects 10 --auto-ap
@@ -28,6 +29,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Iterable
 
 import torch
 from latency import _timed  # benchmarks/latency.py: median milliseconds after warm-up
@@ -53,6 +55,8 @@ def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
         started = time.perf_counter()
         report = evaluate_interactive(model, coco_objects(index, args.max_objects), args.max_clicks)
         print(f"\n{name} ({time.perf_counter() - started:.0f} s)\n{report.format()}", flush=True)
+    if args.readings:
+        first_click_readings(predictor, coco_objects(index, args.max_objects))
     if args.auto_ap:
         started = time.perf_counter()
         predictor = instseg.load(args.checkpoint, device="cpu", **field_values(args.set))
@@ -64,6 +68,39 @@ def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
             f"AP50 {segm['AP50']:.3f}, AP75 {segm['AP75']:.3f}, Boundary AP {boundary['AP']:.3f}",
             flush=True,
         )
+
+
+def first_click_readings(predictor: PromptPredictor, images: Iterable) -> None:
+    """Every output of the decoder at the evaluation's first click (each object's pixel farthest from
+    its boundary): the IoU each reading reaches, the IoU it predicts for itself, and its area over the
+    object's; then what picking by predicted IoU gives against the best reading (the oracle). Tells a
+    wrong pick from readings that are all wrong."""
+    import numpy as np
+
+    from instseg.eval.interactive import farthest_from_boundary, iou
+
+    true, said, ratio = [], [], []
+    for image, truths in images:
+        predictor.set_image(image)
+        for truth in truths:
+            xy, _ = farthest_from_boundary(truth)
+            points = (torch.tensor([[xy]], dtype=torch.float32), torch.ones(1, 1))
+            with torch.no_grad():
+                _, predicted, masks = predictor.decode(points, None, None, None)  # every output
+            true.append([iou(m.numpy(), truth) for m in masks[0]])
+            said.append(predicted[0].tolist())
+            ratio.append([float(m.sum()) / truth.sum() for m in masks[0]])
+    true, said, ratio = np.array(true), np.array(said), np.array(ratio)
+    print(f"\nfirst click, every output ({len(true)} objects; output 0 answers several prompts)")
+    print("| output | mean IoU | mean predicted IoU | median area / object's |\n|---|---|---|---|")
+    for k in range(true.shape[1]):
+        print(f"| {k} | {true[:, k].mean():.3f} | {said[:, k].mean():.3f} | {np.median(ratio[:, k]):.2f} |")
+    rows = np.arange(len(true))
+    picked = said[:, 1:].argmax(1) + 1
+    print(
+        f"picked by predicted IoU among 1-{true.shape[1] - 1}: {true[rows, picked].mean():.3f}; "
+        f"best of them (oracle): {true[:, 1:].max(1).mean():.3f}"
+    )
 
 
 def main() -> int:
@@ -80,6 +117,9 @@ def main() -> int:
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--auto-ap", action="store_true", help="with --data: automatic masks' AP on val")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="automatic-mask fields")
+    parser.add_argument(
+        "--readings", action="store_true", help="with --data: every output at the first click"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
