@@ -182,3 +182,17 @@ def test_object_map_loss_trains_its_head_and_only_exists_when_weighted():
     assert model.object_map_head.project.weight.grad.abs().sum() > 0
     plain = build_model("sam", model_config("sam", "nuclei", {}), 1)
     assert not any("object_map" in k for k in plain.state_dict())
+
+
+def test_click_radius_jitter_draws_one_disk_size_per_prompt_in_training_only():
+    from instseg.models.sam.prompt_encoder import PromptEncoder, click_maps
+
+    torch.manual_seed(0)
+    encoder = PromptEncoder(32, 8, 256, 16, click_radius=5.0, click_radius_jitter=0.8)
+    radii = encoder.train().radius(500, torch.device("cpu"))
+    assert radii.min() >= 1.0 and radii.max() <= 9.0 and radii.std() > 1.5
+    assert encoder.eval().radius(500, torch.device("cpu")) == 5.0
+    xy = torch.tensor([[[20.0, 20.0]], [[20.0, 20.0]]])
+    maps = click_maps((xy, torch.ones(2, 1)), None, (40, 40), 1.0, torch.tensor([2.0, 6.0]))
+    areas = maps[:, 0].sum((1, 2))
+    assert 9 <= areas[0] <= 16 and 100 <= areas[1] <= 125  # pi r^2 on a pixel grid: 12.6 and 113

@@ -57,6 +57,7 @@ class SAMConfig(ModelConfig):
     prompt_dim: int = 256  # width of the embedding, the prompt tokens and the decoder
     mask_channels: int = 16  # hidden channels of the mask prompt's downsampling
     click_radius: float = 0.0  # px: clicks and box also drawn as maps into the dense prompt; 0: as SAM
+    click_radius_jitter: float = 0.0  # training: each prompt's radius x U[1 - j, 1 + j] (prompt_encoder.py)
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp: int = 2048
@@ -289,7 +290,12 @@ class SAM(SegmentationModel):
             stride = fpn_encoder.STRIDE
             transform = PromptTransform(cfg.min_size, cfg.max_size, cfg.scale)
         prompt_encoder = PromptEncoder(
-            cfg.prompt_dim, stride, cfg.image_size, cfg.mask_channels, cfg.click_radius
+            cfg.prompt_dim,
+            stride,
+            cfg.image_size,
+            cfg.mask_channels,
+            cfg.click_radius,
+            cfg.click_radius_jitter,
         )
         transformer = TwoWayTransformer(cfg.prompt_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp)
         mask_decoder = MaskDecoder(

@@ -73,12 +73,13 @@ def click_maps(
     boxes: Tensor | None,
     size: tuple[int, int],
     cell: float,
-    radius: float,
+    radius: float | Tensor,
     origin: Tensor | None = None,
 ) -> Tensor:
-    """``[B, 3, H, W]``: disks of ``radius`` pixels around the positive and the negative clicks, and the
-    box, on a grid of ``size`` cells ``cell`` input pixels wide whose top-left cell is ``origin``
-    ``[B, 2]`` (rows, columns; the window a prompt is decoded on)."""
+    """``[B, 3, H, W]``: disks of ``radius`` pixels (one for all, or one per prompt ``[B]``) around the
+    positive and the negative clicks, and the box, on a grid of ``size`` cells ``cell`` input pixels
+    wide whose top-left cell is ``origin`` ``[B, 2]`` (rows, columns; the window a prompt is decoded
+    on)."""
     given = points[0] if points is not None else boxes
     assert given is not None
     batch, device = given.shape[0], given.device
@@ -90,7 +91,8 @@ def click_maps(
         xy, labels = points[0].float() + 0.5, points[1]
         dy = ys[:, None, :, None] - xy[:, :, None, None, 1]  # [B, N, H, 1]
         dx = xs[:, None, None, :] - xy[:, :, None, None, 0]  # [B, N, 1, W]
-        near = (dy.square() + dx.square() <= radius**2).float()
+        r = torch.as_tensor(radius, dtype=torch.float32, device=device).reshape(-1, 1, 1, 1)
+        near = (dy.square() + dx.square() <= r.square()).float()
         for channel, kind in enumerate((POSITIVE, NEGATIVE)):
             chosen = (labels == kind).float()[:, :, None, None]
             maps[:, channel] = (near * chosen).amax(dim=1)
@@ -107,16 +109,33 @@ class PromptEncoder(nn.Module):
     cells are ``stride`` input pixels apart."""
 
     def __init__(
-        self, dim: int, stride: int, reference: int, mask_channels: int, click_radius: float = 0.0
+        self,
+        dim: int,
+        stride: int,
+        reference: int,
+        mask_channels: int,
+        click_radius: float = 0.0,
+        click_radius_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim, self.stride, self.reference, self.click_radius = dim, stride, reference, click_radius
+        self.click_radius_jitter = click_radius_jitter
         self.fourier = RandomFourierEncoding(dim // 2)
         self.point_kinds = nn.Embedding(4, dim)  # NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT
         self.not_a_point = nn.Embedding(1, dim)
         self.no_mask = nn.Embedding(1, dim)
         self.mask_down = downsampler(1, mask_channels, dim)
         self.click_down = downsampler(3, mask_channels, dim) if click_radius > 0 else None
+
+    def radius(self, batch: int, device: torch.device) -> float | Tensor:
+        """The click disks' radius; in training with a jitter, one per prompt, uniform in
+        ``click_radius * [1 - jitter, 1 + jitter]``, so that a disk's size says nothing of the
+        object's: with one fixed size, a model trained for minutes answers a single click with about
+        that disk, whatever the object's size."""
+        if not (self.training and self.click_radius_jitter):
+            return self.click_radius
+        spread = self.click_radius_jitter * (2 * torch.rand(batch, device=device) - 1)
+        return self.click_radius * (1 + spread)
 
     def dense_positions(self, grid: tuple[int, int]) -> Tensor:
         """``[1, C, h, w]``: the positional encoding of an image embedding of ``grid`` cells."""
@@ -162,6 +181,6 @@ class PromptEncoder(nn.Module):
             dense = self.no_mask.weight.reshape(1, -1, 1, 1).expand(batch, -1, *grid)
         if self.click_down is not None and (points is not None or boxes is not None):
             size = (4 * grid[0], 4 * grid[1])
-            maps = click_maps(points, boxes, size, self.stride / 4, self.click_radius, origin)
+            maps = click_maps(points, boxes, size, self.stride / 4, self.radius(batch, device), origin)
             dense = dense + self.click_down(maps)
         return torch.cat(sparse, dim=1), dense
