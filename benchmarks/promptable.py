@@ -56,7 +56,7 @@ def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
         report = evaluate_interactive(model, coco_objects(index, args.max_objects), args.max_clicks)
         print(f"\n{name} ({time.perf_counter() - started:.0f} s)\n{report.format()}", flush=True)
     if args.readings:
-        first_click_readings(predictor, coco_objects(index, args.max_objects))
+        first_click_readings(predictor, coco_objects(index, args.max_objects), args.radii)
     if args.auto_ap:
         started = time.perf_counter()
         predictor = instseg.load(args.checkpoint, device="cpu", **field_values(args.set))
@@ -70,37 +70,67 @@ def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
         )
 
 
-def first_click_readings(predictor: PromptPredictor, images: Iterable) -> None:
+def first_click_readings(predictor: PromptPredictor, images: Iterable, radii: list[float]) -> None:
     """Every output of the decoder at the evaluation's first click (each object's pixel farthest from
     its boundary): the IoU each reading reaches, the IoU it predicts for itself, and its area over the
     object's; then what picking by predicted IoU gives against the best reading (the oracle). Tells a
-    wrong pick from readings that are all wrong."""
+    wrong pick from readings that are all wrong. With ``radii`` (a model with click maps), the same
+    click drawn as disks of other radii: a reading whose area follows the disk, not the object, is an
+    echo of the disk."""
     import numpy as np
 
     from instseg.eval.interactive import farthest_from_boundary, iou
 
-    true, said, ratio = [], [], []
+    encoder = predictor.model.prompt_encoder
+    drawn = [encoder.click_radius, *radii]
+    true, said, area = [], [], []  # [objects, radii, outputs]
+    sizes = []
     for image, truths in images:
         predictor.set_image(image)
         for truth in truths:
             xy, _ = farthest_from_boundary(truth)
             points = (torch.tensor([[xy]], dtype=torch.float32), torch.ones(1, 1))
-            with torch.no_grad():
-                _, predicted, masks = predictor.decode(points, None, None, None)  # every output
-            true.append([iou(m.numpy(), truth) for m in masks[0]])
-            said.append(predicted[0].tolist())
-            ratio.append([float(m.sum()) / truth.sum() for m in masks[0]])
-    true, said, ratio = np.array(true), np.array(said), np.array(ratio)
+            rows = []
+            for radius in drawn:
+                encoder.click_radius = radius
+                with torch.no_grad():
+                    _, predicted, masks = predictor.decode(points, None, None, None)  # every output
+                rows.append(
+                    (
+                        [iou(m.numpy(), truth) for m in masks[0]],
+                        predicted[0].tolist(),
+                        [float(m.sum()) for m in masks[0]],
+                    )
+                )
+            true.append([r[0] for r in rows])
+            said.append([r[1] for r in rows])
+            area.append([r[2] for r in rows])
+            sizes.append(float(truth.sum()))
+    encoder.click_radius = drawn[0]
+    true, said, area, sizes = np.array(true), np.array(said), np.array(area), np.array(sizes)
+    ratio = area / sizes[:, None, None]
     print(f"\nfirst click, every output ({len(true)} objects; output 0 answers several prompts)")
     print("| output | mean IoU | mean predicted IoU | median area / object's |\n|---|---|---|---|")
-    for k in range(true.shape[1]):
-        print(f"| {k} | {true[:, k].mean():.3f} | {said[:, k].mean():.3f} | {np.median(ratio[:, k]):.2f} |")
-    rows = np.arange(len(true))
-    picked = said[:, 1:].argmax(1) + 1
+    for k in range(true.shape[2]):
+        t, p, r = true[:, 0, k], said[:, 0, k], ratio[:, 0, k]
+        print(f"| {k} | {t.mean():.3f} | {p.mean():.3f} | {np.median(r):.2f} |")
+    picked = said[:, :, 1:].argmax(2) + 1  # [objects, radii]
+    chosen = np.take_along_axis(true, picked[:, :, None], 2)[:, :, 0]
+    chosen_area = np.take_along_axis(area, picked[:, :, None], 2)[:, :, 0]
     print(
-        f"picked by predicted IoU among 1-{true.shape[1] - 1}: {true[rows, picked].mean():.3f}; "
-        f"best of them (oracle): {true[:, 1:].max(1).mean():.3f}"
+        f"picked by predicted IoU among 1-{true.shape[2] - 1}: {chosen[:, 0].mean():.3f}; "
+        f"best of them (oracle): {true[:, 0, 1:].max(1).mean():.3f}"
     )
+    small = sizes < np.median(sizes)
+    print(
+        f"\n| click disk radius | mIoU@1 | median area / object's | median area, smaller / larger half "
+        f"(objects: {np.median(sizes[small]):.0f} / {np.median(sizes[~small]):.0f} px) |\n|---|---|---|---|"
+    )
+    for j, radius in enumerate(drawn):
+        print(
+            f"| {radius:g} | {chosen[:, j].mean():.3f} | {np.median(chosen_area[:, j] / sizes):.2f} "
+            f"| {np.median(chosen_area[small, j]):.0f} / {np.median(chosen_area[~small, j]):.0f} |"
+        )
 
 
 def main() -> int:
