@@ -130,8 +130,8 @@ class PromptEncoder(nn.Module):
     def radius(self, batch: int, device: torch.device) -> float | Tensor:
         """The click disks' radius; in training with a jitter, one per prompt, uniform in
         ``click_radius * [1 - jitter, 1 + jitter]``, so that a disk's size says nothing of the
-        object's: with one fixed size, a model trained for minutes answers a single click with about
-        that disk, whatever the object's size."""
+        object's. (With one size, a model trained for 30 minutes answers a single click with about
+        that disk whatever the object's size; the jitter alone did not change that: BENCHMARKS.md.)"""
         if not (self.training and self.click_radius_jitter):
             return self.click_radius
         spread = self.click_radius_jitter * (2 * torch.rand(batch, device=device) - 1)
