@@ -84,10 +84,6 @@ class PromptCriterion:
         totals = {"loss_mask": zero, "loss_dice": zero, "loss_iou": zero}
         images = 0
         padded = (embeddings.shape[-2] * self.decode.stride, embeddings.shape[-1] * self.decode.stride)
-        if self.object_map_head is not None:
-            maps = torch.stack([object_maps(t["masks"].bool(), padded) for t in targets])
-            loss = object_map_loss(self.object_map_head(embeddings), maps)
-            totals["loss_object_maps"] = self.cfg.object_map_weight * loss
         for b, target in enumerate(targets):
             masks = target["masks"].bool()
             masks = masks[masks.flatten(1).any(1)]
@@ -98,9 +94,12 @@ class PromptCriterion:
             for name, value in self.image_losses(embeddings[b : b + 1], truth).items():
                 totals[name] = totals[name] + value
             images += 1
-        maps_loss = totals.pop("loss_object_maps", None)
-        per_image = {k: v / max(images, 1) for k, v in totals.items()}
-        return per_image if maps_loss is None else per_image | {"loss_object_maps": maps_loss}
+        losses = {k: v / max(images, 1) for k, v in totals.items()}
+        if self.object_map_head is not None:  # every object of the batch, not only the prompted ones
+            maps = torch.stack([object_maps(t["masks"].bool(), padded) for t in targets])
+            loss = object_map_loss(self.object_map_head(embeddings), maps)
+            losses["loss_object_maps"] = self.cfg.object_map_weight * loss
+        return losses
 
     def image_losses(self, embedding: Tensor, truth: Tensor) -> dict[str, Tensor]:
         cfg, n = self.cfg, len(truth)
