@@ -150,6 +150,13 @@ def main() -> int:
     parser.add_argument(
         "--readings", action="store_true", help="with --data: every output at the first click"
     )
+    parser.add_argument(
+        "--radii",
+        type=float,
+        nargs="*",
+        default=[],
+        help="with --readings: the click also drawn at these radii",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     image = torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(0))
