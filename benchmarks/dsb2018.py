@@ -1,8 +1,8 @@
 """DSB2018 nuclei: train from scratch for a wall-clock budget, evaluate on val (maxDets 1/10/500).
 
 Prints mask AP, AP50, AP75, Boundary AP, box AP, training images/s and inference
-s/image, and ranks the run against the peers measured on this machine (numbers
-from the project's issue tracker, same split, same evaluator settings).
+s/image, and ranks the run against the peers measured on the headline rows' machine (same split,
+same evaluator settings; ``PEERS``).
 
     python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --budget-min 30
     python benchmarks/dsb2018.py --model mask_rcnn --preset nuclei --set roi_pooler=pool
@@ -38,11 +38,12 @@ import instseg
 from instseg.config import field_values
 from instseg.models.build import count_parameters
 
-# Peers trained from scratch on this 2-core machine, predicted on val at full resolution,
-# scored with faster-coco-eval at maxDets 1/10/500.
+# Peers trained from scratch for 30 minutes with ``--peer`` on the machine of BENCHMARKS.md's
+# headline rows (2-core AMD EPYC, idle), scored by the same evaluator; ratios against them mean
+# something only for a run on that machine.
 PEERS = {
-    "ultralytics YOLOv8n-seg (31 min, imgsz 512, batch 8)": 0.317,
-    "Cellpose 3 (27 min, 1 thread)": 0.496,
+    "Cellpose 3.1 (30 min, 2026-12-02, 2-core AMD EPYC)": 0.472,
+    "ultralytics YOLO26n-seg (30 min, 2026-12-03, 2-core AMD EPYC)": 0.048,
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 ROOT = Path(__file__).resolve().parents[1]
