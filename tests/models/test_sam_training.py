@@ -196,3 +196,24 @@ def test_click_radius_jitter_draws_one_disk_size_per_prompt_in_training_only():
     maps = click_maps((xy, torch.ones(2, 1)), None, (40, 40), 1.0, torch.tensor([2.0, 6.0]))
     areas = maps[:, 0].sum((1, 2))
     assert 9 <= areas[0] <= 16 and 100 <= areas[1] <= 125  # pi r^2 on a pixel grid: 12.6 and 113
+
+
+def test_box_map_without_click_disks_draws_the_box_and_never_the_click():
+    """``box_map`` with ``click_radius`` 0: the dense prompt follows the box but not where the click
+    is, so a click reaches the decoder only as its token; the box alone in the maps."""
+    from instseg.models.sam.prompt_encoder import PromptEncoder, click_maps
+
+    torch.manual_seed(0)
+    encoder = PromptEncoder(32, 8, 256, 16, click_radius=0.0, box_map=True).eval()
+    labels = torch.ones(1, 1)
+    with torch.no_grad():
+        _, here = encoder((torch.tensor([[[20.0, 20.0]]]), labels), None, None, (8, 8))
+        _, there = encoder((torch.tensor([[[50.0, 41.0]]]), labels), None, None, (8, 8))
+        _, small = encoder(None, torch.tensor([[8.0, 8.0, 20.0, 20.0]]), None, (8, 8))
+        _, large = encoder(None, torch.tensor([[8.0, 8.0, 50.0, 60.0]]), None, (8, 8))
+    torch.testing.assert_close(here, there)
+    assert (small - large).abs().max() > 1e-3
+    xy = torch.tensor([[[4.5, 4.5]]])  # + 0.5: exactly on a cell centre of the 2-px grid: still no disk
+    maps = click_maps((xy, labels), torch.tensor([[0.0, 0.0, 9.0, 9.0]]), (16, 16), 2.0, 0.0)
+    assert maps[:, :2].sum() == 0 and maps[0, 2].sum() == 25
+    assert PromptEncoder(32, 8, 256, 16).click_down is None  # as SAM: no maps at all

@@ -58,6 +58,7 @@ class SAMConfig(ModelConfig):
     mask_channels: int = 16  # hidden channels of the mask prompt's downsampling
     click_radius: float = 0.0  # px: clicks and box also drawn as maps into the dense prompt; 0: as SAM
     click_radius_jitter: float = 0.0  # training: each prompt's radius x U[1 - j, 1 + j] (prompt_encoder.py)
+    box_map: bool = False  # the box drawn into the dense prompt even with click_radius 0 (no click disks)
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp: int = 2048
@@ -296,6 +297,7 @@ class SAM(SegmentationModel):
             cfg.mask_channels,
             cfg.click_radius,
             cfg.click_radius_jitter,
+            cfg.box_map,
         )
         transformer = TwoWayTransformer(cfg.prompt_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp)
         mask_decoder = MaskDecoder(

@@ -14,6 +14,9 @@ negative click), and downsampled the same way into the dense map. The
 Fourier features of a point vary over about ``reference / (4 pi)`` pixels,
 too smooth to tell apart nuclei a few pixels wide at the reference a CPU
 preset can afford; the maps say exactly where the user clicked, at once.
+With ``box_map`` and no ``click_radius`` only the box is drawn: a decoder
+trained for 30 minutes answers a drawn click with about the drawn disk, of
+any size (BENCHMARKS.md), so a click may be given as its token alone.
 """
 
 from __future__ import annotations
@@ -77,9 +80,9 @@ def click_maps(
     origin: Tensor | None = None,
 ) -> Tensor:
     """``[B, 3, H, W]``: disks of ``radius`` pixels (one for all, or one per prompt ``[B]``) around the
-    positive and the negative clicks, and the box, on a grid of ``size`` cells ``cell`` input pixels
-    wide whose top-left cell is ``origin`` ``[B, 2]`` (rows, columns; the window a prompt is decoded
-    on)."""
+    positive and the negative clicks (none at radius 0), and the box, on a grid of ``size`` cells
+    ``cell`` input pixels wide whose top-left cell is ``origin`` ``[B, 2]`` (rows, columns; the window
+    a prompt is decoded on)."""
     given = points[0] if points is not None else boxes
     assert given is not None
     batch, device = given.shape[0], given.device
@@ -87,7 +90,8 @@ def click_maps(
     ys = (start[:, :1] + torch.arange(size[0], device=device) + 0.5) * cell  # [B, H] in input pixels
     xs = (start[:, 1:] + torch.arange(size[1], device=device) + 0.5) * cell
     maps = torch.zeros(batch, 3, *size, device=device)
-    if points is not None and points[0].shape[1]:
+    drawn = not isinstance(radius, (int, float)) or radius > 0  # radius 0: the box alone
+    if points is not None and points[0].shape[1] and drawn:
         xy, labels = points[0].float() + 0.5, points[1]
         dy = ys[:, None, :, None] - xy[:, :, None, None, 1]  # [B, N, H, 1]
         dx = xs[:, None, None, :] - xy[:, :, None, None, 0]  # [B, N, 1, W]
@@ -116,6 +120,7 @@ class PromptEncoder(nn.Module):
         mask_channels: int,
         click_radius: float = 0.0,
         click_radius_jitter: float = 0.0,
+        box_map: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.stride, self.reference, self.click_radius = dim, stride, reference, click_radius
@@ -125,7 +130,7 @@ class PromptEncoder(nn.Module):
         self.not_a_point = nn.Embedding(1, dim)
         self.no_mask = nn.Embedding(1, dim)
         self.mask_down = downsampler(1, mask_channels, dim)
-        self.click_down = downsampler(3, mask_channels, dim) if click_radius > 0 else None
+        self.click_down = downsampler(3, mask_channels, dim) if click_radius > 0 or box_map else None
 
     def radius(self, batch: int, device: torch.device) -> float | Tensor:
         """The click disks' radius; in training with a jitter, one per prompt, uniform in
