@@ -1,6 +1,7 @@
 """benchmarks/promptable.py end to end on a tiny SAM with click maps: its options parse and every
 report it prints (timings, interactive metrics, first-click readings at other disk radii) comes out."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,23 +10,11 @@ import torch
 
 from instseg.engine.checkpoint import save_checkpoint
 from instseg.models.build import checkpoint_meta
-from instseg.models.sam.model import OBJECT, SAM, SAMConfig
+from instseg.models.sam.model import OBJECT, SAM
+from tests.models.test_sam import TINY as SAM_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = SAMConfig(
-    image_size=64,
-    vit_dim=32,
-    vit_depth=1,
-    vit_heads=2,
-    global_blocks=(0,),
-    window=2,
-    prompt_dim=32,
-    mask_channels=8,
-    decoder_mlp=32,
-    decoder_heads=2,
-    iou_head_hidden=16,
-    click_radius=3.0,
-)
+TINY = dataclasses.replace(SAM_TINY, click_radius=3.0)  # with click maps, so --radii has disks to draw
 
 
 def test_interactive_report_with_first_click_readings_at_other_radii(tiny_coco, tmp_path):
