@@ -14,9 +14,10 @@ negative click), and downsampled the same way into the dense map. The
 Fourier features of a point vary over about ``reference / (4 pi)`` pixels,
 too smooth to tell apart nuclei a few pixels wide at the reference a CPU
 preset can afford; the maps say exactly where the user clicked, at once.
-With ``box_map`` and no ``click_radius`` only the box is drawn: a decoder
-trained for 30 minutes answers a drawn click with about the drawn disk, of
-any size (BENCHMARKS.md), so a click may be given as its token alone.
+With ``box_map`` and no ``click_radius`` only the box is drawn and a click
+reaches the decoder as its token alone. Neither cures a short CPU budget: a
+decoder trained for 30 minutes echoes a drawn click's disk, of any size, and
+ignores an undrawn click (BENCHMARKS.md, "why one click reads back a blob").
 """
 
 from __future__ import annotations
