@@ -217,3 +217,44 @@ def test_box_map_without_click_disks_draws_the_box_and_never_the_click():
     maps = click_maps((xy, labels), torch.tensor([[0.0, 0.0, 9.0, 9.0]]), (16, 16), 2.0, 0.0)
     assert maps[:, :2].sum() == 0 and maps[0, 2].sum() == 25
     assert PromptEncoder(32, 8, 256, 16).click_down is None  # as SAM: no maps at all
+
+
+def test_point_features_give_a_click_token_the_embedding_under_the_click_and_nothing_else():
+    """``point_features``: a click's token changes with the embedding cell under it, not with a cell
+    far away, and box corners never read the embedding; at a cell's centre it reads that cell."""
+    from instseg.models.sam.prompt_encoder import PromptEncoder
+
+    torch.manual_seed(0)
+    encoder = PromptEncoder(32, 8, 256, 16, point_features=True).eval()
+    embedding = torch.randn(1, 32, 8, 8)
+    centre = torch.tensor([[[(2 + 0.5) * 8, (5 + 0.5) * 8]]])  # continuous pixels: row 5, column 2
+    torch.testing.assert_close(encoder.features_under(embedding, centre)[0, 0], embedding[0, :, 5, 2])
+    click = (torch.tensor([[[20.0, 43.0]]]), torch.ones(1, 1))  # pixel (20, 43): in cell (5, 2)
+    box = torch.tensor([[16.0, 40.0, 30.0, 50.0]])
+    far, near = embedding.clone(), embedding.clone()
+    far[..., 0, 7] += 5
+    near[..., 5, 2] += 5
+    with torch.no_grad():
+        tokens = {
+            n: encoder(click, None, None, (8, 8), embedding=e)[0]
+            for n, e in [("e", embedding), ("far", far), ("near", near)]
+        }
+        boxes = [encoder(None, box, None, (8, 8), embedding=e)[0] for e in (embedding, near)]
+    torch.testing.assert_close(tokens["e"], tokens["far"])
+    assert (tokens["e"][0, 0] - tokens["near"][0, 0]).abs().max() > 0.1
+    torch.testing.assert_close(tokens["e"][0, 1], tokens["near"][0, 1])  # the padding token
+    torch.testing.assert_close(boxes[0], boxes[1])
+    assert PromptEncoder(32, 8, 256, 16).point_features is None
+
+
+def test_point_features_train_through_the_criterion():
+    torch.manual_seed(0)
+    cfg = model_config(
+        "sam", "nuclei", {"point_features": True, "prompts_per_image": 2, "box_prompt_ratio": 0.0}
+    )
+    model = build_model("sam", cfg, 1).train()
+    masks = torch.stack([square(8, 20, 8, 20, size=(64, 64)), square(30, 44, 30, 40, size=(64, 64))])
+    target = {"boxes": torch.zeros(2, 4), "labels": torch.ones(2, dtype=torch.int64), "masks": masks.byte()}
+    losses = model([torch.rand(3, 64, 64)], [target])
+    sum(losses.values()).backward()
+    assert model.prompt_encoder.point_features.weight.grad.abs().sum() > 0

@@ -90,7 +90,7 @@ class PromptGraph(nn.Module):
         else:
             crop, crop_positions, mask_crop, corners = embedding, positions, mask_input, None
         sparse, dense = self.prompt(
-            xy, labels, box, has_box, mask_crop, has_mask_input, corners, crop.shape[-2:]
+            xy, labels, box, has_box, mask_crop, has_mask_input, corners, crop.shape[-2:], embedding
         )
         logits, iou = model.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
         if corners is not None:
@@ -108,10 +108,11 @@ class PromptGraph(nn.Module):
         has_mask_input: Tensor,
         corners: Tensor | None,
         grid: tuple[int, int],
+        embedding: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """The eager prompt encoder's tokens and dense map, with the box and the mask prompt as values."""
         encoder = self.model.decode.prompt_encoder
-        sparse = encoder.embed_points(xy, labels, pad=False)
+        sparse = encoder.embed_points(xy, labels, pad=False, embedding=embedding)
         no_mask = encoder.no_mask.weight.reshape(1, -1, 1, 1)
         dense = torch.where(has_mask_input.reshape(-1, 1, 1, 1) > 0, encoder.mask_down(mask_input), no_mask)
         if encoder.click_down is not None:

@@ -59,6 +59,7 @@ class SAMConfig(ModelConfig):
     click_radius: float = 0.0  # px: clicks and box also drawn as maps into the dense prompt; 0: as SAM
     click_radius_jitter: float = 0.0  # training: each prompt's radius x U[1 - j, 1 + j] (prompt_encoder.py)
     box_map: bool = False  # the box drawn into the dense prompt even with click_radius 0 (no click disks)
+    point_features: bool = False  # each click's token also carries the image embedding under it
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp: int = 2048
@@ -191,7 +192,7 @@ class PromptDecoder:
         centres = self.centres(points, boxes)
         if self.window and centres is not None and max(grid) > self.window:
             return self.windowed(embedding, positions, centres, points, boxes, mask_input, multimask)
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid)
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid, embedding=embedding)
         if multimask is None:
             return (*self.mask_decoder.predict_all(embedding, positions, sparse, dense), None)
         return (*self.mask_decoder(embedding, positions, sparse, dense, multimask), None)
@@ -230,7 +231,9 @@ class PromptDecoder:
         crop, crop_positions, mask_input, corners = self.window_crops(
             embedding, positions, centres, mask_input
         )
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input, tuple(crop.shape[-2:]), corners)
+        sparse, dense = self.prompt_encoder(
+            points, boxes, mask_input, tuple(crop.shape[-2:]), corners, embedding
+        )
         if multimask is None:
             logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
         else:
@@ -298,6 +301,7 @@ class SAM(SegmentationModel):
             cfg.click_radius,
             cfg.click_radius_jitter,
             cfg.box_map,
+            cfg.point_features,
         )
         transformer = TwoWayTransformer(cfg.prompt_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp)
         mask_decoder = MaskDecoder(

@@ -18,6 +18,12 @@ With ``box_map`` and no ``click_radius`` only the box is drawn and a click
 reaches the decoder as its token alone. Neither cures a short CPU budget: a
 decoder trained for 30 minutes echoes a drawn click's disk, of any size, and
 ignores an undrawn click (BENCHMARKS.md, "why one click reads back a blob").
+
+With ``point_features`` (not in the official models either), each click's
+token also carries the image embedding under the click, sampled bilinearly and
+projected: the token then says what was clicked, not only where, so the
+decoder can look for the cells that resemble it instead of first learning to
+find the click's position in the embedding.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from instseg.models.sam.image_encoder import ChannelLayerNorm
 
@@ -122,6 +129,7 @@ class PromptEncoder(nn.Module):
         click_radius: float = 0.0,
         click_radius_jitter: float = 0.0,
         box_map: bool = False,
+        point_features: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.stride, self.reference, self.click_radius = dim, stride, reference, click_radius
@@ -132,6 +140,7 @@ class PromptEncoder(nn.Module):
         self.no_mask = nn.Embedding(1, dim)
         self.mask_down = downsampler(1, mask_channels, dim)
         self.click_down = downsampler(3, mask_channels, dim) if click_radius > 0 or box_map else None
+        self.point_features = nn.Linear(dim, dim) if point_features else None
 
     def radius(self, batch: int, device: torch.device) -> float | Tensor:
         """The click disks' radius; in training with a jitter, one per prompt, uniform in
@@ -147,15 +156,29 @@ class PromptEncoder(nn.Module):
         """``[1, C, h, w]``: the positional encoding of an image embedding of ``grid`` cells."""
         return self.fourier.grid(*grid, self.stride, self.reference)[None]
 
-    def embed_points(self, xy: Tensor, labels: Tensor, pad: bool) -> Tensor:
-        """Points ``[B, N, 2]`` (pixels) with labels ``[B, N]`` (1 positive, 0 negative, -1 padding)."""
+    def embed_points(self, xy: Tensor, labels: Tensor, pad: bool, embedding: Tensor | None = None) -> Tensor:
+        """Points ``[B, N, 2]`` (pixels) with labels ``[B, N]`` (1 positive, 0 negative, -1 padding);
+        with ``point_features``, the whole image's ``embedding`` ``[1, C, h, w]`` is read under them."""
         if pad:
             xy = torch.cat([xy, xy.new_zeros(xy.shape[0], 1, 2)], dim=1)
             labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), PADDING)], dim=1)
         tokens = self.fourier.points(xy + 0.5, self.reference)  # + 0.5: the pixel's centre
+        if self.point_features is not None:
+            assert embedding is not None, "point_features reads the image embedding under each click"
+            clicks = ((labels == POSITIVE) | (labels == NEGATIVE)).to(tokens.dtype)[..., None]  # not corners
+            tokens = tokens + clicks * self.point_features(self.features_under(embedding, xy.float() + 0.5))
         padding = (labels == PADDING)[..., None]
         kind = self.point_kinds(labels.clamp(min=0).long())
         return torch.where(padding, self.not_a_point.weight, tokens + kind)
+
+    def features_under(self, embedding: Tensor, xy: Tensor) -> Tensor:
+        """The embedding ``[1, C, h, w]`` bilinearly sampled at ``xy`` ``[B, N, 2]`` (continuous input
+        pixels, 0 at the image's left edge) -> ``[B, N, C]``; clicks beyond the edge read the border."""
+        h, w = embedding.shape[-2:]
+        extent = torch.stack([torch.full((), w * self.stride), torch.full((), h * self.stride)]).to(xy)
+        grid = (2 * xy / extent - 1).reshape(1, -1, 1, 2)
+        sampled = F.grid_sample(embedding, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return sampled[0, :, :, 0].transpose(0, 1).reshape(*xy.shape[:2], -1)
 
     def embed_boxes(self, boxes: Tensor) -> Tensor:
         """Boxes ``[B, 4]`` (x0, y0, x1, y1 pixels) -> two corner tokens each."""
@@ -169,16 +192,18 @@ class PromptEncoder(nn.Module):
         masks: Tensor | None,
         grid: tuple[int, int],
         origin: Tensor | None = None,
+        embedding: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(sparse tokens ``[B, N, C]``, dense map ``[B, C, h, w]``) for B prompts on one image whose
         embedding has ``grid`` cells; a mask prompt is ``[B, 1, 4h, 4w]`` logits. ``origin`` ``[B, 2]``:
-        where each prompt's grid starts in the whole embedding, in cells of the mask prompt."""
+        where each prompt's grid starts in the whole embedding, in cells of the mask prompt;
+        ``embedding``: the whole image's, which ``point_features`` reads."""
         given = [t for t in (points[0] if points else None, boxes, masks) if t is not None]
         batch = given[0].shape[0] if given else 1
         device = self.no_mask.weight.device
         sparse = [torch.empty(batch, 0, self.dim, device=device)]
         if points is not None:
-            sparse.append(self.embed_points(points[0], points[1], pad=boxes is None))
+            sparse.append(self.embed_points(points[0], points[1], pad=boxes is None, embedding=embedding))
         if boxes is not None:
             sparse.append(self.embed_boxes(boxes))
         if masks is not None:
