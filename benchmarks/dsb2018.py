@@ -44,6 +44,7 @@ from instseg.models.build import count_parameters
 PEERS = {
     "Cellpose 3.1 (30 min, 2026-12-02, 2-core AMD EPYC)": 0.472,
     "ultralytics YOLO26n-seg (30 min, 2026-12-03, 2-core AMD EPYC)": 0.048,
+    "ultralytics YOLOv8n-seg (30 min, 2026-12-07, 2-core AMD EPYC)": 0.297,
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 ROOT = Path(__file__).resolve().parents[1]
