@@ -175,7 +175,8 @@ def main() -> int:
     segm, boundary, bbox = (result.metrics[k] for k in ("segm", "boundary", "bbox"))
     row = {
         "date": started,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}",  # the vector units the kernels use
         "model": args.model,
         "preset": args.preset,
         "overrides": overrides,
