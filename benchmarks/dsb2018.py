@@ -50,6 +50,13 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb201
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def machine() -> str:
+    """The CPU as a row's kernels used it: the same 2-core host type has reported AVX2 on some days and
+    AVX-512 on others, and the steps a budget buys differ with it."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.machine()} {capability}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def peer_command(args: argparse.Namespace, out: Path) -> list[str]:
     """The peer's own training and prediction, run in the peer environment; it writes out/results.json."""
     if args.peer == "cellpose":
@@ -96,6 +103,7 @@ def run_peer(args: argparse.Namespace, out: Path) -> dict:
     segm, boundary, bbox = (report.metrics[k] for k in ("segm", "boundary", "bbox"))
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
         "model": "Cellpose 3.1" if args.peer == "cellpose" else f"ultralytics {args.peer}",
         "budget_min": args.budget_min,
         "mask_AP": segm["AP"],
@@ -175,8 +183,7 @@ def main() -> int:
     segm, boundary, bbox = (result.metrics[k] for k in ("segm", "boundary", "bbox"))
     row = {
         "date": started,
-        "machine": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}",  # the vector units the kernels use
+        "machine": machine(),
         "model": args.model,
         "preset": args.preset,
         "overrides": overrides,
