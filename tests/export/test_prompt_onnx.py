@@ -27,7 +27,9 @@ pytest.importorskip("onnxruntime")
 DEMO_VAL = Path(instseg.__file__).parent / "assets" / "dsb2018_mini" / "val"
 # nuclei: the FPN encoder at the input's scale (a symbolic embedding grid), clicks drawn as maps, each
 # prompt decoded on a window around it (4 cells, so that the test images are larger than a window),
-# each click's token reading the embedding under it (``point_features``); vit: the longest-side antialiased resize to a padded square, every prompt decoded on the whole image
+# each click's token reading the embedding under it (``point_features``; the graph passes box corners
+# through the same point path, so parity on box prompts shows that corners do not read it);
+# vit: the longest-side antialiased resize to a padded square, every prompt decoded on the whole image
 MODELS = {
     "nuclei": ("nuclei", {"decode_window": 4, "point_features": True}),
     "vit": (

@@ -222,7 +222,7 @@ def test_box_map_without_click_disks_draws_the_box_and_never_the_click():
 def test_point_features_give_a_click_token_the_embedding_under_the_click_and_nothing_else():
     """``point_features``: a click's token changes with the embedding cell under it, not with a cell
     far away, and box corners never read the embedding; at a cell's centre it reads that cell."""
-    from instseg.models.sam.prompt_encoder import PromptEncoder
+    from instseg.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PromptEncoder
 
     torch.manual_seed(0)
     encoder = PromptEncoder(32, 8, 256, 16, point_features=True).eval()
@@ -230,7 +230,8 @@ def test_point_features_give_a_click_token_the_embedding_under_the_click_and_not
     centre = torch.tensor([[[(2 + 0.5) * 8, (5 + 0.5) * 8]]])  # continuous pixels: row 5, column 2
     torch.testing.assert_close(encoder.features_under(embedding, centre)[0, 0], embedding[0, :, 5, 2])
     click = (torch.tensor([[[20.0, 43.0]]]), torch.ones(1, 1))  # pixel (20, 43): in cell (5, 2)
-    box = torch.tensor([[16.0, 40.0, 30.0, 50.0]])
+    # box corners as the exported graph gives them: on the point path, with the corners' labels
+    corners = (torch.tensor([[[16.0, 40.0], [30.0, 50.0]]]), torch.tensor([[BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]]))
     far, near = embedding.clone(), embedding.clone()
     far[..., 0, 7] += 5
     near[..., 5, 2] += 5
@@ -239,7 +240,7 @@ def test_point_features_give_a_click_token_the_embedding_under_the_click_and_not
             n: encoder(click, None, None, (8, 8), embedding=e)[0]
             for n, e in [("e", embedding), ("far", far), ("near", near)]
         }
-        boxes = [encoder(None, box, None, (8, 8), embedding=e)[0] for e in (embedding, near)]
+        boxes = [encoder.embed_points(*corners, pad=False, embedding=e) for e in (embedding, near)]
     torch.testing.assert_close(tokens["e"], tokens["far"])
     assert (tokens["e"][0, 0] - tokens["near"][0, 0]).abs().max() > 0.1
     torch.testing.assert_close(tokens["e"][0, 1], tokens["near"][0, 1])  # the padding token
