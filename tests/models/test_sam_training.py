@@ -110,16 +110,16 @@ def test_the_nuclei_preset_learns_a_blob_from_clicks():
     assert sum(history[-5:]) / 5 < 0.6 * sum(history[:5]) / 5, history
 
 
-@pytest.mark.parametrize("click_radius", [0.0, 6.0])
-def test_windowed_decoding_is_decoding_the_window(click_radius):
+@pytest.mark.parametrize("click_radius, dynamic_layers", [(0.0, 0), (6.0, 0), (0.0, 3)])
+def test_windowed_decoding_is_decoding_the_window(click_radius, dynamic_layers):
     """A prompt decoded within a 4-cell window of an 8 x 8 embedding gives, inside the window, what
     the decoder gives on that window cut out by hand, and OUTSIDE elsewhere; a mask prompt and the
-    click maps are cut the same way."""
-    from instseg.models.sam.model import OUTSIDE, SAM
+    click maps are cut the same way, and the dynamic head's offsets are the window's pixels' own."""
+    from instseg.models.sam.model import OUTSIDE, SAM, logit_pixels
     from tests.models.test_sam import TINY
 
     torch.manual_seed(0)
-    model = SAM(dataclasses.replace(TINY, click_radius=click_radius)).eval()
+    model = SAM(dataclasses.replace(TINY, click_radius=click_radius, dynamic_layers=dynamic_layers)).eval()
     decode = model.decode
     decode.window = 4
     embedding = torch.randn(1, TINY.prompt_dim, 8, 8)
@@ -131,7 +131,11 @@ def test_windowed_decoding_is_decoding_the_window(click_radius):
         origin = torch.tensor([[0, 16]])  # the window's first row and column of the 32 x 32 logits
         sparse, dense = model.prompt_encoder(points, None, mask[..., 0:16, 16:32], grid, origin)
         positions = model.prompt_encoder.dense_positions((8, 8))[..., 0:4, 4:8]
-        expected, expected_iou = model.mask_decoder(embedding[..., 0:4, 4:8], positions, sparse, dense, True)
+        offsets = None
+        if dynamic_layers:  # logit cells 4 px wide (stride 16), the window's from column 16 on
+            offsets = (logit_pixels((16, 16), 4.0, origin), torch.tensor([[100.5, 40.5]]))
+        window = embedding[..., 0:4, 4:8]
+        expected, expected_iou = model.mask_decoder(window, positions, sparse, dense, True, offsets)
     torch.testing.assert_close(logits[..., 0:16, 16:32], expected)
     torch.testing.assert_close(iou, expected_iou)
     outside = torch.ones_like(logits, dtype=torch.bool)
@@ -259,3 +263,57 @@ def test_point_features_train_through_the_criterion():
     losses = model([torch.rand(3, 64, 64)], [target])
     sum(losses.values()).backward()
     assert model.prompt_encoder.point_features.weight.grad.abs().sum() > 0
+
+
+def test_the_dynamic_head_measures_offsets_from_the_box_centre_else_the_first_click():
+    """Pixel centres of the logit cells (4 px wide at TINY's stride 16), from a window's corner if
+    any; the anchor is the box's centre when there is a box, else the first click, in the same
+    half-pixel convention as the prompt tokens; without the head, no offsets are computed."""
+    from instseg.models.sam.model import SAM
+    from tests.models.test_sam import TINY
+
+    decode = SAM(dataclasses.replace(TINY, dynamic_layers=2)).decode
+    points = (torch.tensor([[[10.0, 20.0], [50.0, 60.0]]]), torch.ones(1, 2))
+    pixels, anchors = decode.offsets(points, None, 1, (2, 3))
+    assert anchors.tolist() == [[10.5, 20.5]]
+    assert pixels.tolist() == [[[2, 6, 10, 2, 6, 10], [2, 2, 2, 6, 6, 6]]]
+    _, anchors = decode.offsets(points, torch.tensor([[0.0, 10.0, 20.0, 40.0]]), 1, (2, 3))
+    assert anchors.tolist() == [[10.5, 25.5]]
+    pixels, _ = decode.offsets(points, None, 1, (2, 3), torch.tensor([[1, 2]]))
+    assert pixels[0, :, 0].tolist() == [10.0, 6.0]  # column 2, row 1
+    _, anchors = decode.offsets(None, None, 2, (2, 3))  # a mask prompt alone: the origin
+    assert anchors.tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    assert SAM(TINY).decode.offsets(points, None, 1, (2, 3)) is None
+
+
+def test_the_dynamic_head_learns_which_of_three_blobs_was_clicked():
+    """Three equal disks on one image: only the click's position says which one is meant. After a
+    short training a click at each centre gives that disk's mask, not its neighbours'."""
+    torch.manual_seed(0)
+    overrides = {"dynamic_layers": 3, "click_radius": 0.0, "prompts_per_image": 3, "box_prompt_ratio": 0.0}
+    cfg = model_config("sam", "nuclei", {**overrides, "click_rounds": 0})
+    model = build_model("sam", cfg, 1).train()
+    centres = [(16, 16), (44, 40), (18, 46)]
+    image = torch.full((3, 64, 64), 0.1)
+    masks = torch.zeros((3, 64, 64), dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    for i, (y, x) in enumerate(centres):
+        masks[i] = ((yy - y) ** 2 + (xx - x) ** 2 <= 64).byte()
+        image[:, masks[i].bool()] = 0.9
+    target = {"boxes": torch.zeros(3, 4), "labels": torch.ones(3, dtype=torch.int64), "masks": masks}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(60):
+        losses = model([image], [dict(target)])
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        batch, _ = model.transform([image])
+        embedding = model.network(batch.tensors)
+        clicks = torch.tensor([[[x, y]] for y, x in centres], dtype=torch.float32)
+        logits, iou = model.decode(embedding, (clicks, torch.ones(3, 1)), None, None, True)
+        logits = logits[torch.arange(3), iou.argmax(1)][:, None]  # a click's round trains multimask
+    predicted = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear")[:, 0] > 0
+    iou = mask_iou(predicted[:, None], masks.bool()[None])  # [click, disk]
+    assert ((iou > 0.5) == torch.eye(3, dtype=torch.bool)).all(), iou

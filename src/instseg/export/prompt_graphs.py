@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from instseg.export.graph import NetworkInput
 from instseg.export.onnx import MAX_SIDE
 from instseg.models.sam.mask_decoder import logit_threshold, upsample_logits
-from instseg.models.sam.model import SAM
+from instseg.models.sam.model import SAM, logit_pixels
 from instseg.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PADDING, click_maps
 
 EMBEDDING_INPUTS = ("image",)
@@ -92,7 +92,12 @@ class PromptGraph(nn.Module):
         sparse, dense = self.prompt(
             xy, labels, box, has_box, mask_crop, has_mask_input, corners, crop.shape[-2:], embedding
         )
-        logits, iou = model.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
+        offsets = None
+        if model.mask_decoder.dynamic_layers:  # the eager anchor: the box's centre, else the first point
+            anchors = torch.where(has_box[:, None], (box[:, :2] + box[:, 2:]) / 2, xy[:, 0]) + 0.5
+            size = (4 * crop.shape[-2], 4 * crop.shape[-1])
+            offsets = (logit_pixels(size, decode.stride / 4, corners, xy.device), anchors)
+        logits, iou = model.mask_decoder.predict_all(crop, crop_positions, sparse, dense, offsets)
         if corners is not None:
             logits = decode.paste(logits, corners, grid)
         masks = upsample_logits(logits, decode.stride, resized, (height, width)) > self.threshold

@@ -5,6 +5,15 @@ sub-part readings of an ambiguous click) and one IoU token join the prompt
 tokens. After the transformer the image embedding is upsampled 4x by two
 transposed convolutions, and each mask token's MLP (a hypernetwork) gives the
 weights of a 1x1 convolution over it: the mask logits at 1/4 of the input.
+
+With ``dynamic_layers`` (not in the official models) each hypernetwork gives
+instead the weights of CondInst's small dynamic head (``dynamic_mask_head.py``),
+whose input is the upscaled embedding plus every pixel's offset from the
+prompt's anchor (its box's centre, else its first point). A linear read-out of
+the embedding cannot say "near the click"; the decoder must first write the
+click's position into the image tokens, which a model trained from scratch on
+a CPU budget does not learn (BENCHMARKS.md). The offsets give the head that
+position directly, the way CondInst's instances get theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_parameters
 from instseg.models.mlp import MLP
 from instseg.models.sam.image_encoder import ChannelLayerNorm
 from instseg.models.sam.two_way_transformer import TwoWayTransformer
@@ -28,8 +38,12 @@ class MaskDecoder(nn.Module):
         multimask: int = 3,
         iou_depth: int = 3,
         iou_hidden: int = 256,
+        dynamic_layers: int = 0,
+        dynamic_width: int = 8,
+        dynamic_soi: float = 64.0,
     ) -> None:
         super().__init__()
+        self.dynamic_layers, self.dynamic_width, self.dynamic_soi = dynamic_layers, dynamic_width, dynamic_soi
         self.transformer = transformer
         self.num_masks = multimask + 1
         self.iou_token = nn.Embedding(1, dim)
@@ -41,20 +55,34 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(dim // 4, dim // 8, 2, stride=2),
             nn.GELU(),
         )
-        self.hypernetworks = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(self.num_masks))
+        head = num_parameters(dim // 8, dynamic_width, dynamic_layers) if dynamic_layers else dim // 8
+        self.hypernetworks = nn.ModuleList(MLP(dim, dim, head, 3) for _ in range(self.num_masks))
         self.iou_head = MLP(dim, iou_hidden, self.num_masks, iou_depth)
 
     def forward(
-        self, embedding: Tensor, positions: Tensor, sparse: Tensor, dense: Tensor, multimask: bool
+        self,
+        embedding: Tensor,
+        positions: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        multimask: bool,
+        offsets: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One image's ``embedding`` ``[1, C, h, w]`` and B prompts -> (mask logits ``[B, M, 4h, 4w]``,
-        predicted IoU ``[B, M]``), M = 3 with ``multimask``, else the single-mask output alone."""
-        masks, iou = self.predict_all(embedding, positions, sparse, dense)
+        predicted IoU ``[B, M]``), M = 3 with ``multimask``, else the single-mask output alone.
+        ``offsets``, which the dynamic head needs: (the input-pixel centres of the logit cells
+        ``[1 or B, 2, 16hw]``, each prompt's anchor ``[B, 2]``)."""
+        masks, iou = self.predict_all(embedding, positions, sparse, dense, offsets)
         keep = slice(1, None) if multimask else slice(0, 1)
         return masks[:, keep], iou[:, keep]
 
     def predict_all(
-        self, embedding: Tensor, positions: Tensor, sparse: Tensor, dense: Tensor
+        self,
+        embedding: Tensor,
+        positions: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        offsets: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Every output: the single mask first, then the multimask ones (training supervises all)."""
         batch = sparse.shape[0]
@@ -64,8 +92,22 @@ class MaskDecoder(nn.Module):
         b, c, h, w = image.shape
         tokens, image = self.transformer(image, positions.expand(batch, -1, -1, -1), tokens)
         upscaled = self.upscale(image.transpose(1, 2).reshape(b, c, h, w))
-        weights = torch.stack([mlp(tokens[:, 1 + i]) for i, mlp in enumerate(self.hypernetworks)], dim=1)
-        masks = (weights @ upscaled.flatten(2)).reshape(b, self.num_masks, *upscaled.shape[-2:])
+        params = [mlp(tokens[:, 1 + i]) for i, mlp in enumerate(self.hypernetworks)]
+        if self.dynamic_layers:
+            assert offsets is not None, "the dynamic mask head reads each pixel's offset from the prompt"
+            pixels, anchors = offsets
+            soi = anchors.new_full((b,), self.dynamic_soi)
+            features = upscaled.flatten(2)
+            logits = [
+                dynamic_mask_logits(
+                    p, features, pixels, anchors, soi, self.dynamic_width, self.dynamic_layers
+                )
+                for p in params
+            ]
+            masks = torch.stack(logits, dim=1).reshape(b, self.num_masks, *upscaled.shape[-2:])
+        else:
+            weights = torch.stack(params, dim=1)
+            masks = (weights @ upscaled.flatten(2)).reshape(b, self.num_masks, *upscaled.shape[-2:])
         return masks, self.iou_head(tokens[:, 0])
 
 

@@ -66,6 +66,9 @@ class SAMConfig(ModelConfig):
     multimask: int = 3  # masks for an ambiguous prompt, besides the single-mask output
     iou_head_depth: int = 3
     iou_head_hidden: int = 256
+    dynamic_layers: int = 0  # > 0: CondInst's dynamic head on offsets from the prompt (mask_decoder.py)
+    dynamic_width: int = 8
+    dynamic_soi: float = 64.0  # px: the offsets' unit
     decode_window: int = 0  # decode each prompt on this many embedding cells around it; 0: the whole image
     mask_threshold: float = 0.5  # probability; 0 in logits, as SAM
     # training: prompts sampled from the targets (criterion.py)
@@ -123,6 +126,21 @@ def nuclei_preset() -> SAMConfig:
         click_radius=5.0,
         detections_per_image=500,
     )
+
+
+def logit_pixels(
+    size: tuple[int, int], cell: float, corners: Tensor | None = None, device: torch.device | None = None
+) -> Tensor:
+    """The (x, y) input-pixel centres of a ``size`` grid of logit cells ``cell`` pixels wide ->
+    ``[1, 2, P]``, or ``[B, 2, P]`` for B windows whose top-left cells are ``corners`` ``[B, 2]``
+    (rows, columns)."""
+    ys = torch.arange(size[0], device=device, dtype=torch.float32)
+    xs = torch.arange(size[1], device=device, dtype=torch.float32)
+    ys, xs = ys[None, :, None].expand(1, -1, size[1]), xs[None, None, :].expand(1, size[0], -1)
+    if corners is not None:
+        ys = ys + corners[:, :1, None].float()
+        xs = xs + corners[:, 1:, None].float()
+    return (torch.stack([xs, ys], dim=1).flatten(2) + 0.5) * cell
 
 
 def resized_shape(h: int, w: int, longest: int) -> tuple[int, int]:
@@ -193,9 +211,10 @@ class PromptDecoder:
         if self.window and centres is not None and max(grid) > self.window:
             return self.windowed(embedding, positions, centres, points, boxes, mask_input, multimask)
         sparse, dense = self.prompt_encoder(points, boxes, mask_input, grid, embedding=embedding)
+        offsets = self.offsets(points, boxes, sparse.shape[0], (4 * grid[0], 4 * grid[1]))
         if multimask is None:
-            return (*self.mask_decoder.predict_all(embedding, positions, sparse, dense), None)
-        return (*self.mask_decoder(embedding, positions, sparse, dense, multimask), None)
+            return (*self.mask_decoder.predict_all(embedding, positions, sparse, dense, offsets), None)
+        return (*self.mask_decoder(embedding, positions, sparse, dense, multimask, offsets), None)
 
     @staticmethod
     def paste(logits: Tensor, corners: Tensor | None, grid: tuple[int, int]) -> Tensor:
@@ -209,6 +228,28 @@ class PromptDecoder:
         xs = (corners[:, 1:] + torch.arange(w, device=logits.device))[:, None, :]  # [n, 1, w]
         full[rows, :, ys, xs] = logits.permute(0, 2, 3, 1)  # indexed as [n, h, w, M]
         return full
+
+    def offsets(
+        self,
+        points: tuple[Tensor, Tensor] | None,
+        boxes: Tensor | None,
+        batch: int,
+        size: tuple[int, int],
+        corners: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor] | None:
+        """What the dynamic mask head reads (``mask_decoder.py``): the input-pixel centres of the
+        ``size`` logit cells (from each prompt's window ``corners``, if any) and each prompt's anchor:
+        its box's centre, else its first point, else (a mask prompt alone) the origin."""
+        if not self.mask_decoder.dynamic_layers:
+            return None
+        device = self.mask_decoder.iou_token.weight.device
+        if boxes is not None:
+            anchors = (boxes[:, :2] + boxes[:, 2:]) / 2
+        elif points is not None and points[0].shape[1]:
+            anchors = points[0][:, 0]
+        else:
+            anchors = torch.zeros(batch, 2, device=device)
+        return logit_pixels(size, self.stride / 4, corners, device), anchors.float() + 0.5
 
     def centres(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None) -> Tensor | None:
         """Each prompt's centre (x, y) in input pixels: its first point, else its box's centre."""
@@ -234,10 +275,12 @@ class PromptDecoder:
         sparse, dense = self.prompt_encoder(
             points, boxes, mask_input, tuple(crop.shape[-2:]), corners, embedding
         )
+        size = (4 * int(crop.shape[-2]), 4 * int(crop.shape[-1]))
+        offsets = self.offsets(points, boxes, sparse.shape[0], size, corners)
         if multimask is None:
-            logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense)
+            logits, iou = self.mask_decoder.predict_all(crop, crop_positions, sparse, dense, offsets)
         else:
-            logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask)
+            logits, iou = self.mask_decoder(crop, crop_positions, sparse, dense, multimask, offsets)
         return logits, iou, corners
 
     def window_crops(
@@ -305,7 +348,14 @@ class SAM(SegmentationModel):
         )
         transformer = TwoWayTransformer(cfg.prompt_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp)
         mask_decoder = MaskDecoder(
-            cfg.prompt_dim, transformer, cfg.multimask, cfg.iou_head_depth, cfg.iou_head_hidden
+            cfg.prompt_dim,
+            transformer,
+            cfg.multimask,
+            cfg.iou_head_depth,
+            cfg.iou_head_hidden,
+            cfg.dynamic_layers,
+            cfg.dynamic_width,
+            cfg.dynamic_soi,
         )
         decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.decode_window)
         grid_decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.grid_window or cfg.decode_window)
