@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Iterable
 
 import torch
+from dsb2018 import machine  # benchmarks/dsb2018.py: the CPU's vector units as torch uses them
 from latency import _timed  # benchmarks/latency.py: median milliseconds after warm-up
 
 from instseg.config import field_values
@@ -193,7 +193,7 @@ def main() -> int:
     if args.data and args.checkpoint:
         interactive(args, predictors[args.checkpoint])
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    print(f"\n{stamp}, {platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    print(f"\n{stamp}, {machine()}")
     print("| model | input | set_image ms | one click ms | one box ms |")
     print("|---|---|---|---|---|")
     for r in rows:
