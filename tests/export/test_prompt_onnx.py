@@ -28,10 +28,12 @@ DEMO_VAL = Path(instseg.__file__).parent / "assets" / "dsb2018_mini" / "val"
 # nuclei: the FPN encoder at the input's scale (a symbolic embedding grid), clicks drawn as maps, each
 # prompt decoded on a window around it (4 cells, so that the test images are larger than a window),
 # each click's token reading the embedding under it (``point_features``; the graph passes box corners
-# through the same point path, so parity on box prompts shows that corners do not read it);
+# through the same point path, so parity on box prompts shows that corners do not read it), masks by
+# the dynamic head on offsets from each prompt's anchor (``dynamic_layers``: the graph finds the anchor
+# from the labels, the eager model from the arguments);
 # vit: the longest-side antialiased resize to a padded square, every prompt decoded on the whole image
 MODELS = {
-    "nuclei": ("nuclei", {"decode_window": 4, "point_features": True}),
+    "nuclei": ("nuclei", {"decode_window": 4, "point_features": True, "dynamic_layers": 3}),
     "vit": (
         "vit_b",
         {
