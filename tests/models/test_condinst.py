@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from instseg.models.build import build_model, model_config
-from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
+from instseg.models.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
 from instseg.models.fcos.targets import assign_points, centerness, feature_locations
 from tests.models.family_checks import (
     POINT_REFINE,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from instseg.distributed import mean_over_ranks
 from instseg.masks import class_maps, downsample_masks
 from instseg.models.conv_tower import conv_tower
-from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_parameters
+from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
 from instseg.models.fcos.model import NUCLEI_FCOS, FCOSConfig, FCOSInstanceModel, FCOSOutputs, level_strides
 from instseg.models.fcos.targets import PointTargets, feature_locations
 from instseg.models.losses import dice_loss, focal_loss_sum

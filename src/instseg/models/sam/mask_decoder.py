@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from instseg.models.fcos.dynamic_mask_head import dynamic_mask_logits, num_parameters
+from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
 from instseg.models.mlp import MLP
 from instseg.models.sam.image_encoder import ChannelLayerNorm
 from instseg.models.sam.two_way_transformer import TwoWayTransformer
