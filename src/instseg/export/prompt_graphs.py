@@ -82,8 +82,8 @@ class PromptGraph(nn.Module):
         has_box = (labels == BOX_TOP_LEFT).any(1)
         grid = (embedding.shape[-2], embedding.shape[-1])
         positions = decode.prompt_encoder.dense_positions(grid)
+        centre = torch.where(has_box[:, None], (box[:, :2] + box[:, 2:]) / 2, xy[:, 0])  # decode.centres
         if decode.window:
-            centre = torch.where(labels[:, :1] == BOX_TOP_LEFT, (box[:, :2] + box[:, 2:]) / 2, xy[:, 0])
             crop, crop_positions, mask_crop, corners = decode.window_crops(
                 embedding, positions, centre, mask_input
             )
@@ -93,10 +93,9 @@ class PromptGraph(nn.Module):
             xy, labels, box, has_box, mask_crop, has_mask_input, corners, crop.shape[-2:], embedding
         )
         offsets = None
-        if model.mask_decoder.dynamic_layers:  # the eager anchor: the box's centre, else the first point
-            anchors = torch.where(has_box[:, None], (box[:, :2] + box[:, 2:]) / 2, xy[:, 0]) + 0.5
+        if model.mask_decoder.dynamic_layers:  # as decode.offsets
             size = (4 * crop.shape[-2], 4 * crop.shape[-1])
-            offsets = (logit_pixels(size, decode.stride / 4, corners, xy.device), anchors)
+            offsets = (logit_pixels(size, decode.stride / 4, corners, xy.device), centre + 0.5)
         logits, iou = model.mask_decoder.predict_all(crop, crop_positions, sparse, dense, offsets)
         if corners is not None:
             logits = decode.paste(logits, corners, grid)

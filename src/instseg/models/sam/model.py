@@ -171,8 +171,9 @@ class PromptDecoder:
     the predictor (a plain object holding the model's modules, so their weights are the model's).
 
     With a ``window`` (in embedding cells), each prompt is decoded on the window of the embedding
-    centred on its first point or its box, not the whole image: the cost per prompt stops growing
-    with the image, and a model trained on crops of that size sees the context it learnt on.
+    centred on its box or, without one, its first point, not the whole image: the cost per prompt
+    stops growing with the image, and a model trained on crops of that size sees the context it
+    learnt on.
     Positions are absolute, so nothing but the extent changes; logits outside the window are
     ``OUTSIDE``.
     """
@@ -243,20 +244,18 @@ class PromptDecoder:
         if not self.mask_decoder.dynamic_layers:
             return None
         device = self.mask_decoder.iou_token.weight.device
-        if boxes is not None:
-            anchors = (boxes[:, :2] + boxes[:, 2:]) / 2
-        elif points is not None and points[0].shape[1]:
-            anchors = points[0][:, 0]
-        else:
-            anchors = torch.zeros(batch, 2, device=device)
-        return logit_pixels(size, self.stride / 4, corners, device), anchors.float() + 0.5
+        anchors = self.centres(points, boxes)
+        anchors = torch.zeros(batch, 2, device=device) if anchors is None else anchors.float()
+        return logit_pixels(size, self.stride / 4, corners, device), anchors + 0.5
 
     def centres(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None) -> Tensor | None:
-        """Each prompt's centre (x, y) in input pixels: its first point, else its box's centre."""
-        if points is not None and points[0].shape[1]:
-            return points[0][:, 0]
+        """Each prompt's centre (x, y) in input pixels, where its window and its dynamic head's offsets
+        start: its box's centre, else its first point (a corrective click after a box may lie outside
+        the object)."""
         if boxes is not None:
             return (boxes[:, :2] + boxes[:, 2:]) / 2
+        if points is not None and points[0].shape[1]:
+            return points[0][:, 0]
         return None
 
     def windowed(
