@@ -5,7 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from instseg.models.build import build_model, model_config
-from instseg.models.dynamic_mask_head import dynamic_mask_logits, layer_shapes, num_parameters
+from instseg.models.dynamic_mask_head import (
+    blob_parameters,
+    dynamic_mask_logits,
+    layer_shapes,
+    num_parameters,
+)
 from instseg.models.fcos.targets import assign_points, centerness, feature_locations
 from tests.models.family_checks import (
     POINT_REFINE,
@@ -51,6 +56,22 @@ def test_dynamic_head_equals_per_instance_convolutions():
         x = F.relu(F.conv2d(x, chunks[1].view(8, 8, 1, 1), chunks[4]))
         x = F.conv2d(x, chunks[2].view(1, 8, 1, 1), chunks[5])
         torch.testing.assert_close(got[i], x[0, 0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers", [2, 3, 4])
+def test_blob_parameters_answer_a_diamond_around_the_location_whatever_the_features(layers):
+    """``blob_parameters`` hand-set for any depth: logit 4 at the location, 0 at L1 distance
+    ``radius`` (in soi units), falling linearly beyond; the features have no weight."""
+    torch.manual_seed(0)
+    params = blob_parameters(6, 8, layers, radius=0.25)[None]
+    assert params.shape == (1, num_parameters(6, 8, layers))
+    pixels = torch.stack(torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="xy")).flatten(1)
+    location, soi = torch.tensor([[20.0, 13.0]]), torch.tensor([32.0])
+    got = dynamic_mask_logits(params, torch.randn(6, pixels.shape[1]), pixels, location, soi, 8, layers)
+    l1 = (pixels - location.T).abs().sum(0) / soi
+    torch.testing.assert_close(got[0], 4.0 * (1 - l1 / 0.25))
+    with pytest.raises(ValueError, match="at least 2 layers of width 4"):
+        blob_parameters(6, 3, layers, radius=0.25)
 
 
 def test_fcos_assignment_centre_sampling_ranges_and_smallest_object():

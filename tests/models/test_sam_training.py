@@ -291,8 +291,9 @@ def test_the_dynamic_head_learns_which_of_three_blobs_was_clicked():
     short training a click at each centre gives that disk's mask, not its neighbours'."""
     torch.manual_seed(0)
     overrides = {"dynamic_layers": 3, "click_radius": 0.0, "prompts_per_image": 3, "box_prompt_ratio": 0.0}
-    cfg = model_config("sam", "nuclei", {**overrides, "click_rounds": 0})
-    model = build_model("sam", cfg, 1).train()
+    # a prior blob wider than the image: the untrained head answers every click with everything
+    cfg = model_config("sam", "nuclei", {**overrides, "click_rounds": 0, "dynamic_prior": 96.0})
+    model = build_model("sam", cfg, 1)
     centres = [(16, 16), (44, 40), (18, 46)]
     image = torch.full((3, 64, 64), 0.1)
     masks = torch.zeros((3, 64, 64), dtype=torch.uint8)
@@ -301,19 +302,48 @@ def test_the_dynamic_head_learns_which_of_three_blobs_was_clicked():
         masks[i] = ((yy - y) ** 2 + (xx - x) ** 2 <= 64).byte()
         image[:, masks[i].bool()] = 0.9
     target = {"boxes": torch.zeros(3, 4), "labels": torch.ones(3, dtype=torch.int64), "masks": masks}
+
+    def click_iou() -> torch.Tensor:  # [click, disk]
+        model.eval()
+        with torch.no_grad():
+            batch, _ = model.transform([image])
+            embedding = model.network(batch.tensors)
+            clicks = torch.tensor([[[x, y]] for y, x in centres], dtype=torch.float32)
+            logits, iou = model.decode(embedding, (clicks, torch.ones(3, 1)), None, None, True)
+            logits = logits[torch.arange(3), iou.argmax(1)][:, None]  # a click's round trains multimask
+        predicted = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear")[:, 0] > 0
+        return mask_iou(predicted[:, None], masks.bool()[None])
+
+    assert (click_iou() < 0.5).all()
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(60):
         losses = model([image], [dict(target)])
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        batch, _ = model.transform([image])
-        embedding = model.network(batch.tensors)
-        clicks = torch.tensor([[[x, y]] for y, x in centres], dtype=torch.float32)
-        logits, iou = model.decode(embedding, (clicks, torch.ones(3, 1)), None, None, True)
-        logits = logits[torch.arange(3), iou.argmax(1)][:, None]  # a click's round trains multimask
-    predicted = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear")[:, 0] > 0
-    iou = mask_iou(predicted[:, None], masks.bool()[None])  # [click, disk]
+    iou = click_iou()
     assert ((iou > 0.5) == torch.eye(3, dtype=torch.bool)).all(), iou
+
+
+def test_an_untrained_dynamic_head_answers_a_click_with_a_blob_around_it():
+    """Each hypernetwork starts from ``blob_parameters``: before any training a click gets a diamond
+    ``dynamic_prior`` px wide around it (the multimask outputs half, once and twice that), not a
+    constant mask, and the IoU head answers one half, so automatic masks pass a zero threshold."""
+    from instseg.models.sam.model import SAM
+
+    torch.manual_seed(0)
+    cfg = model_config("sam", "nuclei", {"dynamic_layers": 3, "dynamic_prior": 16.0})
+    model = SAM(cfg).eval()
+    with torch.no_grad():
+        batch, _ = model.transform([torch.rand(3, 96, 96)])
+        embedding = model.network(batch.tensors)
+        logits, iou = model.decode(
+            embedding, (torch.tensor([[[40.0, 50.0]]]), torch.ones(1, 1)), None, None, None
+        )
+    masks = torch.nn.functional.interpolate(logits, size=(96, 96), mode="bilinear")[0] > 0
+    areas = masks.flatten(1).sum(1).float() / (2 * 16.0**2)  # a diamond of radius r: 2 r^2
+    assert masks[:, 50, 40].all()
+    assert 0.7 < areas[0] < 1.3 and 0.7 < areas[2] < 1.3, areas
+    assert areas[1] < 0.5 * areas[2] < areas[3] / 3, areas
+    torch.testing.assert_close(iou, torch.full_like(iou, 0.5), atol=0.2, rtol=0)

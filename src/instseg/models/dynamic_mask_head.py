@@ -28,6 +28,26 @@ def num_parameters(in_channels: int, width: int, layers: int) -> int:
     return sum(o * i + o for o, i in layer_shapes(in_channels, width, layers))
 
 
+def blob_parameters(in_channels: int, width: int, layers: int, radius: float, peak: float = 4.0) -> Tensor:
+    """Parameters of a head that ignores the features and answers a diamond of ``radius`` (in offset
+    units) around its location: logit ``peak * (1 - (|dx| + |dy|) / radius)``. Layer 1 splits each
+    offset into its positive and negative part, layer 2 adds them up, later layers pass that on and the
+    last one turns it into the logit. An untrained hypernetwork whose output is these parameters plus a
+    little noise starts from "the object is around here" rather than from a constant mask."""
+    if layers < 2 or width < 4:
+        raise ValueError(f"a blob needs at least 2 layers of width 4, got {layers} of width {width}")
+    shapes = layer_shapes(in_channels, width, layers)
+    weights = [torch.zeros(o, i) for o, i in shapes]
+    biases = [torch.zeros(o) for o, _ in shapes]
+    x, y = in_channels, in_channels + 1
+    weights[0][0, x], weights[0][1, x], weights[0][2, y], weights[0][3, y] = 1.0, -1.0, 1.0, -1.0
+    for weight in weights[1:-1]:
+        weight[0, : 4 if weight is weights[1] else 1] = 1.0
+    weights[-1][0, : 4 if layers == 2 else 1] = -peak / radius
+    biases[-1][0] = peak
+    return torch.cat([w.flatten() for w in weights] + biases)
+
+
 def dynamic_mask_logits(
     params: Tensor,
     features: Tensor,

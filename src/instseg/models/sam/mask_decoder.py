@@ -13,7 +13,10 @@ prompt's anchor (its box's centre, else its first point). A linear read-out of
 the embedding cannot say "near the click"; the decoder must first write the
 click's position into the image tokens, which a model trained from scratch on
 a CPU budget does not learn (BENCHMARKS.md). The offsets give the head that
-position directly, the way CondInst's instances get theirs.
+position directly, the way CondInst's instances get theirs. Each hypernetwork
+starts from a head that answers a diamond around the anchor (``blob_parameters``;
+the multimask outputs half, once and twice as wide as the single one), so an
+untrained decoder already outputs masks where it was prompted.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from instseg.models.dynamic_mask_head import dynamic_mask_logits, num_parameters
+from instseg.models.dynamic_mask_head import blob_parameters, dynamic_mask_logits, num_parameters
 from instseg.models.mlp import MLP
 from instseg.models.sam.image_encoder import ChannelLayerNorm
 from instseg.models.sam.two_way_transformer import TwoWayTransformer
@@ -41,6 +44,7 @@ class MaskDecoder(nn.Module):
         dynamic_layers: int = 0,
         dynamic_width: int = 8,
         dynamic_soi: float = 64.0,
+        dynamic_prior: float = 16.0,
     ) -> None:
         super().__init__()
         self.dynamic_layers, self.dynamic_width, self.dynamic_soi = dynamic_layers, dynamic_width, dynamic_soi
@@ -58,6 +62,21 @@ class MaskDecoder(nn.Module):
         head = num_parameters(dim // 8, dynamic_width, dynamic_layers) if dynamic_layers else dim // 8
         self.hypernetworks = nn.ModuleList(MLP(dim, dim, head, 3) for _ in range(self.num_masks))
         self.iou_head = MLP(dim, iou_hidden, self.num_masks, iou_depth)
+        if dynamic_layers >= 2 and dynamic_width >= 4:
+            self.start_from_blobs(dim // 8, dynamic_prior / dynamic_soi)
+
+    @torch.no_grad()
+    def start_from_blobs(self, channels: int, radius: float) -> None:
+        """The hypernetworks' last layers: a tenth of their random weights plus a blob as the bias; the
+        IoU head starts at one half, so that an untrained model's masks pass a zero IoU threshold."""
+        nn.init.constant_(self.iou_head.layers[-1].bias, 0.5)
+        widths = [1.0] + [2.0 ** (i - (self.num_masks - 2) / 2) for i in range(self.num_masks - 1)]
+        for mlp, width in zip(self.hypernetworks, widths, strict=True):
+            last = mlp.layers[-1]
+            last.weight.mul_(0.1)
+            last.bias.copy_(
+                blob_parameters(channels, self.dynamic_width, self.dynamic_layers, radius * width)
+            )
 
     def forward(
         self,

@@ -69,6 +69,7 @@ class SAMConfig(ModelConfig):
     dynamic_layers: int = 0  # > 0: CondInst's dynamic head on offsets from the prompt (mask_decoder.py)
     dynamic_width: int = 8
     dynamic_soi: float = 64.0  # px: the offsets' unit
+    dynamic_prior: float = 16.0  # px: an untrained head answers a diamond this wide around the prompt
     decode_window: int = 0  # decode each prompt on this many embedding cells around it; 0: the whole image
     mask_threshold: float = 0.5  # probability; 0 in logits, as SAM
     # training: prompts sampled from the targets (criterion.py)
@@ -109,8 +110,10 @@ def vit_h_preset() -> SAMConfig:
 
 def nuclei_preset() -> SAMConfig:
     """A CPU-trainable SAM: half-width ResNet-18 + FPN at stride 8, a 128-wide decoder, the input at its
-    own scale, clicks also drawn as maps (``prompt_encoder.py``); a denser point grid and up to 500
-    masks for crowded images."""
+    own scale, clicks also drawn as maps (``prompt_encoder.py``), masks read by CondInst's dynamic head
+    on offsets from the prompt (``mask_decoder.py``), training clicks deep inside objects and errors,
+    where the evaluation clicks (``criterion.py``); a denser point grid and up to 500 masks for
+    crowded images."""
     return SAMConfig(
         encoder="fpn",
         backbone="resnet18_half",
@@ -124,6 +127,8 @@ def nuclei_preset() -> SAMConfig:
         points_per_side=48,
         decode_window=32,  # 256 px: the training crops' size
         click_radius=5.0,
+        dynamic_layers=3,
+        click_sampling="interior",
         detections_per_image=500,
     )
 
@@ -355,6 +360,7 @@ class SAM(SegmentationModel):
             cfg.dynamic_layers,
             cfg.dynamic_width,
             cfg.dynamic_soi,
+            cfg.dynamic_prior,
         )
         decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.decode_window)
         grid_decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.grid_window or cfg.decode_window)
