@@ -30,10 +30,13 @@ DEMO_VAL = Path(instseg.__file__).parent / "assets" / "dsb2018_mini" / "val"
 # each click's token reading the embedding under it (``point_features``; the graph passes box corners
 # through the same point path, so parity on box prompts shows that corners do not read it), masks by
 # the dynamic head on offsets from each prompt's anchor (``dynamic_layers``: the graph finds the anchor
-# from the labels, the eager model from the arguments);
+# from the labels, the eager model from the arguments), the IoU read off each mask too (``iou_from_masks``);
 # vit: the longest-side antialiased resize to a padded square, every prompt decoded on the whole image
 MODELS = {
-    "nuclei": ("nuclei", {"decode_window": 4, "point_features": True, "dynamic_layers": 3}),
+    "nuclei": (
+        "nuclei",
+        {"decode_window": 4, "point_features": True, "dynamic_layers": 3, "iou_from_masks": True},
+    ),
     "vit": (
         "vit_b",
         {

@@ -8,8 +8,9 @@ import torch
 
 from instseg.masks import boundary_distance
 from instseg.models.build import build_model, model_config
-from instseg.models.sam.automatic import point_grid, stability
+from instseg.models.sam.automatic import point_grid
 from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou
+from instseg.models.sam.mask_decoder import MASK_STATISTICS, mask_reads, stability
 
 
 def square(y0, y1, x0, x1, size=(20, 30)):
@@ -83,6 +84,43 @@ def test_grid_and_stability():
     sharp[0, 2:6, 2:6] = 10.0
     blurry = torch.linspace(-3, 3, 64).reshape(1, 8, 8)
     assert stability(sharp, 1.0).item() == 1.0 and stability(blurry, 1.0).item() < 0.7
+
+
+def test_mask_reads_are_the_features_inside_and_outside_each_mask_and_its_statistics():
+    features = torch.zeros(1, 2, 8, 8)
+    features[0, 0, :4] = 1.0  # channel 0: the top half
+    features[0, 1] = 3.0
+    logits = torch.full((1, 2, 8, 8), -20.0)
+    logits[0, 0, :4] = 20.0  # mask 0: the top half, sharp
+    logits[0, 1] = torch.linspace(-3, 3, 64).view(8, 8)  # mask 1: a ramp, half uncertain
+    reads = mask_reads(logits.flatten(2), features.flatten(2))
+    assert reads.shape == (1, 2, 2 * 2 + MASK_STATISTICS)
+    torch.testing.assert_close(reads[0, 0], torch.tensor([1.0, 3.0, 0.0, 3.0, 0.5, 1.0, 0.0]))
+    assert reads[0, 1, 4] == pytest.approx(0.5, abs=0.01) and reads[0, 1, 5] < 0.7 and reads[0, 1, 6] > 0.3
+
+
+def test_the_mask_aware_iou_head_learns_and_is_all_the_decoder_predicts_iou_with():
+    """With ``iou_from_masks`` the IoU comes from the mask-aware head: it gets gradients in training,
+    and changing its bias changes every predicted IoU by as much."""
+    from instseg.models.sam.model import SAM
+
+    torch.manual_seed(0)
+    model = SAM(model_config("sam", "nuclei", {"iou_from_masks": True, "prompts_per_image": 2}))
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 8:24, 8:24], masks[1, 30:50, 30:44] = 1, 1
+    target = {"boxes": torch.zeros(2, 4), "labels": torch.ones(2, dtype=torch.int64), "masks": masks}
+    losses = model.train()([torch.rand(3, 64, 64)], [target])
+    losses["loss_iou"].backward()
+    assert model.mask_decoder.mask_iou_head.layers[0].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        batch, _ = model.transform([torch.rand(3, 64, 64)])
+        embedding = model.network(batch.tensors)
+        clicks = (torch.tensor([[[20.0, 30.0]]]), torch.ones(1, 1))
+        _, before = model.decode(embedding, clicks, None, None, True)
+        model.mask_decoder.mask_iou_head.layers[-1].bias += 0.25
+        _, after = model.decode(embedding, clicks, None, None, True)
+    torch.testing.assert_close(after - before, torch.full_like(before, 0.25))
 
 
 def test_the_nuclei_preset_learns_a_blob_from_clicks():

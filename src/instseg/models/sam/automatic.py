@@ -21,7 +21,7 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from instseg.masks import any_pixel, masks_to_boxes, remove_small_regions
-from instseg.models.sam.mask_decoder import logit_threshold, upsample_logits
+from instseg.models.sam.mask_decoder import logit_threshold, stability, upsample_logits
 
 UPSAMPLE_CHUNK = 32
 
@@ -31,14 +31,6 @@ def point_grid(n: int, size: tuple[int, int], device: torch.device) -> Tensor:
     steps = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
     ys, xs = torch.meshgrid(steps * size[0], steps * size[1], indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], dim=1)
-
-
-def stability(logits: Tensor, offset: float) -> Tensor:
-    """IoU of each mask thresholded at ``+offset`` with itself at ``-offset`` (the first is inside the
-    second, so it is a ratio of areas)."""
-    inner = (logits > offset).flatten(1).sum(1).float()
-    outer = (logits > -offset).flatten(1).sum(1).float()
-    return inner / outer.clamp(min=1)
 
 
 class AutomaticMasks:

@@ -17,6 +17,14 @@ position directly, the way CondInst's instances get theirs. Each hypernetwork
 starts from a head that answers a diamond around the anchor (``blob_parameters``;
 the multimask outputs half, once and twice as wide as the single one), so an
 untrained decoder already outputs masks where it was prompted.
+
+With ``iou_from_masks`` (not in the official models) the predicted IoU of each
+output is read, as Mask Scoring R-CNN's is, from that mask as well as from the
+tokens: the mean embedding inside and outside it, its area and its stability.
+The IoU token alone has to guess the quality of a mask it has not seen, which
+a model trained on a CPU budget ranks little better than chance
+(BENCHMARKS.md), while the automatic masks and the first click's choice among
+the readings rest on that ranking.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class MaskDecoder(nn.Module):
         dynamic_width: int = 8,
         dynamic_soi: float = 64.0,
         dynamic_prior: float = 16.0,
+        iou_from_masks: bool = False,
     ) -> None:
         super().__init__()
         self.dynamic_layers, self.dynamic_width, self.dynamic_soi = dynamic_layers, dynamic_width, dynamic_soi
@@ -62,6 +71,9 @@ class MaskDecoder(nn.Module):
         head = num_parameters(dim // 8, dynamic_width, dynamic_layers) if dynamic_layers else dim // 8
         self.hypernetworks = nn.ModuleList(MLP(dim, dim, head, 3) for _ in range(self.num_masks))
         self.iou_head = MLP(dim, iou_hidden, self.num_masks, iou_depth)
+        # per output: [IoU token; its mask token; mean feature inside; outside; MASK_STATISTICS]
+        reads = 2 * dim + 2 * (dim // 8) + MASK_STATISTICS
+        self.mask_iou_head = MLP(reads, iou_hidden, 1, iou_depth) if iou_from_masks else None
         if dynamic_layers >= 2 and dynamic_width >= 4:
             self.start_from_blobs(dim // 8, dynamic_prior / dynamic_soi)
 
@@ -70,6 +82,8 @@ class MaskDecoder(nn.Module):
         """The hypernetworks' last layers: a tenth of their random weights plus a blob as the bias; the
         IoU head starts at one half, so that an untrained model's masks pass a zero IoU threshold."""
         nn.init.constant_(self.iou_head.layers[-1].bias, 0.5)
+        if self.mask_iou_head is not None:
+            nn.init.constant_(self.mask_iou_head.layers[-1].bias, 0.5)
         widths = [1.0] + [2.0 ** (i - (self.num_masks - 2) / 2) for i in range(self.num_masks - 1)]
         for mlp, width in zip(self.hypernetworks, widths, strict=True):
             last = mlp.layers[-1]
@@ -127,7 +141,38 @@ class MaskDecoder(nn.Module):
         else:
             weights = torch.stack(params, dim=1)
             masks = (weights @ upscaled.flatten(2)).reshape(b, self.num_masks, *upscaled.shape[-2:])
-        return masks, self.iou_head(tokens[:, 0])
+        if self.mask_iou_head is None:
+            return masks, self.iou_head(tokens[:, 0])
+        reads = mask_reads(masks.detach().flatten(2), upscaled.detach().flatten(2))
+        outputs = tokens[:, : self.num_masks + 1]
+        together = torch.cat([outputs[:, :1].expand(-1, self.num_masks, -1), outputs[:, 1:], reads], dim=-1)
+        return masks, self.mask_iou_head(together)[..., 0]
+
+
+MASK_STATISTICS = 3
+
+
+def mask_reads(logits: Tensor, features: Tensor) -> Tensor:
+    """What a mask-aware IoU head reads of each of M masks, ``logits`` ``[B, M, P]`` over the P pixels
+    of ``features`` ``[B, C, P]``: the mean feature inside and outside the soft mask, its soft area
+    (a fraction of the P), its stability (as in ``automatic.py``) and its mean uncertainty
+    ``4 p (1 - p)`` -> ``[B, M, 2C + 3]``."""
+    prob = logits.sigmoid()
+    area = prob.sum(-1, keepdim=True)
+    rest = prob.shape[-1] - area
+    inside = (prob @ features.transpose(1, 2)) / area.clamp(min=1e-3)
+    outside = ((1 - prob) @ features.transpose(1, 2)) / rest.clamp(min=1e-3)
+    stable = stability(logits.flatten(0, 1), 1.0).view(*logits.shape[:2], 1)
+    uncertain = (4 * prob * (1 - prob)).mean(-1, keepdim=True)
+    return torch.cat([inside, outside, area / prob.shape[-1], stable, uncertain], dim=-1)
+
+
+def stability(logits: Tensor, offset: float) -> Tensor:
+    """IoU of each mask thresholded at ``+offset`` with itself at ``-offset`` (the first is inside the
+    second, so it is a ratio of areas); ``[N, ...]`` -> ``[N]``."""
+    inner = (logits > offset).flatten(1).sum(1).float()
+    outer = (logits > -offset).flatten(1).sum(1).float()
+    return inner / outer.clamp(min=1)
 
 
 def upsample_logits(

@@ -66,6 +66,7 @@ class SAMConfig(ModelConfig):
     multimask: int = 3  # masks for an ambiguous prompt, besides the single-mask output
     iou_head_depth: int = 3
     iou_head_hidden: int = 256
+    iou_from_masks: bool = False  # the IoU head also reads each output's mask (mask_decoder.py)
     dynamic_layers: int = 0  # > 0: CondInst's dynamic head on offsets from the prompt (mask_decoder.py)
     dynamic_width: int = 8
     dynamic_soi: float = 64.0  # px: the offsets' unit
@@ -361,6 +362,7 @@ class SAM(SegmentationModel):
             cfg.dynamic_width,
             cfg.dynamic_soi,
             cfg.dynamic_prior,
+            cfg.iou_from_masks,
         )
         decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.decode_window)
         grid_decoder = PromptDecoder(prompt_encoder, mask_decoder, cfg.grid_window or cfg.decode_window)
