@@ -72,18 +72,19 @@ def interactive(args: argparse.Namespace, predictor: PromptPredictor) -> None:
 
 def first_click_readings(predictor: PromptPredictor, images: Iterable, radii: list[float]) -> None:
     """Every output of the decoder at the evaluation's first click (each object's pixel farthest from
-    its boundary): the IoU each reading reaches, the IoU it predicts for itself, and its area over the
-    object's; then what picking by predicted IoU gives against the best reading (the oracle). Tells a
-    wrong pick from readings that are all wrong. With ``radii`` (a model with click maps), the same
-    click drawn as disks of other radii: a reading whose area follows the disk, not the object, is an
-    echo of the disk."""
+    its boundary): the IoU each reading reaches, the IoU it predicts for itself (and how closely that
+    follows the true one), and its area over the object's; then what picking by predicted IoU, or by
+    stability score, gives against the best reading (the oracle). Tells a wrong pick from readings
+    that are all wrong. With ``radii`` (a model with click maps), the same click drawn as disks of
+    other radii: a reading whose area follows the disk, not the object, is an echo of the disk."""
     import numpy as np
 
     from instseg.eval.interactive import farthest_from_boundary, iou
+    from instseg.models.sam.mask_decoder import stability
 
     encoder = predictor.model.prompt_encoder
     drawn = [encoder.click_radius, *radii]
-    true, said, area = [], [], []  # [objects, radii, outputs]
+    true, said, area, stable = [], [], [], []  # [objects, radii, outputs]
     sizes = []
     for image, truths in images:
         predictor.set_image(image)
@@ -94,32 +95,40 @@ def first_click_readings(predictor: PromptPredictor, images: Iterable, radii: li
             for radius in drawn:
                 encoder.click_radius = radius
                 with torch.no_grad():
-                    _, predicted, masks = predictor.decode(points, None, None, None)  # every output
+                    logits, predicted, masks = predictor.decode(points, None, None, None)  # every output
                 rows.append(
                     (
                         [iou(m.numpy(), truth) for m in masks[0]],
                         predicted[0].tolist(),
                         [float(m.sum()) for m in masks[0]],
+                        stability(logits[0], predictor.model.cfg.stability_offset).tolist(),
                     )
                 )
             true.append([r[0] for r in rows])
             said.append([r[1] for r in rows])
             area.append([r[2] for r in rows])
+            stable.append([r[3] for r in rows])
             sizes.append(float(truth.sum()))
     encoder.click_radius = drawn[0]
     true, said, area, sizes = np.array(true), np.array(said), np.array(area), np.array(sizes)
+    stable = np.array(stable)
     ratio = area / sizes[:, None, None]
     print(f"\nfirst click, every output ({len(true)} objects; output 0 answers several prompts)")
-    print("| output | mean IoU | mean predicted IoU | median area / object's |\n|---|---|---|---|")
+    print(
+        "| output | mean IoU | mean predicted IoU | predicted against true: correlation "
+        "| median area / object's |\n|---|---|---|---|---|"
+    )
     for k in range(true.shape[2]):
         t, p, r = true[:, 0, k], said[:, 0, k], ratio[:, 0, k]
-        print(f"| {k} | {t.mean():.3f} | {p.mean():.3f} | {np.median(r):.2f} |")
+        follows = np.corrcoef(p, t)[0, 1]
+        print(f"| {k} | {t.mean():.3f} | {p.mean():.3f} | {follows:.2f} | {np.median(r):.2f} |")
     picked = said[:, :, 1:].argmax(2) + 1  # [objects, radii]
     chosen = np.take_along_axis(true, picked[:, :, None], 2)[:, :, 0]
     chosen_area = np.take_along_axis(area, picked[:, :, None], 2)[:, :, 0]
+    by_stability = np.take_along_axis(true[:, 0], stable[:, 0, 1:].argmax(1)[:, None] + 1, 1)
     print(
         f"picked by predicted IoU among 1-{true.shape[2] - 1}: {chosen[:, 0].mean():.3f}; "
-        f"best of them (oracle): {true[:, 0, 1:].max(1).mean():.3f}"
+        f"by stability: {by_stability.mean():.3f}; best of them (oracle): {true[:, 0, 1:].max(1).mean():.3f}"
     )
     small = sizes < np.median(sizes)
     print(

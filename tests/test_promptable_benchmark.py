@@ -36,6 +36,7 @@ def test_interactive_report_with_first_click_readings_at_other_radii(tiny_coco, 
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "mIoU@1" in out and "first click, every output" in out
+    assert "predicted against true: correlation" in out and "by stability: " in out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| click disk radius"))
     radii = [line.split("|")[1].strip() for line in lines[header + 2 : header + 5]]
