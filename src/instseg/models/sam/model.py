@@ -112,9 +112,9 @@ def vit_h_preset() -> SAMConfig:
 def nuclei_preset() -> SAMConfig:
     """A CPU-trainable SAM: half-width ResNet-18 + FPN at stride 8, a 128-wide decoder, the input at its
     own scale, clicks also drawn as maps (``prompt_encoder.py``), masks read by CondInst's dynamic head
-    on offsets from the prompt (``mask_decoder.py``), training clicks deep inside objects and errors,
-    where the evaluation clicks (``criterion.py``); a denser point grid and up to 500 masks for
-    crowded images."""
+    on offsets from the prompt and scored by an IoU head that reads them too (``mask_decoder.py``),
+    training clicks deep inside objects and errors, where the evaluation clicks (``criterion.py``); a
+    denser point grid and up to 500 masks for crowded images."""
     return SAMConfig(
         encoder="fpn",
         backbone="resnet18_half",
@@ -129,6 +129,7 @@ def nuclei_preset() -> SAMConfig:
         decode_window=32,  # 256 px: the training crops' size
         click_radius=5.0,
         dynamic_layers=3,
+        iou_from_masks=True,
         click_sampling="interior",
         detections_per_image=500,
     )
