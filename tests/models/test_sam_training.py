@@ -100,8 +100,9 @@ def test_mask_reads_are_the_features_inside_and_outside_each_mask_and_its_statis
 
 
 def test_the_mask_aware_iou_head_learns_and_is_all_the_decoder_predicts_iou_with():
-    """With ``iou_from_masks`` the IoU comes from the mask-aware head: it gets gradients in training,
-    and changing its bias changes every predicted IoU by as much."""
+    """With ``iou_from_masks`` the IoU head reads each output's mask: it gets gradients in training,
+    every parameter of the decoder is used (no unused IoU head to trip distributed training), and
+    changing its bias changes every predicted IoU by as much."""
     from instseg.models.sam.model import SAM
 
     torch.manual_seed(0)
@@ -110,15 +111,17 @@ def test_the_mask_aware_iou_head_learns_and_is_all_the_decoder_predicts_iou_with
     masks[0, 8:24, 8:24], masks[1, 30:50, 30:44] = 1, 1
     target = {"boxes": torch.zeros(2, 4), "labels": torch.ones(2, dtype=torch.int64), "masks": masks}
     losses = model.train()([torch.rand(3, 64, 64)], [target])
-    losses["loss_iou"].backward()
-    assert model.mask_decoder.mask_iou_head.layers[0].weight.grad.abs().sum() > 0
+    sum(losses.values()).backward()
+    assert model.mask_decoder.iou_head.layers[0].weight.grad.abs().sum() > 0
+    unused = [n for n, p in model.mask_decoder.named_parameters() if p.grad is None]
+    assert not unused, unused
     model.eval()
     with torch.no_grad():
         batch, _ = model.transform([torch.rand(3, 64, 64)])
         embedding = model.network(batch.tensors)
         clicks = (torch.tensor([[[20.0, 30.0]]]), torch.ones(1, 1))
         _, before = model.decode(embedding, clicks, None, None, True)
-        model.mask_decoder.mask_iou_head.layers[-1].bias += 0.25
+        model.mask_decoder.iou_head.layers[-1].bias += 0.25
         _, after = model.decode(embedding, clicks, None, None, True)
     torch.testing.assert_close(after - before, torch.full_like(before, 0.25))
 

@@ -70,10 +70,11 @@ class MaskDecoder(nn.Module):
         )
         head = num_parameters(dim // 8, dynamic_width, dynamic_layers) if dynamic_layers else dim // 8
         self.hypernetworks = nn.ModuleList(MLP(dim, dim, head, 3) for _ in range(self.num_masks))
-        self.iou_head = MLP(dim, iou_hidden, self.num_masks, iou_depth)
-        # per output: [IoU token; its mask token; mean feature inside; outside; MASK_STATISTICS]
-        reads = 2 * dim + 2 * (dim // 8) + MASK_STATISTICS
-        self.mask_iou_head = MLP(reads, iou_hidden, 1, iou_depth) if iou_from_masks else None
+        self.iou_from_masks = iou_from_masks
+        if iou_from_masks:  # one output at a time: [IoU token; its mask token; mask_reads]
+            self.iou_head = MLP(2 * dim + 2 * (dim // 8) + MASK_STATISTICS, iou_hidden, 1, iou_depth)
+        else:
+            self.iou_head = MLP(dim, iou_hidden, self.num_masks, iou_depth)
         if dynamic_layers >= 2 and dynamic_width >= 4:
             self.start_from_blobs(dim // 8, dynamic_prior / dynamic_soi)
 
@@ -82,8 +83,6 @@ class MaskDecoder(nn.Module):
         """The hypernetworks' last layers: a tenth of their random weights plus a blob as the bias; the
         IoU head starts at one half, so that an untrained model's masks pass a zero IoU threshold."""
         nn.init.constant_(self.iou_head.layers[-1].bias, 0.5)
-        if self.mask_iou_head is not None:
-            nn.init.constant_(self.mask_iou_head.layers[-1].bias, 0.5)
         widths = [1.0] + [2.0 ** (i - (self.num_masks - 2) / 2) for i in range(self.num_masks - 1)]
         for mlp, width in zip(self.hypernetworks, widths, strict=True):
             last = mlp.layers[-1]
@@ -141,12 +140,12 @@ class MaskDecoder(nn.Module):
         else:
             weights = torch.stack(params, dim=1)
             masks = (weights @ upscaled.flatten(2)).reshape(b, self.num_masks, *upscaled.shape[-2:])
-        if self.mask_iou_head is None:
+        if not self.iou_from_masks:
             return masks, self.iou_head(tokens[:, 0])
         reads = mask_reads(masks.detach().flatten(2), upscaled.detach().flatten(2))
         outputs = tokens[:, : self.num_masks + 1]
         together = torch.cat([outputs[:, :1].expand(-1, self.num_masks, -1), outputs[:, 1:], reads], dim=-1)
-        return masks, self.mask_iou_head(together)[..., 0]
+        return masks, self.iou_head(together)[..., 0]
 
 
 MASK_STATISTICS = 3
@@ -155,7 +154,7 @@ MASK_STATISTICS = 3
 def mask_reads(logits: Tensor, features: Tensor) -> Tensor:
     """What a mask-aware IoU head reads of each of M masks, ``logits`` ``[B, M, P]`` over the P pixels
     of ``features`` ``[B, C, P]``: the mean feature inside and outside the soft mask, its soft area
-    (a fraction of the P), its stability (as in ``automatic.py``) and its mean uncertainty
+    (a fraction of the P), its ``stability`` (as automatic masks filter by) and its mean uncertainty
     ``4 p (1 - p)`` -> ``[B, M, 2C + 3]``."""
     prob = logits.sigmoid()
     area = prob.sum(-1, keepdim=True)
