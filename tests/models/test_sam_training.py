@@ -9,7 +9,7 @@ import torch
 from instseg.masks import boundary_distance
 from instseg.models.build import build_model, model_config
 from instseg.models.sam.automatic import point_grid
-from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou
+from instseg.models.sam.criterion import correction_clicks, jittered_boxes, mask_iou, random_pixels
 from instseg.models.sam.mask_decoder import MASK_STATISTICS, mask_reads, stability
 
 
@@ -75,6 +75,23 @@ def test_jittered_boxes_stay_in_the_image_and_near_the_object():
     assert (boxes[:, 2:] > boxes[:, :2]).all()
     assert (boxes - torch.tensor([10.0, 5, 20, 15])).abs().max() <= 1.0 + 1e-5  # 10% of a 10-px side
     assert mask_iou(truth[:2], truth[:2]).eq(1).all()
+
+
+def test_random_pixels_fall_inside_each_region_in_proportion_to_the_weights():
+    torch.manual_seed(0)
+    regions = torch.zeros(2, 6, 8, dtype=torch.bool)
+    regions[0, 1, 2] = regions[0, 4, 5] = True  # two pixels, weights 1 and 3
+    regions[1, 2:4, 0:8] = True
+    weights = torch.ones(2, 6, 8)
+    weights[0, 4, 5] = 3.0
+    weights[0, 0, 0] = 100.0  # outside the region: never drawn
+    draws = torch.stack([random_pixels(regions, weights) for _ in range(4000)])  # [draw, region, xy]
+    first = draws[:, 0]
+    at_heavy = ((first == torch.tensor([5.0, 4.0])).all(1)).float().mean()
+    assert ((first == torch.tensor([2.0, 1.0])).all(1) | (first == torch.tensor([5.0, 4.0])).all(1)).all()
+    assert abs(at_heavy - 0.75) < 0.03
+    assert draws[:, 1, 1].ge(2).all() and draws[:, 1, 1].le(3).all()
+    assert len(set(map(tuple, draws[:, 1].tolist()))) == 16  # every pixel of the band, uniformly drawn
 
 
 def test_grid_and_stability():

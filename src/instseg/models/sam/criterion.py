@@ -34,7 +34,10 @@ def random_pixels(regions: Tensor, weights: Tensor | None = None) -> Tensor:
     proportion to ``weights`` ``[N, H, W]`` (positive inside the regions)."""
     w = regions.shape[-1]
     chance = regions.flatten(1).float() if weights is None else (weights * regions).flatten(1).float()
-    index = torch.multinomial(chance, 1)[:, 0]
+    # inverse transform sampling: torch.multinomial draws an exponential for every pixel for one sample
+    cdf = chance.double().cumsum(1)
+    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
     return torch.stack([index % w, index // w], dim=1).float()
 
 
