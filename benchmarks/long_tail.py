@@ -10,7 +10,8 @@ AP, APr, APc, APf, and how many rare classes reach an AP above 0.
     python benchmarks/long_tail.py --model mask_rcnn --preset nuclei --budget-min 10
 
 Variants: ``baseline``; ``rfs`` (``repeat_threshold``); ``rfs_federated`` (RFS
-+ the federated loss: sigmoid classifiers) or ``rfs_seesaw`` (RFS + Seesaw on a
++ the federated loss) and ``rfs_equalized`` (RFS + the equalized focal loss),
+for the FCOS families' sigmoid classifiers; ``rfs_seesaw`` (RFS + Seesaw on a
 cosine classifier: the softmax classifiers of Mask R-CNN and Mask2Former).
 ``--data``: an LVIS-style dataset folder (default: the preset, generated under
 ``runs/data/longtail``).
@@ -36,8 +37,10 @@ VARIANTS: dict[str, dict] = {
     "baseline": {},
     "rfs": {"repeat": True},
     "rfs_federated": {"repeat": True, "model": {"federated_classes": None}},  # filled from the flag
+    "rfs_equalized": {"repeat": True, "model": {"class_loss": "equalized_focal"}},
     "rfs_seesaw": {"repeat": True, "model": {"class_loss": "seesaw"}},
 }
+SIGMOID_ONLY = ("rfs_federated", "rfs_equalized")
 SOFTMAX_FAMILIES = ("mask_rcnn", "mask2former")
 LVIS_INFERENCE = {"detections_per_image": 300, "score_threshold": 1e-4}
 
@@ -110,10 +113,9 @@ def main() -> int:
         args.variants = ["baseline", "rfs", last]
     softmax = args.model in SOFTMAX_FAMILIES
     for variant in args.variants:
-        if variant in ("rfs_federated", "rfs_seesaw") and softmax != (variant == "rfs_seesaw"):
-            parser.error(
-                f"{variant} is for {'softmax' if variant == 'rfs_seesaw' else 'sigmoid'} classifiers"
-            )
+        if (variant in SIGMOID_ONLY and softmax) or (variant == "rfs_seesaw" and not softmax):
+            kind = "sigmoid" if variant in SIGMOID_ONLY else "softmax"
+            parser.error(f"{variant} is for {kind} classifiers")
     if not index_path(args.data).is_file():
         generate(preset("longtail"), args.data, progress=True)
     rows = [run(args, variant) for variant in args.variants]
@@ -121,7 +123,9 @@ def main() -> int:
         f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()}, {args.model} {args.preset}, seed {args.seed}"
     )
     command = f"python benchmarks/long_tail.py --model {args.model} --preset {args.preset}"
-    print(f"`{command} --budget-min {args.budget_min:g} --seed {args.seed}`\n")
+    command += f" --budget-min {args.budget_min:g} --seed {args.seed}"
+    command += f" --repeat-threshold {args.repeat_threshold:g}"
+    print(f"`{command} --variants {' '.join(args.variants)}`\n")
     print("| variant | AP | APr | APc | APf | rare classes with AP > 0 | AP >= 0.1 | steps |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

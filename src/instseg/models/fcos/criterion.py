@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from instseg.distributed import mean_over_ranks
+from instseg.models.equalized_focal import EqualizedFocalLoss
 from instseg.models.fcos.head import level_ranges, ltrb_iou, ltrb_to_boxes
 from instseg.models.fcos.targets import PointTargets, assign_targets
 from instseg.models.federated import federated_weights
@@ -28,11 +29,12 @@ if TYPE_CHECKING:
 class FCOSCriterion(nn.Module):
     """``FCOSOutputs`` + targets -> named losses; the mask terms come from the family's ``FCOSMasks``."""
 
-    def __init__(self, cfg: FCOSConfig, strides: tuple[int, ...], masks: FCOSMasks) -> None:
+    def __init__(self, cfg: FCOSConfig, strides: tuple[int, ...], masks: FCOSMasks, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.strides = strides
         self.masks = masks
+        self.equalized = EqualizedFocalLoss(num_classes) if cfg.class_loss == "equalized_focal" else None
         self.register_buffer("ranges", level_ranges(cfg.size_bounds), persistent=False)
 
     def sample_positives(self, assigned: PointTargets, target: dict[str, Tensor]) -> Tensor:
@@ -52,7 +54,7 @@ class FCOSCriterion(nn.Module):
         num_classes = outputs.class_logits.shape[-1]
         negative = federated_weights(targets, num_classes, cfg.federated_classes, cfg.class_frequencies)
         losses = detection_losses(
-            outputs, assigned, labels, cfg.focal_alpha, cfg.focal_gamma, cfg.quality, negative
+            outputs, assigned, labels, cfg.focal_alpha, cfg.focal_gamma, cfg.quality, negative, self.equalized
         )
         positives = [self.sample_positives(a, t) for a, t in zip(assigned, targets, strict=True)]
         for name, weight, values in self.masks.losses(outputs, targets, assigned, positives):
@@ -79,10 +81,12 @@ def detection_losses(
     gamma: float = 2.0,
     quality: str = "centerness",
     negative: Tensor | None = None,
+    equalized: EqualizedFocalLoss | None = None,
 ) -> dict[str, Tensor]:
     """Focal classification over all locations (``loss_class``), GIoU (``loss_box``) and centre-ness BCE
     (``loss_quality``) over positives. ``negative`` ``[B, K]``: which classes each image may learn as
-    absent (``federated.negative_weights``; None: all).
+    absent (``federated.negative_weights``; None: all); ``equalized``: the equalized focal loss in place
+    of the focal loss.
 
     The box loss is weighted by the centre-ness targets (as in FCOS), so the
     boxes that inference ranks highest are the ones trained hardest. With
@@ -102,7 +106,10 @@ def detection_losses(
     # normalisers averaged over the ranks, as the reference implementation does (one process: as is)
     num_pos = mean_over_ranks(pos.sum(), least=1).to(outputs.class_logits.device)
     weight = None if negative is None else torch.maximum(onehot.float(), negative.to(onehot.device)[:, None])
-    loss_class = focal_loss_sum(outputs.class_logits, onehot, alpha, gamma, weight) / num_pos
+    if equalized is None:
+        loss_class = focal_loss_sum(outputs.class_logits, onehot, alpha, gamma, weight) / num_pos
+    else:
+        loss_class = equalized(outputs.class_logits, onehot, alpha, gamma, weight) / num_pos
     ltrb_t = torch.stack([t.ltrb for t in targets])[pos]
     ctr_t = torch.stack([t.centerness for t in targets])[pos]
     ctr_sum = mean_over_ranks(ctr_t.sum(), least=1e-6).to(ctr_t.device)

@@ -51,6 +51,9 @@ class FCOSConfig(ModelConfig):
     # (filled from the data when empty)
     federated_classes: int = 0
     class_frequencies: tuple[float, ...] = ()
+    # "equalized_focal": each class's own focusing factor from the gradient its positives and negatives
+    # have produced (models/equalized_focal.py), for long-tailed data
+    class_loss: Literal["focal", "equalized_focal"] = "focal"
     score_threshold: float = 0.05
     pre_nms_top: int = 1000  # per level
     nms: Literal["fast", "standard"] = "standard"  # YOLACT's one-matrix Fast NMS, or sequential NMS
@@ -139,7 +142,7 @@ class FCOSInstanceModel(SegmentationModel):
         strides = level_strides(cfg)
         super().__init__(
             ResizeNormalize(cfg.min_size, cfg.max_size, cfg.scale),
-            FCOSCriterion(cfg, strides, masks),
+            FCOSCriterion(cfg, strides, masks, num_classes),
             FCOSPostprocessor(cfg, masks),
         )
         self.cfg = cfg
