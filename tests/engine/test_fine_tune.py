@@ -81,3 +81,42 @@ def test_backbone_learning_rate_is_a_fraction_of_the_rest(trained):
     assert backbone == {id(p) for n, p in model.named_parameters() if n.startswith("backbone.")}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert len(_optimizer(model, TrainConfig()).param_groups) == 2  # as before: older resumes still load
+
+
+@pytest.mark.parametrize(
+    ("family", "loss", "counts"),
+    [
+        ("condinst", "equalized_focal", "criterion.equalized.negative"),
+        ("mask2former", "seesaw", "criterion.seesaw.counts"),
+    ],
+)
+def test_a_class_loss_that_counts_starts_its_counts_afresh_and_nothing_else_is_missing(
+    family, loss, counts, tiny_coco, tmp_path, caplog
+):
+    import instseg
+    from tests.conftest import tiny_train_options
+    from tests.models.test_mask2former import TINY as M2F_TINY
+
+    options = M2F_TINY if family == "mask2former" else {"fpn_channels": 32, "head_channels": 32, "scale": 1.0}
+    plain = instseg.train(
+        family,
+        tiny_coco,
+        model_options=options,
+        progress=False,
+        **tiny_train_options(tmp_path / "plain", steps=1, checkpoint_every=0),
+    ).checkpoint
+    _, cfg = fine_tune_config(plain, None, {"class_loss": loss})
+    model = build_model(family, cfg, 2)
+    model.get_buffer(counts).fill_(7.0)  # so that loading cannot leave it as it was by chance
+    with caplog.at_level("INFO"):
+        assert load_for_fine_tuning(model, plain, 2) == []
+    assert f"has no {counts}" in caplog.text
+    assert (model.get_buffer(counts) == 7.0).all()  # its own start
+    saved = ckpt.load_weights(plain)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items() if k != counts and k in saved)
+    missing = {k for k in model.state_dict() if k not in saved}
+    assert missing <= {counts, counts.replace("negative", "positive")}
+    if family == "condinst":  # a parameter the checkpoint lacks is still another architecture
+        _, cfg = fine_tune_config(plain, None, {"point_refine": True})
+        with pytest.raises(CheckpointError, match="has no point_head"):
+            load_for_fine_tuning(build_model(family, cfg, 2), plain, 2)

@@ -6,11 +6,16 @@ match its weights), with any fields the user changes on top, such as
 taken from the checkpoint, except those whose size depends on the number of
 classes (the class logits, Mask R-CNN's per-class boxes and masks), which
 keep their fresh initialisation; anything else that does not fit is an error,
-because it means another architecture.
+because it means another architecture. The one exception is what a loss
+counts as it trains (Seesaw's samples per class, the equalized focal loss's
+gradient sums: a module's buffers where it sets ``counts_while_training``):
+fine-tuning with another class loss than the checkpoint's starts those counts
+from zero.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,8 @@ from torch import Tensor, nn
 from instseg.engine import checkpoint as ckpt
 from instseg.errors import CheckpointError
 from instseg.models.build import checkpoint_config
+
+log = logging.getLogger(__name__)
 
 
 def fine_tune_config(init: str | Path, family: str | None, overrides: dict[str, Any]) -> tuple[str, Any]:
@@ -45,7 +52,16 @@ def load_for_fine_tuning(model: nn.Module, init: str | Path, num_classes: int) -
     old = len(meta["categories"])
     state: dict[str, Tensor] = ckpt.load_weights(init)
     taken, fresh = {}, []
+    counts = {
+        f"{owner}.{name}" if owner else name
+        for owner, module in model.named_modules()
+        if getattr(module, "counts_while_training", False)
+        for name, _ in module.named_buffers(recurse=False)
+    }
     for key, value in model.state_dict().items():
+        if key not in state and key in counts:
+            log.info("%s has no %s: it starts from its initial value", init, key)
+            continue
         if key not in state:
             raise CheckpointError(f"{init}: has no {key}; it is another architecture than the model's")
         theirs = state[key]

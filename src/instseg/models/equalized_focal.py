@@ -50,6 +50,8 @@ class EqualizedFocalLoss(nn.Module):
     the data-parallel gradient reduction.)
     """
 
+    counts_while_training = True  # its buffers are counts, not weights (engine/fine_tune.py)
+
     def __init__(self, num_classes: int, scale: float = SCALE) -> None:
         super().__init__()
         self.scale = scale

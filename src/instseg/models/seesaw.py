@@ -65,6 +65,8 @@ class SeesawLoss(nn.Module):
     several ranks every rank adds the samples of all ranks (``count``).
     """
 
+    counts_while_training = True  # its buffers are counts, not weights (engine/fine_tune.py)
+
     def __init__(self, num_classes: int, p: float = P_MITIGATION, q: float = Q_COMPENSATION) -> None:
         super().__init__()
         self.p, self.q = p, q
