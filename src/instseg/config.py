@@ -63,6 +63,10 @@ class TrainConfig:
     weight_decay: float = 0.05
     backbone_lr: float = 1.0  # the backbone's lr as a fraction of lr (fine-tuning: e.g. 0.1; 0 freezes it)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning; its family and config)
+    # "classifier": only the family's class layers learn; every other weight and BatchNorm statistic stays
+    # as loaded. Decoupled classifier re-training (Kang et al., ICLR 2020): with ``init`` and a larger
+    # ``repeat_threshold``, the features learnt on the natural distribution, the classifier re-balanced
+    train_only: Literal["all", "classifier"] = "all"
     momentum: float = 0.9
     warmup_steps: int = 100
     schedule: Literal["cosine", "step", "constant"] = "cosine"

@@ -10,8 +10,8 @@ from instseg.config import TrainConfig
 from instseg.engine import checkpoint as ckpt
 from instseg.engine.fine_tune import fine_tune_config, load_for_fine_tuning
 from instseg.engine.trainer import _optimizer
-from instseg.errors import CheckpointError
-from instseg.models.build import build_model
+from instseg.errors import CheckpointError, InstsegError
+from instseg.models.build import build_model, model_config
 
 CLASS_SIZED = {
     "roi_heads.box_predictor.cls_score.weight",
@@ -120,3 +120,53 @@ def test_a_class_loss_that_counts_starts_its_counts_afresh_and_nothing_else_is_m
         _, cfg = fine_tune_config(plain, None, {"point_refine": True})
         with pytest.raises(CheckpointError, match="has no point_head"):
             load_for_fine_tuning(build_model(family, cfg, 2), plain, 2)
+
+
+def test_training_only_the_classifier_changes_its_layers_alone(tiny_coco, tmp_path, caplog):
+    """Decoupled re-training: every other weight and BatchNorm statistic stays the checkpoint's, also
+    through the BatchNorm re-estimation at the end."""
+    import instseg
+    from tests.conftest import tiny_train_options
+
+    options = {"fpn_channels": 32, "head_channels": 32, "scale": 1.0, "norm": "bn"}
+    plain = instseg.train(
+        "condinst",
+        tiny_coco,
+        model_options=options,
+        progress=False,
+        **tiny_train_options(tmp_path / "plain", steps=2, checkpoint_every=0, precise_bn_batches=2),
+    ).checkpoint
+    with caplog.at_level("INFO"):
+        retrained = instseg.train(
+            "condinst",
+            tiny_coco,
+            progress=False,
+            init=str(plain),
+            train_only="classifier",
+            repeat_threshold=1.0,
+            **tiny_train_options(tmp_path / "retrained", steps=3, checkpoint_every=0, precise_bn_batches=2),
+        ).checkpoint
+    before, after = ckpt.load_weights(plain), ckpt.load_weights(retrained)
+    classifier = ("head.cls_tower.", "head.cls_out.")
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(classifier) for k in changed), sorted(changed)[:5]
+    assert "head.cls_out.weight" in changed
+    assert any(k.startswith("backbone.") and k.endswith("running_mean") for k in before)  # BN was there
+    params = [
+        n for n, _ in build_model("condinst", fine_tune_config(plain, None, {})[1], 2).named_parameters()
+    ]
+    learning = sum(n.startswith(classifier) for n in params)
+    assert f"{len(params) - learning} weight tensors frozen, {learning} train" in caplog.text
+
+
+def test_a_family_without_class_layers_cannot_train_only_them(trained):
+    from instseg.engine.trainer import _freeze
+
+    _, cfg = fine_tune_config(trained.checkpoint, None, {})
+    model = build_model("mask_rcnn", cfg, 2)
+    frozen = _freeze(model, TrainConfig(train_only="classifier"), "mask_rcnn")
+    learning = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert learning == ["roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias"]
+    assert len(frozen) == len(list(model.parameters())) - 2
+    with pytest.raises(InstsegError, match="sam has no class layers"):
+        _freeze(build_model("sam", model_config("sam"), 1), TrainConfig(train_only="classifier"), "sam")

@@ -25,10 +25,27 @@ from instseg.data.datasets import batch_to
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
 
+def _frozen(norm: nn.modules.batchnorm._BatchNorm) -> bool:
+    return norm.weight is not None and not norm.weight.requires_grad
+
+
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorms that keep running statistics and whose weights train."""
     return [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and not _frozen(m)
     ]
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """``model.train()``, but a BatchNorm whose weights are frozen stays in eval mode: a frozen part
+    keeps its statistics too, so that what it computes is what the loaded model computed."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and _frozen(m):
+            m.eval()
+    return model
 
 
 @torch.no_grad()
@@ -54,12 +71,12 @@ def recompute_batch_norm_statistics(
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
     was_training = model.training
-    model.train()
+    train_mode(model)
     try:
         for _ in tqdm(range(count), desc="BatchNorm statistics", disable=not progress, unit="batch"):
             model(*batch_to(*next(batches), device))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
-        model.train(was_training)
+        train_mode(model) if was_training else model.eval()
     return count

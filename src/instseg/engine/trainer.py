@@ -38,7 +38,7 @@ from instseg.engine.device import resolve_device
 from instseg.engine.ema import build_ema
 from instseg.engine.evaluation import evaluate_model
 from instseg.engine.fine_tune import load_for_fine_tuning
-from instseg.engine.precise_bn import recompute_batch_norm_statistics
+from instseg.engine.precise_bn import recompute_batch_norm_statistics, train_mode
 from instseg.engine.schedule import lr_factor
 from instseg.errors import CheckpointError, DataError, InstsegError, TrainingDiverged
 from instseg.eval.coco import format_table
@@ -79,13 +79,24 @@ def _backbone_prefix(model: nn.Module) -> str:
     return getattr(model, "backbone_prefix", "backbone.")
 
 
-def _freeze_backbone(model: nn.Module) -> list[str]:
-    """``backbone_lr: 0``: the backbone gets no gradients at all, so its backward pass is not paid
-    (fine-tuning only SAM's decoder, as is usual, costs the encoder's forward pass alone)."""
-    frozen = [(n, p) for n, p in model.named_parameters() if n.startswith(_backbone_prefix(model))]
-    for _, p in frozen:
-        p.requires_grad_(False)
-    return [n for n, _ in frozen]
+def _freeze(model: nn.Module, cfg: TrainConfig, name: str) -> list[str]:
+    """The parameters that get no gradient at all, so that their backward pass is not paid: the
+    backbone's at ``backbone_lr: 0`` (fine-tuning only SAM's decoder, as is usual, costs the encoder's
+    forward pass alone); all but the family's class layers at ``train_only: classifier``."""
+    frozen = {
+        n
+        for n in dict(model.named_parameters())
+        if cfg.backbone_lr == 0 and n.startswith(_backbone_prefix(model))
+    }
+    if cfg.train_only == "classifier":
+        keep = tuple(getattr(model, "classifier_prefixes", ()))
+        if not keep:
+            raise InstsegError(f"train_only classifier: {name} has no class layers to train")
+        frozen |= {n for n in dict(model.named_parameters()) if not n.startswith(keep)}
+    for n, p in model.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
+    return sorted(frozen)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -238,9 +249,9 @@ class Trainer:
                 f"; re-initialised for {len(self.categories)} classes: {', '.join(fresh)}" if fresh else ""
             )
             log.info("weights from %s%s", cfg.init, again)
-        if cfg.backbone_lr == 0:
-            frozen = _freeze_backbone(self.model)
-            log.info("backbone_lr 0: %d tensors under %s frozen", len(frozen), _backbone_prefix(self.model))
+        if frozen := _freeze(self.model, cfg, model_name):
+            trained = sum(1 for p in self.model.parameters() if p.requires_grad)
+            log.info("%d weight tensors frozen, %d train", len(frozen), trained)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if distributed.active() and self.device.type == "cuda":  # batch statistics over every rank
@@ -400,7 +411,7 @@ class Trainer:
             details=False,
             progress=self.progress_bars,
         )
-        self.model.train()
+        train_mode(self.model)
         if ev.metrics:
             record = {"step": self.step, "time": round(self.elapsed, 2), "eval": ev.metrics}
             jsonl.write(json.dumps(record) + "\n")
@@ -408,7 +419,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg, out = self.cfg, self.out
-        self.model.train()
+        train_mode(self.model)
         total = cfg.steps if not cfg.time_budget_s else None
         bar = tqdm(total=total, initial=self.step, disable=not self.progress_bars, desc="train", unit="step")
         started = time.perf_counter() - self.elapsed

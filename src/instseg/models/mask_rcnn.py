@@ -263,6 +263,9 @@ class InstanceMaskRCNN(MaskRCNN):
     together train as one process on the whole batch (the samplers count).
     """
 
+    # what ``train_only: classifier`` trains: the box head's class layer, as in decoupled re-training
+    classifier_prefixes = ("roi_heads.box_predictor.cls_score.",)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.point_head: PointHead | None = None  # set by build_mask_rcnn when cfg.point_refine

@@ -136,6 +136,11 @@ def level_strides(cfg: FCOSConfig) -> tuple[int, ...]:
 class FCOSInstanceModel(SegmentationModel):
     """Backbone + FPN + FCOS head; the family adds ``mask_input`` and its ``FCOSMasks``."""
 
+    @property
+    def classifier_prefixes(self) -> tuple[str, ...]:
+        """What ``train_only: classifier`` trains: the class tower unless the box outputs share it."""
+        return ("head.cls_out.",) if self.head.box_tower is None else ("head.cls_tower.", "head.cls_out.")
+
     def __init__(self, cfg: FCOSConfig, num_classes: int, mask_outputs: int, masks: FCOSMasks) -> None:
         if len(cfg.size_bounds) != 4 or list(cfg.size_bounds) != sorted(cfg.size_bounds):
             raise ValueError(f"size_bounds needs 4 increasing values, got {cfg.size_bounds}")

@@ -149,6 +149,8 @@ class Mask2FormerOutputs:
 class Mask2Former(SegmentationModel):
     """Backbone, pixel decoder, masked-attention decoder; boxes are the masks' tight boxes."""
 
+    classifier_prefixes = ("decoder.class_head.",)  # what ``train_only: classifier`` trains
+
     def __init__(self, cfg: Mask2FormerConfig, num_classes: int) -> None:
         matcher = HungarianMatcher(
             cfg.class_weight,

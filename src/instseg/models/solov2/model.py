@@ -208,6 +208,8 @@ class SOLOv2Outputs:
 class SOLOv2(SegmentationModel):
     """Backbone + FPN, a grid head and unified mask features; boxes are the masks' tight boxes."""
 
+    classifier_prefixes = ("head.cate_convs.", "head.cate_out.")  # what ``train_only: classifier`` trains
+
     def __init__(self, cfg: SOLOv2Config, num_classes: int) -> None:
         if len(cfg.grid_cells) != 5 or len(cfg.scale_ranges) != 10:
             raise ValueError("grid_cells needs 5 values (P2..P6) and scale_ranges 10 (lo, hi per level)")
