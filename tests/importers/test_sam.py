@@ -154,7 +154,7 @@ def test_an_imported_sam_fine_tunes_with_its_encoder_frozen(reference, tiny_coco
     args += ["--precise-bn-batches", "0"]
     with caplog.at_level("INFO"):
         assert main(args) == 0
-    assert "tensors under image_encoder. frozen" in caplog.text
+    assert "backbone_lr 0 (every tensor under image_encoder.): " in caplog.text
     before = PromptPredictor.from_checkpoint(tmp_path / "ck", device="cpu").model.state_dict()
     after = PromptPredictor.from_checkpoint(out / "checkpoint", device="cpu").model.state_dict()
     encoder = [k for k in before if k.startswith("image_encoder.")]

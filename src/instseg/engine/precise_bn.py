@@ -78,5 +78,8 @@ def recompute_batch_norm_statistics(
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
-        train_mode(model) if was_training else model.eval()
+        if was_training:
+            train_mode(model)
+        else:
+            model.eval()
     return count

@@ -83,20 +83,16 @@ def _freeze(model: nn.Module, cfg: TrainConfig, name: str) -> list[str]:
     """The parameters that get no gradient at all, so that their backward pass is not paid: the
     backbone's at ``backbone_lr: 0`` (fine-tuning only SAM's decoder, as is usual, costs the encoder's
     forward pass alone); all but the family's class layers at ``train_only: classifier``."""
-    frozen = {
-        n
-        for n in dict(model.named_parameters())
-        if cfg.backbone_lr == 0 and n.startswith(_backbone_prefix(model))
-    }
-    if cfg.train_only == "classifier":
-        keep = tuple(getattr(model, "classifier_prefixes", ()))
-        if not keep:
-            raise InstsegError(f"train_only classifier: {name} has no class layers to train")
-        frozen |= {n for n in dict(model.named_parameters()) if not n.startswith(keep)}
+    backbone = _backbone_prefix(model) if cfg.backbone_lr == 0 else None
+    keep = tuple(getattr(model, "classifier_prefixes", ())) if cfg.train_only == "classifier" else None
+    if keep == ():
+        raise InstsegError(f"train_only classifier: {name} has no class layers to train")
+    frozen = []
     for n, p in model.named_parameters():
-        if n in frozen:
+        if (backbone and n.startswith(backbone)) or (keep and not n.startswith(keep)):
             p.requires_grad_(False)
-    return sorted(frozen)
+            frozen.append(n)
+    return frozen
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -251,7 +247,10 @@ class Trainer:
             log.info("weights from %s%s", cfg.init, again)
         if frozen := _freeze(self.model, cfg, model_name):
             trained = sum(1 for p in self.model.parameters() if p.requires_grad)
-            log.info("%d weight tensors frozen, %d train", len(frozen), trained)
+            why = "train_only classifier" if cfg.train_only == "classifier" else "backbone_lr 0"
+            if cfg.backbone_lr == 0:
+                why += f" (every tensor under {_backbone_prefix(self.model)})"
+            log.info("%s: %d weight tensors frozen, %d train", why, len(frozen), trained)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if distributed.active() and self.device.type == "cuda":  # batch statistics over every rank
