@@ -159,7 +159,7 @@ def test_training_only_the_classifier_changes_its_layers_alone(tiny_coco, tmp_pa
     assert f"{len(params) - learning} weight tensors frozen, {learning} train" in caplog.text
 
 
-def test_a_family_without_class_layers_cannot_train_only_them(trained):
+def test_only_the_class_layers_train_and_a_family_without_them_is_refused(trained):
     from instseg.engine.trainer import _freeze
 
     _, cfg = fine_tune_config(trained.checkpoint, None, {})
@@ -170,3 +170,14 @@ def test_a_family_without_class_layers_cannot_train_only_them(trained):
     assert len(frozen) == len(list(model.parameters())) - 2
     with pytest.raises(InstsegError, match="sam has no class layers"):
         _freeze(build_model("sam", model_config("sam"), 1), TrainConfig(train_only="classifier"), "sam")
+
+
+@pytest.mark.parametrize("family", ["mask_rcnn", "solov2", "yolact", "condinst", "mask2former"])
+def test_every_family_names_class_layers_it_has(family):
+    """A renamed module would otherwise leave nothing to train; the class logits must be among them."""
+    model = build_model(family, model_config(family), 3)
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in model.classifier_prefixes:
+        assert any(n.startswith(prefix) for n in names), prefix
+    learning = [n for n in names if n.startswith(tuple(model.classifier_prefixes))]
+    assert any(model.get_parameter(n).shape[0] in (3, 4) for n in learning)  # K, or K + 1 with background

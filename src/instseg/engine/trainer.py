@@ -92,6 +92,8 @@ def _freeze(model: nn.Module, cfg: TrainConfig, name: str) -> list[str]:
         if (backbone and n.startswith(backbone)) or (keep and not n.startswith(keep)):
             p.requires_grad_(False)
             frozen.append(n)
+    if len(frozen) == len(list(model.parameters())):
+        raise InstsegError(f"{name}: every weight is frozen (backbone_lr 0, train_only {cfg.train_only})")
     return frozen
 
 
