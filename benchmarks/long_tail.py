@@ -15,7 +15,11 @@ for the FCOS families' sigmoid classifiers; ``rfs_seesaw`` (RFS + Seesaw on a
 cosine classifier: the softmax classifiers of Mask R-CNN and Mask2Former);
 ``rfs_retrained`` (decoupled classifier re-training: RFS for the budget less
 ``--retrain-min``, then those minutes train only the class layers at the
-larger ``--retrain-threshold``, every other weight frozen; same total budget).
+larger ``--retrain-threshold``, every other weight frozen; same total budget);
+``copy_paste`` (class-balanced copy-paste: each image, with chance
+``--copy-paste``, gets up to ``--copy-paste-objects`` objects of other
+training images, every class as likely), ``copy_paste_unbalanced`` (objects
+drawn as they come, the paper's) and ``rfs_copy_paste`` (balanced, with RFS).
 ``--data``: an LVIS-style dataset folder (default: the preset, generated under
 ``runs/data/longtail``).
 """
@@ -43,6 +47,9 @@ VARIANTS: dict[str, dict] = {
     "rfs_equalized": {"repeat": True, "model": {"class_loss": "equalized_focal"}},
     "rfs_seesaw": {"repeat": True, "model": {"class_loss": "seesaw"}},
     "rfs_retrained": {"repeat": True, "retrain": True},
+    "copy_paste": {"train": {"copy_paste_balance": 1.0}},  # the chance and count: from the flags
+    "copy_paste_unbalanced": {"train": {"copy_paste_balance": 0.0}},
+    "rfs_copy_paste": {"repeat": True, "train": {"copy_paste_balance": 1.0}},
 }
 SIGMOID_ONLY = ("rfs_federated", "rfs_equalized")
 SOFTMAX_FAMILIES = ("mask_rcnn", "mask2former")
@@ -52,6 +59,8 @@ LVIS_INFERENCE = {"detections_per_image": 300, "score_threshold": 1e-4}
 def run(args: argparse.Namespace, variant: str) -> dict:
     spec = VARIANTS[variant]
     fields = {"repeat_threshold": args.repeat_threshold} if spec.get("repeat") else {}
+    if "train" in spec:
+        fields.update(spec["train"], copy_paste=args.copy_paste, copy_paste_objects=args.copy_paste_objects)
     model_options: dict = {"scale": args.scale, **spec.get("model", {})}
     if "federated_classes" in model_options:
         model_options["federated_classes"] = args.federated_classes
@@ -123,6 +132,8 @@ def main() -> int:
     parser.add_argument("--repeat-threshold", type=float, default=0.05)
     parser.add_argument("--retrain-min", type=float, default=4.0, help="rfs_retrained: minutes of the budget")
     parser.add_argument("--retrain-threshold", type=float, default=1.0)
+    parser.add_argument("--copy-paste", type=float, default=1.0, help="copy_paste variants: the chance")
+    parser.add_argument("--copy-paste-objects", type=int, default=3)
     parser.add_argument("--federated-classes", type=int, default=20)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument(
@@ -152,6 +163,8 @@ def main() -> int:
     command += f" --repeat-threshold {args.repeat_threshold:g}"
     if "rfs_retrained" in args.variants:
         command += f" --retrain-min {args.retrain_min:g} --retrain-threshold {args.retrain_threshold:g}"
+    if any("copy_paste" in v for v in args.variants):
+        command += f" --copy-paste {args.copy_paste:g} --copy-paste-objects {args.copy_paste_objects}"
     print(f"`{command} --variants {' '.join(args.variants)}`\n")
     print("| variant | AP | APr | APc | APf | rare classes with AP > 0 | AP >= 0.1 | steps |")
     print("|---|---|---|---|---|---|---|---|")

@@ -98,6 +98,12 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = False
     color_jitter: float = 0.0
+    # copy-paste (instseg.data.copy_paste): the chance an image gets up to copy_paste_objects objects of
+    # other training images pasted on it; copy_paste_balance 1 draws them class-balanced (long tail), 0
+    # as they come
+    copy_paste: float = 0.0
+    copy_paste_objects: int = 3
+    copy_paste_balance: float = 0.0
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:

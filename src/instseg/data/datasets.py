@@ -47,11 +47,14 @@ class CocoTrainDataset(Dataset):
             target["seed"] = torch.tensor(seed)  # the draw's own seed, for the criterion's random points
         target["image_id"] = torch.tensor(info["id"])
         if "neg_category_ids" in info:  # LVIS-style: which classes this image verifies (models/federated.py)
+            present = set(target["labels"].tolist())
             for key, field in (
                 ("neg_labels", "neg_category_ids"),
                 ("not_exhaustive_labels", "not_exhaustive_category_ids"),
             ):
                 labels = [self.index.label_of[c] for c in info.get(field, []) if c in self.index.label_of]
+                if key == "neg_labels":  # a class pasted on the image is there (data/copy_paste.py)
+                    labels = [c for c in labels if c not in present]
                 target[key] = torch.tensor(labels, dtype=torch.int64)
         return img, target
 

@@ -10,8 +10,10 @@ leaves a box larger than what remains of its object.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as TF
@@ -33,6 +35,7 @@ class TrainTransform:
         vflip: bool = False,
         color_jitter: float = 0.0,
         crop_min_visible: float = 0.0,
+        paste: Callable[[Tensor, np.ndarray, list[int]], tuple[Tensor, np.ndarray, list[int]]] | None = None,
     ) -> None:
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
@@ -41,6 +44,7 @@ class TrainTransform:
         if not 0.0 <= crop_min_visible <= 1.0:
             raise ValueError(f"crop_min_visible must be in [0, 1], got {crop_min_visible}")
         self.crop_min_visible = crop_min_visible
+        self.paste = paste  # e.g. data/copy_paste.py: objects pasted into the window before it is resized
         steps: list[v2.Transform] = []
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
@@ -72,7 +76,10 @@ class TrainTransform:
     def __call__(self, image: Tensor, objects: list[dict[str, Any]]) -> tuple[Tensor, dict[str, Tensor]]:
         (x0, y0, x1, y1), scale = self.window(image.shape[1], image.shape[2])
         masks_np, labels = decode_window(objects, (x0, y0, x1, y1), self.crop_min_visible)
-        img = tv_tensors.Image(image[:, y0:y1, x0:x1])
+        window = image[:, y0:y1, x0:x1]
+        if self.paste is not None:
+            window, masks_np, labels = self.paste(window, masks_np, labels)
+        img = tv_tensors.Image(window)
         masks = tv_tensors.Mask(torch.from_numpy(masks_np))
         size = [max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))]
         if size != list(img.shape[-2:]):

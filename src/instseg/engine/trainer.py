@@ -30,6 +30,7 @@ from tqdm import tqdm
 from instseg import distributed
 from instseg.config import TrainConfig, config_to_dict
 from instseg.data.coco import CocoIndex, resolve_source
+from instseg.data.copy_paste import CopyPaste
 from instseg.data.datasets import CocoTrainDataset, SeededEpochSampler, batch_to, collate
 from instseg.data.repeat_factors import images_per_class, repeat_factors
 from instseg.data.transforms import TrainTransform
@@ -175,8 +176,13 @@ def prepare_out(out: Path, resuming: bool, overwrite: bool) -> Path:
 def training_batches(index: CocoIndex, cfg: TrainConfig, start_step: int = 0) -> Iterator[Any]:
     """The seeded stream of augmented training batches that step ``start_step`` onwards would see (this
     rank's share of them, when the run is one of several ranks)."""
+    paste = (
+        CopyPaste(index, cfg.copy_paste, cfg.copy_paste_objects, cfg.copy_paste_balance)
+        if cfg.copy_paste > 0
+        else None
+    )
     transform = TrainTransform(
-        cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter, cfg.crop_min_visible
+        cfg.scale_range, cfg.crop_size, cfg.hflip, cfg.vflip, cfg.color_jitter, cfg.crop_min_visible, paste
     )
     return iter(_loader(CocoTrainDataset(index, transform), cfg, start_step))
 
