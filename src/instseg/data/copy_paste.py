@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from instseg.data.coco import CocoIndex
+from instseg.data.coco import CocoIndex, decode_window
 from instseg.data.images import read_image
 from instseg.errors import InstsegError
 
@@ -56,8 +55,9 @@ class CopyPaste:
         x0, y0, x1, y1 = obj["bbox"]
         x0, y0 = int(np.floor(x0)), int(np.floor(y0))
         x1, y1 = int(np.ceil(x1)), int(np.ceil(y1))
-        mask = mask_utils.decode(obj["rle"])[y0:y1, x0:x1].astype(bool)
-        return pixels[:, y0:y1, x0:x1], mask
+        masks, _ = decode_window([obj], (x0, y0, x1, y1))  # none for an empty mask: nothing is pasted
+        cut = masks[0].astype(bool) if len(masks) else np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        return pixels[:, y0:y1, x0:x1], cut
 
     def __call__(
         self, image: Tensor, masks: np.ndarray, labels: list[int]
