@@ -3,58 +3,24 @@ training stream (LVIS negatives included)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from instseg.config import TrainConfig, config_from_dict
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.copy_paste import CopyPaste
 from instseg.engine.trainer import training_batches
 from instseg.errors import InstsegError
-
-GREY, RED, BLUE = (40, 40, 40), (200, 30, 30), (30, 30, 220)
-
-
-def _write(root: Path) -> Path:
-    """10 grey 32x32 images: a red "common" square in images 0-8, a blue "rare" one beside it in image 8,
-    image 9 empty; every image but 8 says it has no "rare" object (LVIS ``neg_category_ids``)."""
-    (root / "images").mkdir(parents=True)
-    images, annotations = [], []
-    for i in range(10):
-        pixels = np.full((32, 32, 3), GREY, dtype=np.uint8)
-        classes = [1] if i < 8 else [1, 2] if i == 8 else []
-        for c in classes:
-            x = 2 if c == 1 else 16
-            pixels[4:14, x : x + 10] = RED if c == 1 else BLUE
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": i, "category_id": c,
-                 "segmentation": [[x, 4, x + 10, 4, x + 10, 14, x, 14]], "bbox": [x, 4, 10, 10],
-                 "area": 100.0, "iscrowd": 0}
-            )  # fmt: skip
-        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
-        image = {
-            "id": i,
-            "file_name": f"{i}.png",
-            "width": 32,
-            "height": 32,
-            "not_exhaustive_category_ids": [],
-        }
-        images.append({**image, "neg_category_ids": [] if i == 8 else [2]})
-    categories = [{"id": 1, "name": "common"}, {"id": 2, "name": "rare"}]
-    path = root / "train.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
+from tests.data.long_tailed import BLUE, GREY, write_long_tailed
 
 
 @pytest.fixture()
 def index(tmp_path: Path) -> CocoIndex:
-    return CocoIndex(resolve_source(_write(tmp_path), images=tmp_path / "images"))
+    return CocoIndex(resolve_source(write_long_tailed(tmp_path), images=tmp_path / "images"))
 
 
 def _grey(height: int = 32, width: int = 32) -> torch.Tensor:
@@ -119,7 +85,7 @@ def test_bad_settings_are_one_line_naming_the_field(index, options, field):
 
 
 def test_the_training_stream_pastes_and_a_pasted_class_is_not_a_verified_negative(tmp_path):
-    _write(tmp_path)
+    write_long_tailed(tmp_path)
     index = CocoIndex(resolve_source(tmp_path / "train.json", images=tmp_path / "images"))
     values = {"data": str(tmp_path / "train.json"), "batch_size": 10, "workers": 0, "hflip": False}
     plain = config_from_dict(TrainConfig, values)

@@ -3,46 +3,23 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from instseg.config import TrainConfig, config_from_dict
 from instseg.data.coco import CocoIndex, resolve_source
 from instseg.data.datasets import SeededEpochSampler
 from instseg.data.repeat_factors import repeat_factors
 from instseg.engine.trainer import training_batches
-
-
-def _long_tailed(root: Path) -> Path:
-    """10 images of 32x32: "common" in images 0-7, "rare" in image 8 (beside a common one), image 9 empty."""
-    (root / "images").mkdir(parents=True)
-    images, annotations = [], []
-    for i in range(10):
-        Image.fromarray(np.full((32, 32, 3), 40, dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        images.append({"id": i, "file_name": f"{i}.png", "width": 32, "height": 32})
-        classes = [1] if i < 8 else [1, 2] if i == 8 else []
-        for k, c in enumerate(classes):
-            x = 2 + 14 * k
-            square = [x, 4, x + 10, 4, x + 10, 14, x, 14]
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": i, "category_id": c, "segmentation": [square],
-                 "bbox": [x, 4, 10, 10], "area": 100.0, "iscrowd": 0}
-            )  # fmt: skip
-    categories = [{"id": 1, "name": "common"}, {"id": 2, "name": "rare"}]
-    path = root / "train.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
+from tests.data.long_tailed import write_long_tailed
 
 
 @pytest.fixture()
 def long_tailed(tmp_path: Path) -> CocoIndex:
-    path = _long_tailed(tmp_path)
+    path = write_long_tailed(tmp_path)
     return CocoIndex(resolve_source(path, images=tmp_path / "images"))
 
 
