@@ -1,4 +1,4 @@
-"""Long tail: the same budget for a baseline, repeat-factor sampling, and RFS + a long-tail loss.
+"""Long tail: the same budget for a baseline, repeat-factor sampling, RFS + a long-tail loss or copy-paste.
 
 On the synthetic ``longtail`` preset (40 classes, rare ones in 1-10 training
 images, LVIS fields), one family is trained for ``--budget-min`` minutes per
@@ -127,7 +127,10 @@ def main() -> int:
     parser.add_argument("--data", default="runs/data/longtail")
     parser.add_argument("--budget-min", type=float, default=10.0)
     parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), help="default: the three of the family's classifier"
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help="default: baseline, rfs, rfs + the family's loss, rfs_copy_paste",
     )
     parser.add_argument("--repeat-threshold", type=float, default=0.05)
     parser.add_argument("--retrain-min", type=float, default=4.0, help="rfs_retrained: minutes of the budget")
@@ -144,7 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.variants:
         last = "rfs_seesaw" if args.model in SOFTMAX_FAMILIES else "rfs_federated"
-        args.variants = ["baseline", "rfs", last]
+        args.variants = ["baseline", "rfs", last, "rfs_copy_paste"]
     softmax = args.model in SOFTMAX_FAMILIES
     for variant in args.variants:
         if (variant in SIGMOID_ONLY and softmax) or (variant == "rfs_seesaw" and not softmax):
