@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from instseg.data.coco import CocoIndex, resolve_source
+
 GREY, RED, BLUE = (40, 40, 40), (200, 30, 30), (30, 30, 220)
 
 
@@ -37,3 +39,8 @@ def write_long_tailed(root: Path) -> Path:
     path = root / "train.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
+
+
+def long_tailed_index(root: Path) -> CocoIndex:
+    """The dataset of ``write_long_tailed``, written under ``root`` and indexed."""
+    return CocoIndex(resolve_source(write_long_tailed(root), images=root / "images"))

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from instseg.config import TrainConfig, config_from_dict
-from instseg.data.coco import CocoIndex, resolve_source
+from instseg.data.coco import CocoIndex
 from instseg.data.copy_paste import CopyPaste
 from instseg.engine.trainer import training_batches
 from instseg.errors import InstsegError
-from tests.data.long_tailed import BLUE, GREY, write_long_tailed
+from tests.data.long_tailed import BLUE, GREY, long_tailed_index
 
 
 @pytest.fixture()
 def index(tmp_path: Path) -> CocoIndex:
-    return CocoIndex(resolve_source(write_long_tailed(tmp_path), images=tmp_path / "images"))
+    return long_tailed_index(tmp_path)
 
 
 def _grey(height: int = 32, width: int = 32) -> torch.Tensor:
@@ -84,9 +84,7 @@ def test_bad_settings_are_one_line_naming_the_field(index, options, field):
         CopyPaste(index, **options)
 
 
-def test_the_training_stream_pastes_and_a_pasted_class_is_not_a_verified_negative(tmp_path):
-    write_long_tailed(tmp_path)
-    index = CocoIndex(resolve_source(tmp_path / "train.json", images=tmp_path / "images"))
+def test_the_training_stream_pastes_and_a_pasted_class_is_not_a_verified_negative(index, tmp_path):
     values = {"data": str(tmp_path / "train.json"), "batch_size": 10, "workers": 0, "hflip": False}
     plain = config_from_dict(TrainConfig, values)
     _, targets = next(training_batches(index, plain))

@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from instseg.config import TrainConfig, config_from_dict
-from instseg.data.coco import CocoIndex, resolve_source
+from instseg.data.coco import CocoIndex
 from instseg.data.datasets import SeededEpochSampler
 from instseg.data.repeat_factors import repeat_factors
 from instseg.engine.trainer import training_batches
-from tests.data.long_tailed import write_long_tailed
+from tests.data.long_tailed import long_tailed_index
 
 
 @pytest.fixture()
 def long_tailed(tmp_path: Path) -> CocoIndex:
-    path = write_long_tailed(tmp_path)
-    return CocoIndex(resolve_source(path, images=tmp_path / "images"))
+    return long_tailed_index(tmp_path)
 
 
 def test_repeat_factors_follow_the_lvis_formula(long_tailed):
